@@ -1,0 +1,2 @@
+// Public API of the migsafe package.
+export * from './kernel/native.js';

@@ -1,0 +1,107 @@
+// The typed face of the C++ addon (addon/). Everything here is mechanism; policy lives in TS.
+// Loaded once; cmake-js and node-gyp both put the module at build/Release/migsafe.node.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const PAGE_SIZE = 4096;
+
+/** SIMD level of the page kernel. `scalar` is the portable word-at-a-time path. */
+export type CpuLevel = 'avx512bw' | 'avx2' | 'scalar';
+
+export type Codec = 'none' | 'gzip' | 'lz4' | 'zstd';
+
+/** Kinds of a batch record (see RECORD format in addon/src/batch.h). */
+export const enum RecordKind {
+  Zero = 0,
+  Delta = 1,
+  Full = 2,
+}
+
+/** Size of one record header in a batch buffer. */
+export const RECORD_HEADER_BYTES = 16;
+
+export interface EncodeBatchOptions {
+  /** SIMD level; default: best available. */
+  level?: CpuLevel;
+  /** Worker threads for the batch (default 1). */
+  threads?: number;
+  /** Copy each encoded page into the shadow (default true). */
+  updateShadow?: boolean;
+}
+
+export interface ApplyResult {
+  /** Records applied. */
+  records: number;
+}
+
+export interface NativeAddon {
+  /** Best SIMD level this CPU supports (CPUID at load time). */
+  cpuLevel(): CpuLevel;
+  /** Every level this CPU can run, best first. */
+  levels(): CpuLevel[];
+
+  /** XBZRLE delta of one 4096-byte page; empty when unchanged; null when it would reach 4096 bytes. */
+  encodePage(oldPage: Uint8Array, newPage: Uint8Array, level?: CpuLevel): Buffer | null;
+  /** Applies an XBZRLE delta to a copy of oldPage. Throws on malformed input. */
+  decodePage(oldPage: Uint8Array, delta: Uint8Array): Buffer;
+
+  /**
+   * Encodes the pages of `ram` that differ from `shadow` into one buffer of records.
+   * `pages` lists candidate page indexes; null scans every page. Unchanged pages give no record.
+   * Records: u32 page, u8 kind, u8 0, u16 0, u32 length, u32 crc32c(new page), payload.
+   */
+  encodeBatch(ram: Uint8Array, shadow: Uint8Array, pages: Uint32Array | null, opts?: EncodeBatchOptions): Buffer;
+  /** Same as encodeBatch, off the event loop. `ram` and `shadow` must not be touched until it settles. */
+  encodeBatchAsync(
+    ram: Uint8Array,
+    shadow: Uint8Array,
+    pages: Uint32Array | null,
+    opts?: EncodeBatchOptions,
+  ): Promise<Buffer>;
+  /**
+   * Applies a record buffer to a page-indexed image: decodes and checksums every record first,
+   * then writes. Any malformed record, out-of-range page or checksum mismatch throws and leaves
+   * the image untouched.
+   */
+  applyBatch(image: Uint8Array, records: Uint8Array): ApplyResult;
+
+  /** Indexes of pages that differ between ram and shadow (SIMD compare). */
+  scanDirty(ram: Uint8Array, shadow: Uint8Array, level?: CpuLevel): Uint32Array;
+
+  compress(codec: Codec, level: number, data: Uint8Array): Buffer;
+  /** rawLength is the exact expected output size; a mismatch throws. */
+  decompress(codec: Codec, data: Uint8Array, rawLength: number): Buffer;
+  compressAsync(codec: Codec, level: number, data: Uint8Array): Promise<Buffer>;
+  decompressAsync(codec: Codec, data: Uint8Array, rawLength: number): Promise<Buffer>;
+
+  /** CRC32C (Castagnoli), hardware-accelerated when available. */
+  crc32c(data: Uint8Array, seed?: number): number;
+
+  /** mmap(MAP_SHARED) a file: guest RAM shared with QEMU. The Buffer aliases the mapping. */
+  mapFile(path: string, size: number, writable: boolean): Buffer;
+}
+
+function findAddon(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  // dist/src/kernel -> repository root; also works from src/kernel when run from source.
+  for (const up of ['../../..', '../..']) {
+    const p = join(here, up, 'build', 'Release', 'migsafe.node');
+    if (existsSync(p)) return p;
+  }
+  throw new Error(
+    'migsafe: the native addon is not built (build/Release/migsafe.node is missing). Run `npm run build`.',
+  );
+}
+
+let cached: NativeAddon | undefined;
+
+/** The addon, loaded on first use. */
+export function native(): NativeAddon {
+  if (!cached) {
+    const require = createRequire(import.meta.url);
+    cached = require(findAddon()) as NativeAddon;
+  }
+  return cached;
+}
