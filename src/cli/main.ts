@@ -7,6 +7,7 @@ import { commands } from './commands/index.js';
 const cli = yargs(hideBin(process.argv))
   .scriptName('migsafe')
   .usage('$0 <command> [options]\n\nFault-tolerant checkpointing for live migration of QEMU/KVM virtual machines.')
+  .parserConfiguration({ "populate--": true })
   .command(commands)
   .demandCommand(1, 'Name a command: see `migsafe --help`.')
   .strict()

@@ -1,0 +1,159 @@
+// One checkpoint round, V-Recover style, in two stages:
+//   stage 1 — VM running: send the pages dirtied since the last round (bounded by N pages, T ms);
+//   stage 2 — VM paused: the pages still dirty and the device state into local memory, resume;
+//   then write and commit atomically. The shadow holds exactly what the store's head holds, so
+//   each round is a delta against it; if a round fails, the shadow no longer matches the store
+//   and the next round starts over from a zero image (a full checkpoint).
+import { readFile, rm } from 'node:fs/promises';
+import { native, type CpuLevel } from '../kernel/native.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import type { DirtySource } from '../qemu/dirty-source.js';
+import { ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
+import { encodeFrame, type CodecChoice } from '../store/frame.js';
+import type { VersionMeta } from '../store/version-meta.js';
+import { recordStats } from './records.js';
+
+export interface EngineOptions {
+  store: CheckpointStore;
+  qmp: QmpClient;
+  /** Guest RAM, mapped from QEMU's shared file. */
+  ram: Buffer;
+  dirty: DirtySource;
+  codec: CodecChoice;
+  /** Scratch file QEMU writes the device state into (tmpfs). */
+  deviceStatePath: string;
+  /** N: most pages sent in stage 1 of a round (0: no bound). */
+  maxPages: number;
+  /** T: longest stage 1 of a round, ms (0: no bound). */
+  maxTimeMs: number;
+  threads?: number;
+  level?: CpuLevel;
+  /** Start from this image and version (after a recovery) instead of a zero image. */
+  resumeFrom?: { image: Buffer; version: number };
+}
+
+/** Pages encoded per call in stage 1: large enough to amortize a call, small enough to stop on time. */
+const SLICE_PAGES = 4096;
+
+export class CheckpointEngine {
+  private shadow: Buffer;
+  /** The version the shadow equals (0: zero image). */
+  private parent = 0;
+  private readonly n = native();
+
+  constructor(private readonly o: EngineOptions) {
+    if (o.resumeFrom) {
+      if (o.resumeFrom.image.length !== o.ram.length) throw new Error('resume image and guest RAM differ in size');
+      this.shadow = Buffer.from(o.resumeFrom.image);
+      this.parent = o.resumeFrom.version;
+    } else {
+      this.shadow = Buffer.alloc(o.ram.length);
+    }
+  }
+
+  /** The version the next round's deltas apply to. */
+  get head(): number {
+    return this.parent;
+  }
+
+  async round(): Promise<VersionMeta> {
+    const o = this.o;
+    const pending = await o.store.begin(this.parent);
+    try {
+      const stage1 = await this.stage1(pending);
+      const stage2 = await this.stage2(stage1.leftover);
+      let stage2Pages = 0;
+      for (let at = 0; at < stage2.records.length; ) {
+        // Split stage 2's output into frames of at most ~16 MiB so that readers stream.
+        const end = frameEnd(stage2.records, at, 16 << 20);
+        const part = stage2.records.subarray(at, end);
+        const st = recordStats(part);
+        stage2Pages += st.records;
+        pending.addChunk(await encodeFrame('pages', part, st.records, o.codec));
+        at = end;
+      }
+      pending.setDeviceState(await encodeFrame('device', stage2.device, 0, o.codec));
+      const pages = stage1.pages + stage2Pages;
+      const meta = await pending.commit({
+        pages,
+        bytesRaw: pages * 4096,
+        pauseMs: stage2.pauseMs,
+        deviceStateBytes: stage2.device.length,
+        dirtySource: o.dirty.kind,
+        codec: `${o.codec.codec}:${o.codec.level}`,
+        stage1Pages: stage1.pages,
+        stage2Pages,
+      });
+      this.parent = meta.version;
+      return meta;
+    } catch (e) {
+      // The shadow may hold pages the store never got: start over from a zero image.
+      this.shadow.fill(0);
+      this.parent = 0;
+      await pending.abort().catch(() => {});
+      if (e instanceof ParentMismatchError) {
+        throw new Error(`${e.message}; the store lost versions (Redis restarted?): the next round is a full checkpoint`);
+      }
+      throw e;
+    }
+  }
+
+  private async stage1(pending: PendingVersion): Promise<{ pages: number; leftover: Uint32Array | null }> {
+    const o = this.o;
+    const t0 = performance.now();
+    const harvested = await o.dirty.harvest();
+    const candidates = harvested ?? this.n.scanDirty(o.ram, this.shadow, o.level);
+    let pages = 0;
+    let at = 0;
+    while (at < candidates.length) {
+      if (o.maxPages && pages >= o.maxPages) break;
+      if (o.maxTimeMs && performance.now() - t0 >= o.maxTimeMs) break;
+      const take = Math.min(SLICE_PAGES, candidates.length - at, o.maxPages ? o.maxPages - pages : Infinity);
+      const slice = candidates.subarray(at, at + take);
+      at += take;
+      const raw = await this.n.encodeBatchAsync(o.ram, this.shadow, slice, { threads: o.threads, level: o.level });
+      if (raw.length === 0) continue;
+      const st = recordStats(raw);
+      pages += st.records;
+      pending.addChunk(await encodeFrame('pages', raw, st.records, o.codec));
+    }
+    // With a dirty log, pages not reached in stage 1 must be looked at in stage 2;
+    // the scan source compares everything in stage 2 anyway.
+    const leftover = harvested ? candidates.subarray(at) : null;
+    return { pages, leftover };
+  }
+
+  private async stage2(leftover: Uint32Array | null): Promise<{ records: Buffer; device: Buffer; pauseMs: number }> {
+    const o = this.o;
+    const t0 = performance.now();
+    await o.qmp.execute('stop');
+    let records: Buffer;
+    let device: Buffer;
+    try {
+      const harvested = await o.dirty.harvest();
+      const candidates = harvested && leftover ? mergePages(harvested, leftover) : harvested;
+      records = await this.n.encodeBatchAsync(o.ram, this.shadow, candidates, { threads: o.threads, level: o.level });
+      await o.qmp.execute('xen-save-devices-state', { filename: o.deviceStatePath, live: false });
+      device = await readFile(o.deviceStatePath);
+    } finally {
+      // Never leave the guest paused, whatever failed.
+      await o.qmp.execute('cont').catch(() => {});
+    }
+    const pauseMs = performance.now() - t0;
+    await rm(o.deviceStatePath, { force: true });
+    return { records, device, pauseMs: Math.round(pauseMs * 1000) / 1000 };
+  }
+}
+
+function mergePages(a: Uint32Array, b: Uint32Array): Uint32Array {
+  const s = new Set<number>(a);
+  for (const p of b) s.add(p);
+  return Uint32Array.from(s).sort();
+}
+
+/** Offset of the first record boundary at or after `at + limit` (or the end). */
+function frameEnd(buf: Buffer, at: number, limit: number): number {
+  let end = at;
+  while (end < buf.length && end - at < limit) end += 16 + buf.readUInt32LE(end + 8);
+  return end;
+}

@@ -1,0 +1,20 @@
+// `migsafe delete --vm ID`: remove every checkpoint of a VM.
+import type { CommandModule } from 'yargs';
+import { openStore } from '../context.js';
+import { withStore } from '../options.js';
+
+export const deleteCommand: CommandModule<object, { vm: string; redis?: string }> = {
+  command: 'delete',
+  describe: 'Delete every checkpoint of a VM from the store',
+  builder: (y) => withStore(y) as never,
+  handler: async (a) => {
+    const h = await openStore(a.redis, a.vm);
+    try {
+      if (!(await h.store.vm())) throw new Error(`no VM "${a.vm}" in the store at ${h.url}`);
+      const n = await h.store.deleteAll();
+      process.stdout.write(`deleted VM ${a.vm}: ${n} keys\n`);
+    } finally {
+      h.close();
+    }
+  },
+};

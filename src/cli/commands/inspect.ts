@@ -1,0 +1,59 @@
+// `migsafe inspect --vm ID [--json]`: the committed versions of a VM.
+import type { CommandModule } from 'yargs';
+import { fmtBytes, openStore } from '../context.js';
+import { withStore } from '../options.js';
+
+interface InspectArgs {
+  vm: string;
+  redis?: string;
+  json: boolean;
+}
+
+export const inspectCommand: CommandModule<object, InspectArgs> = {
+  command: 'inspect',
+  describe: 'List the committed checkpoint versions of a VM',
+  builder: (y) => withStore(y).option('json', { type: 'boolean', default: false, describe: 'print JSON' }) as never,
+  handler: async (a) => {
+    const h = await openStore(a.redis, a.vm);
+    try {
+      const vm = await h.store.vm();
+      if (!vm) throw new Error(`no VM "${a.vm}" in the store at ${h.url}`);
+      const metas = await h.store.metas();
+      const base = await h.store.base();
+      const versions = metas.map((m) => ({
+        version: m.version,
+        committedAt: new Date(m.committedAt).toISOString(),
+        parent: m.parent,
+        pages: m.pages,
+        bytesRaw: m.bytesRaw,
+        bytesStored: m.bytesStored,
+        pauseMs: m.pauseMs,
+        deviceStateBytes: m.deviceStateBytes,
+        deviceStateStored: m.deviceStateStored,
+        dirtySource: m.dirtySource,
+        codec: m.codec,
+        stage1Pages: m.stage1Pages,
+        stage2Pages: m.stage2Pages,
+      }));
+      if (a.json) {
+        process.stdout.write(
+          JSON.stringify({ vm: a.vm, ramBytes: vm.ramBytes, argv: vm.argv, base, versions }, null, 2) + '\n',
+        );
+        return;
+      }
+      process.stdout.write(`VM ${a.vm}: RAM ${fmtBytes(vm.ramBytes)}, ${versions.length} committed version(s)` +
+        (base ? `, base image at version ${base}` : '') + `\n`);
+      process.stdout.write(`QEMU: ${vm.argv.join(' ')}\n`);
+      process.stdout.write('version  committed                 pages   stored      B/page  pause ms  device     source\n');
+      for (const v of versions) {
+        const perPage = v.pages ? v.bytesStored / v.pages : 0;
+        process.stdout.write(
+          `${String(v.version).padStart(7)}  ${v.committedAt}  ${String(v.pages).padStart(6)}  ${fmtBytes(v.bytesStored).padStart(10)}  ` +
+            `${perPage.toFixed(1).padStart(6)}  ${v.pauseMs.toFixed(1).padStart(8)}  ${fmtBytes(v.deviceStateBytes).padStart(9)}  ${v.dirtySource}\n`,
+        );
+      }
+    } finally {
+      h.close();
+    }
+  },
+};

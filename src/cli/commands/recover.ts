@@ -1,0 +1,93 @@
+// `migsafe recover --vm ID`: rebuild the VM from its last (or a given) committed checkpoint.
+import type { CommandModule } from 'yargs';
+import { openSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { vmPaths } from '../../qemu/launch.js';
+import { recoverVm } from '../../recovery/recover.js';
+import { checkpointLoop } from '../checkpoint-loop.js';
+import { fmtBytes, log, openStore, runDir } from '../context.js';
+import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { ProgressBar } from '../progress-bar.js';
+
+export interface RecoverArgs extends CheckpointArgs {
+  version?: number;
+  pidfile?: string;
+  detach: boolean;
+  'qemu-binary'?: string;
+}
+
+export async function recoverHandler(a: RecoverArgs): Promise<number> {
+  const h = await openStore(a.redis, a.vm, !a.detach);
+  try {
+    // A new RAM file per recovery: never write under a QEMU that might still run.
+    const paths = { ...vmPaths(runDir(), `${a.vm}.r${Date.now()}`) };
+    const logFile = join(runDir(), `${a.vm}.qemu.log`);
+    const bar = new ProgressBar(`${a.vm}: reading checkpoint`);
+    const r = await recoverVm({
+      store: h.store,
+      version: a.version,
+      paths,
+      logFd: openSync(logFile, 'a'),
+      qemuBinary: a['qemu-binary'],
+      onPlan: (p) =>
+        log(
+          `${a.vm}: restoring version ${p.target.version}` +
+            (p.base ? ` (base image at version ${p.base}` : ' (from a zero image') +
+            ` + ${p.chain.length} version(s)), RAM ${p.vm.ramBytes >> 20} MiB`,
+        ),
+      onProgress: (p) => bar.update(p.done, p.total),
+    });
+    if (a.pidfile) writeFileSync(a.pidfile, `${r.qemu.pid}\n`);
+    log(
+      `${a.vm}: recovered version ${r.plan.target.version}: ${r.pagesApplied} page records, ` +
+        `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; read+verify ${r.timings.loadMs.toFixed(0)} ms, ` +
+        `QEMU start+load ${r.timings.startMs.toFixed(0)} ms; guest running, QEMU pid ${r.qemu.pid}`,
+    );
+    process.stdout.write(
+      JSON.stringify({
+        vm: a.vm,
+        version: r.plan.target.version,
+        base: r.plan.base,
+        versionsApplied: r.plan.chain.map((m) => m.version),
+        pagesApplied: r.pagesApplied,
+        pid: r.qemu.pid,
+        ram: paths.ram,
+        qmp: paths.qmp,
+        recoveryMs: Math.round(r.timings.totalMs),
+      }) + '\n',
+    );
+    if (a.detach) {
+      r.qmp.close();
+      return 0;
+    }
+    await h.store.cleanupPending();
+    return await checkpointLoop({
+      vm: a.vm,
+      store: h.store,
+      qmp: r.qmp,
+      ramPath: paths.ram,
+      ramBytes: r.plan.vm.ramBytes,
+      deviceStatePath: paths.deviceState,
+      qemuExited: r.qemu.exited,
+      quitVmOnStop: true,
+      resumeFrom: { image: r.image, version: r.plan.target.version },
+      ...loopSettings(a),
+    });
+  } finally {
+    h.close();
+  }
+}
+
+export const recoverCommand: CommandModule<object, RecoverArgs> = {
+  command: 'recover',
+  describe: 'Rebuild a VM from its checkpoints, resume it, and keep checkpointing it (unless --detach)',
+  builder: (y) =>
+    withCheckpointing(withStore(y))
+      .option('version', { type: 'number', describe: 'committed version to restore (default: the newest)' })
+      .option('pidfile', { type: 'string', describe: 'write the new QEMU process id to this file' })
+      .option('detach', { type: 'boolean', default: false, describe: 'leave the recovered VM running and exit' })
+      .option('qemu-binary', { type: 'string', describe: 'QEMU binary to use instead of the recorded one' }) as never,
+  handler: async (a) => {
+    process.exitCode = await recoverHandler(a);
+  },
+};

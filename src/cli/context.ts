@@ -1,0 +1,53 @@
+// Where migsafe keeps its things, and how a command reaches the store.
+import { mkdirSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import type { Redis } from 'ioredis';
+import { CheckpointStore } from '../store/checkpoint-store.js';
+import { connectRedis, ensureLocalRedis } from '../store/redis-server.js';
+
+/** Persistent state (the private Redis and its AOF): $MIGSAFE_STATE_DIR or ~/.local/state/migsafe. */
+export function stateDir(): string {
+  const d = process.env.MIGSAFE_STATE_DIR || join(process.env.XDG_STATE_HOME || join(homedir(), '.local', 'state'), 'migsafe');
+  mkdirSync(d, { recursive: true, mode: 0o700 });
+  return d;
+}
+
+/** Guest RAM files, QMP sockets: tmpfs. $MIGSAFE_RUN_DIR or /dev/shm/migsafe-UID. */
+export function runDir(): string {
+  const d = process.env.MIGSAFE_RUN_DIR || `/dev/shm/migsafe-${process.getuid?.() ?? 0}`;
+  mkdirSync(d, { recursive: true, mode: 0o700 });
+  return d;
+}
+
+export interface StoreHandle {
+  redis: Redis;
+  store: CheckpointStore;
+  url: string;
+  close(): void;
+}
+
+/** Connects to --redis, or to migsafe's private redis-server (started if it is not running). */
+export async function openStore(redisUrl: string | undefined, vm: string, retry = false): Promise<StoreHandle> {
+  const url = redisUrl ?? (await ensureLocalRedis(stateDir()));
+  const redis = connectRedis(url, { retry });
+  try {
+    await redis.ping();
+  } catch (e) {
+    redis.disconnect();
+    throw new Error(`cannot reach Redis at ${url}: ${(e as Error).message}`);
+  }
+  return { redis, store: new CheckpointStore(redis, vm), url, close: () => redis.disconnect() };
+}
+
+export function log(msg: string): void {
+  const t = new Date().toISOString().slice(11, 23);
+  process.stderr.write(`[${t}] ${msg}\n`);
+}
+
+export function fmtBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}

@@ -1,0 +1,68 @@
+// Options shared by the verbs that checkpoint a VM.
+import type { Argv } from 'yargs';
+import { parseCodec } from '../store/frame.js';
+import { checkVmId } from '../store/keys.js';
+
+export function withStore<T>(y: Argv<T>) {
+  return y
+    .option('vm', { type: 'string', demandOption: true, describe: 'VM id (letters, digits, . _ -)' })
+    .option('redis', {
+      type: 'string',
+      describe: 'Redis URL (redis://127.0.0.1:6379) or unix socket path; default: migsafe\'s own redis-server',
+    })
+    .check((a) => {
+      checkVmId(String((a as { vm: string }).vm));
+      return true;
+    });
+}
+
+export function withCheckpointing<T>(y: Argv<T>) {
+  return y
+    .option('interval', { type: 'number', default: 1000, describe: 'I: ms between the starts of two rounds' })
+    .option('max-pages', { type: 'number', default: 0, describe: 'N: most pages sent live per round (0: no bound)' })
+    .option('max-time', { type: 'number', default: 0, describe: 'T: longest live stage of a round, ms (0: no bound)' })
+    .option('codec', {
+      type: 'string',
+      default: 'zstd:1',
+      describe: 'compression of page records: none, gzip[:level], lz4, zstd[:level]',
+    })
+    .option('threads', { type: 'number', default: 1, describe: 'encoder threads' })
+    .option('compact-every', {
+      type: 'number',
+      default: 20,
+      describe: 'fold old versions into the base once more than 2×K are stored (0: never)',
+    })
+    .check((a) => {
+      const o = a as unknown as Record<string, number | string>;
+      parseCodec(String(o.codec));
+      for (const k of ['interval', 'max-pages', 'max-time', 'threads', 'compact-every']) {
+        const v = Number(o[k]);
+        if (!Number.isInteger(v) || v < 0) throw new Error(`--${k} must be a whole number ≥ 0 (got ${o[k]})`);
+      }
+      if (Number(o.threads) < 1) throw new Error('--threads must be at least 1');
+      if (Number(o.interval) < 10) throw new Error('--interval must be at least 10 ms');
+      return true;
+    });
+}
+
+export interface CheckpointArgs {
+  vm: string;
+  redis?: string;
+  interval: number;
+  'max-pages': number;
+  'max-time': number;
+  codec: string;
+  threads: number;
+  'compact-every': number;
+}
+
+export function loopSettings(a: CheckpointArgs) {
+  return {
+    intervalMs: a.interval,
+    maxPages: a['max-pages'],
+    maxTimeMs: a['max-time'],
+    codec: parseCodec(a.codec),
+    threads: a.threads,
+    compactEvery: a['compact-every'],
+  };
+}

@@ -1,0 +1,232 @@
+// Writing versions of one VM: begin → chunks (pipelined) → device state → atomic commit.
+import type { Redis } from 'ioredis';
+import { STORE_FORMAT, vmKeys, type VmKeys } from './keys.js';
+import { metaFromHash, metaToHash, type VersionMeta } from './version-meta.js';
+
+export interface VmRecord {
+  format: number;
+  /** The QEMU command line the user gave (without what migsafe adds). */
+  argv: string[];
+  ramBytes: number;
+  pageSize: number;
+  createdAt: number;
+}
+
+/** The commit found that the store's head is not the version the deltas were made against. */
+export class ParentMismatchError extends Error {}
+
+// Atomic commit: the version becomes visible only if all its data is there and its parent is
+// the head (else the deltas would apply to the wrong image).
+const COMMIT_LUA = `
+local version = tonumber(ARGV[1])
+local parent = tonumber(ARGV[2])
+local top = redis.call('ZREVRANGE', KEYS[1], 0, 0)
+local head = 0
+if #top > 0 then head = tonumber(top[1]) end
+if parent ~= 0 and parent ~= head then
+  return redis.error_reply('PARENT version ' .. version .. ' was made against ' .. parent .. ' but the head is ' .. head)
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+  return redis.error_reply('NOTPENDING version ' .. version .. ' is not being written')
+end
+local n = redis.call('LLEN', KEYS[4])
+if n ~= tonumber(ARGV[3]) then
+  return redis.error_reply('INCOMPLETE version ' .. version .. ' has ' .. n .. ' of ' .. ARGV[3] .. ' chunks')
+end
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  return redis.error_reply('INCOMPLETE version ' .. version .. ' has no device state')
+end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[3], unpack(fields))
+redis.call('ZADD', KEYS[1], version, version)
+redis.call('SREM', KEYS[2], ARGV[1])
+return head
+`;
+
+export class CheckpointStore {
+  readonly keys: VmKeys;
+
+  constructor(
+    readonly redis: Redis,
+    readonly vmId: string,
+  ) {
+    this.keys = vmKeys(vmId);
+  }
+
+  /** Records (or checks) the VM: a VM id keeps its RAM size for life. */
+  async init(argv: readonly string[], ramBytes: number): Promise<void> {
+    const existing = await this.vm();
+    if (existing && existing.ramBytes !== ramBytes) {
+      throw new Error(
+        `VM "${this.vmId}" is stored with ${existing.ramBytes} bytes of RAM, this QEMU has ${ramBytes}: ` +
+          'use another --vm id, or delete the old checkpoints with `migsafe delete --vm ' +
+          this.vmId +
+          '`',
+      );
+    }
+    await this.redis.hset(this.keys.vm, {
+      format: STORE_FORMAT,
+      argv: JSON.stringify(argv),
+      ramBytes,
+      pageSize: 4096,
+      createdAt: existing?.createdAt ?? Date.now(),
+    });
+  }
+
+  async vm(): Promise<VmRecord | null> {
+    const h = await this.redis.hgetall(this.keys.vm);
+    if (!h.format) return null;
+    if (Number(h.format) !== STORE_FORMAT) {
+      throw new Error(`VM "${this.vmId}" is stored in format ${h.format}; this migsafe reads format ${STORE_FORMAT}`);
+    }
+    return {
+      format: Number(h.format),
+      argv: JSON.parse(h.argv ?? '[]') as string[],
+      ramBytes: Number(h.ramBytes),
+      pageSize: Number(h.pageSize),
+      createdAt: Number(h.createdAt),
+    };
+  }
+
+  /** Committed version numbers, oldest first. */
+  async committed(): Promise<number[]> {
+    return (await this.redis.zrange(this.keys.committed, 0, -1)).map(Number);
+  }
+
+  async head(): Promise<number> {
+    const top = await this.redis.zrevrange(this.keys.committed, 0, 0);
+    return top.length ? Number(top[0]) : 0;
+  }
+
+  async base(): Promise<number> {
+    return Number((await this.redis.get(this.keys.base)) ?? 0);
+  }
+
+  async meta(version: number): Promise<VersionMeta | null> {
+    const h = await this.redis.hgetall(this.keys.version(version));
+    if (!h.version) return null;
+    return metaFromHash(h, `version ${version} of VM "${this.vmId}"`);
+  }
+
+  async metas(): Promise<VersionMeta[]> {
+    const versions = await this.committed();
+    const pipe = this.redis.pipeline();
+    for (const v of versions) pipe.hgetall(this.keys.version(v));
+    const res = (await pipe.exec()) ?? [];
+    return res.map(([err, h], i) => {
+      if (err) throw err;
+      return metaFromHash(h as Record<string, string>, `version ${versions[i]} of VM "${this.vmId}"`);
+    });
+  }
+
+  /** Deletes versions left uncommitted by a writer that died. Call before writing. */
+  async cleanupPending(): Promise<number[]> {
+    const pending = (await this.redis.smembers(this.keys.pending)).map(Number);
+    if (pending.length === 0) return [];
+    const pipe = this.redis.pipeline();
+    for (const v of pending) {
+      pipe.del(this.keys.version(v), this.keys.chunks(v), this.keys.device(v));
+      pipe.srem(this.keys.pending, String(v));
+    }
+    await pipe.exec();
+    return pending;
+  }
+
+  async begin(parent: number): Promise<PendingVersion> {
+    const version = await this.redis.incr(this.keys.seq);
+    await this.redis.sadd(this.keys.pending, String(version));
+    return new PendingVersion(this, version, parent);
+  }
+
+  /** Removes every key of the VM. */
+  async deleteAll(): Promise<number> {
+    let n = 0;
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.keys.prefix}*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length) n += await this.redis.del(...keys);
+    } while (cursor !== '0');
+    return n;
+  }
+}
+
+/** A version being written. Nothing of it is visible until commit() succeeds. */
+export class PendingVersion {
+  private chunks = 0;
+  private pageBytes = 0;
+  private deviceBytes = 0;
+  private inflight: Promise<unknown>[] = [];
+
+  constructor(
+    private readonly store: CheckpointStore,
+    readonly version: number,
+    readonly parent: number,
+  ) {}
+
+  get chunkCount(): number {
+    return this.chunks;
+  }
+
+
+  /** Queues a frame of page records; ioredis pipelines the writes, commit() awaits them. */
+  addChunk(frame: Buffer): void {
+    this.chunks++;
+    this.pageBytes += frame.length;
+    this.inflight.push(this.store.redis.rpush(this.store.keys.chunks(this.version), frame));
+  }
+
+  setDeviceState(frame: Buffer): void {
+    this.deviceBytes = frame.length;
+    this.inflight.push(this.store.redis.set(this.store.keys.device(this.version), frame));
+  }
+
+  /** Waits for every write, then makes the version visible atomically. */
+  async commit(
+    meta: Omit<VersionMeta, 'version' | 'parent' | 'chunks' | 'bytesStored' | 'deviceStateStored' | 'committedAt'>,
+  ): Promise<VersionMeta> {
+    await Promise.all(this.inflight.splice(0));
+    const full: VersionMeta = {
+      ...meta,
+      version: this.version,
+      parent: this.parent,
+      chunks: this.chunks,
+      bytesStored: this.pageBytes,
+      deviceStateStored: this.deviceBytes,
+      committedAt: Date.now(),
+    };
+    const k = this.store.keys;
+    try {
+      await this.store.redis.eval(
+        COMMIT_LUA,
+        5,
+        k.committed,
+        k.pending,
+        k.version(this.version),
+        k.chunks(this.version),
+        k.device(this.version),
+        String(this.version),
+        String(this.parent),
+        String(this.chunks),
+        ...metaToHash(full),
+      );
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg.includes('PARENT')) throw new ParentMismatchError(msg);
+      throw e;
+    }
+    return full;
+  }
+
+  /** Drops what was written (best effort: cleanupPending() catches what this misses). */
+  async abort(): Promise<void> {
+    await Promise.allSettled(this.inflight.splice(0));
+    const k = this.store.keys;
+    await this.store.redis
+      .multi()
+      .del(k.version(this.version), k.chunks(this.version), k.device(this.version))
+      .srem(k.pending, String(this.version))
+      .exec();
+  }
+}

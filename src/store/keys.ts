@@ -1,0 +1,41 @@
+// The Redis layout of one VM's checkpoints. All keys of a VM share the hash tag {id},
+// so a cluster keeps them on one shard and a Lua commit can touch them all.
+//
+//   migsafe:{id}:vm            hash    format, argv (JSON), ramBytes, pageSize, createdAt
+//   migsafe:{id}:seq           string  last version number handed out (INCR)
+//   migsafe:{id}:committed     zset    committed versions (score = member = version)
+//   migsafe:{id}:pending       set     versions being written; never read, cleaned up
+//   migsafe:{id}:base          string  version folded into the base image (compaction), absent if none
+//   migsafe:{id}:v:{n}         hash    version metadata (see VersionMeta)
+//   migsafe:{id}:v:{n}:chunks  list    frames of page records
+//   migsafe:{id}:v:{n}:device  string  frame of the device state
+//   migsafe:{id}:base:chunks   list    frames of the base image (pages of version `base`)
+
+export const STORE_FORMAT = 1;
+
+const VM_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function checkVmId(id: string): string {
+  if (!VM_ID.test(id)) {
+    throw new Error(`invalid VM id "${id}": use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  }
+  return id;
+}
+
+export function vmKeys(id: string) {
+  const p = `migsafe:{${checkVmId(id)}}:`;
+  return {
+    vm: `${p}vm`,
+    seq: `${p}seq`,
+    committed: `${p}committed`,
+    pending: `${p}pending`,
+    base: `${p}base`,
+    baseChunks: `${p}base:chunks`,
+    version: (n: number) => `${p}v:${n}`,
+    chunks: (n: number) => `${p}v:${n}:chunks`,
+    device: (n: number) => `${p}v:${n}:device`,
+    prefix: p,
+  };
+}
+
+export type VmKeys = ReturnType<typeof vmKeys>;

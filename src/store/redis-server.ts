@@ -1,0 +1,157 @@
+// A private redis-server: loopback or a unix socket only, data in its own directory (AOF on,
+// so a restarted server comes back with every committed version).
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+
+export interface RedisServerOptions {
+  dir: string;
+  /** TCP port on 127.0.0.1; 0 picks a free one. Omit for a unix socket only. */
+  port?: number;
+  /** fsync policy of the append-only file. */
+  appendfsync?: 'always' | 'everysec' | 'no';
+}
+
+export interface RedisServerHandle {
+  pid: number;
+  /** What `--redis` takes to reach it: redis://127.0.0.1:PORT or the socket path. */
+  url: string;
+  dir: string;
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function redisServerBinary(): string {
+  try {
+    return execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).trim();
+  } catch {
+    throw new Error('redis-server is not installed: `apt-get install redis-server` (or give --redis URL)');
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Starts a redis-server that outlives this process (checkpoints must survive the sidecar). */
+export async function startRedisServer(opts: RedisServerOptions): Promise<RedisServerHandle> {
+  mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+  const port = opts.port === undefined ? 0 : opts.port || (await freePort());
+  const sock = join(opts.dir, 'redis.sock');
+  const pidfile = join(opts.dir, 'redis.pid');
+  if (existsSync(sock)) rmSync(sock);
+  const args = [
+    '--port', String(port),
+    '--bind', '127.0.0.1',
+    '--unixsocket', sock,
+    '--unixsocketperm', '700',
+    '--dir', opts.dir,
+    '--pidfile', pidfile,
+    '--appendonly', 'yes',
+    '--appendfsync', opts.appendfsync ?? 'everysec',
+    '--aof-load-truncated', 'yes',
+    '--save', '',
+    '--daemonize', 'no',
+    '--protected-mode', 'yes',
+    '--logfile', join(opts.dir, 'redis.log'),
+    // Checkpoint frames can be large.
+    '--proto-max-bulk-len', '1gb',
+  ];
+  const child = spawn(redisServerBinary(), args, { detached: true, stdio: 'ignore' });
+  child.unref();
+  const pid = child.pid;
+  if (pid === undefined) throw new Error('cannot start redis-server');
+  const url = port ? `redis://127.0.0.1:${port}` : sock;
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    if (!alive(pid)) {
+      let log = '';
+      try {
+        log = readFileSync(join(opts.dir, 'redis.log'), 'utf8').split('\n').slice(-5).join('\n');
+      } catch {
+        /* no log */
+      }
+      throw new Error(`redis-server exited at start (dir ${opts.dir}):\n${log}`);
+    }
+    if (existsSync(sock)) {
+      const r = connectRedis(url, { retry: false });
+      try {
+        await r.ping();
+        // Ready also means the AOF is loaded.
+        const info = await r.info('persistence');
+        if (/loading:0/.test(info)) break;
+      } catch {
+        /* not yet */
+      } finally {
+        r.disconnect();
+      }
+    }
+    if (Date.now() > deadline) throw new Error(`redis-server did not become ready in 10 s (dir ${opts.dir})`);
+    await sleep(20);
+  }
+  return {
+    pid,
+    url,
+    dir: opts.dir,
+    async stop() {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        return;
+      }
+      for (let i = 0; i < 500 && alive(pid); i++) await sleep(10);
+    },
+  };
+}
+
+/** The private server of this user's state directory: reused while it runs, started when not. */
+export async function ensureLocalRedis(stateDir: string): Promise<string> {
+  const dir = join(stateDir, 'redis');
+  const sock = join(dir, 'redis.sock');
+  const pidfile = join(dir, 'redis.pid');
+  if (existsSync(pidfile) && existsSync(sock)) {
+    const pid = Number(readFileSync(pidfile, 'utf8').trim());
+    if (pid > 0 && alive(pid)) return sock;
+  }
+  return (await startRedisServer({ dir })).url;
+}
+
+export interface ConnectOptions {
+  /** Keep reconnecting when the server goes away (the sidecar); off for one-shot commands. */
+  retry?: boolean;
+}
+
+/** redis://host:port[/db], rediss://..., or a unix socket path. Loopback only unless the user says otherwise. */
+export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
+  const common = {
+    lazyConnect: false,
+    enableAutoPipelining: true,
+    maxRetriesPerRequest: opts.retry ? 3 : 0,
+    retryStrategy: opts.retry ? (times: number) => Math.min(times * 100, 1000) : () => null,
+    // Commands wait for the (re)connection; a one-shot client fails them when it gives up.
+    enableOfflineQueue: true,
+  };
+  const r = url.startsWith('/') || url.startsWith('./') ? new Redis({ ...common, path: url }) : new Redis(url, common);
+  r.on('error', () => {
+    /* surfaced by the failing command */
+  });
+  return r;
+}

@@ -1,0 +1,56 @@
+// What a committed version says about itself (the `migsafe:{id}:v:{n}` hash).
+import type { DirtySourceKind } from '../qemu/dirty-source.js';
+
+export interface VersionMeta {
+  version: number;
+  /** Version this one's deltas apply to; 0 when it is complete on its own (from a zero image). */
+  parent: number;
+  committedAt: number;
+  /** Page records in this version. */
+  pages: number;
+  /** 4096 × pages. */
+  bytesRaw: number;
+  /** Bytes of page data in Redis for this version (compressed frames; device state not included). */
+  bytesStored: number;
+  /** How long the VM was paused for stage 2. */
+  pauseMs: number;
+  deviceStateBytes: number;
+  /** Bytes of the device state in Redis (compressed). */
+  deviceStateStored: number;
+  dirtySource: DirtySourceKind;
+  /** Frames in the version's chunk list: a commit checks it, a reader checks it again. */
+  chunks: number;
+  codec: string;
+  /** Pages sent in stage 1 (VM running) and stage 2 (VM paused). */
+  stage1Pages: number;
+  stage2Pages: number;
+}
+
+const NUMERIC: (keyof VersionMeta)[] = [
+  'version',
+  'parent',
+  'committedAt',
+  'pages',
+  'bytesRaw',
+  'bytesStored',
+  'pauseMs',
+  'deviceStateBytes',
+  'deviceStateStored',
+  'chunks',
+  'stage1Pages',
+  'stage2Pages',
+];
+
+export function metaToHash(m: VersionMeta): string[] {
+  return Object.entries(m).flatMap(([k, v]) => [k, String(v)]);
+}
+
+export function metaFromHash(h: Record<string, string>, where: string): VersionMeta {
+  const out: Record<string, unknown> = { ...h };
+  for (const k of NUMERIC) {
+    const v = Number(h[k]);
+    if (h[k] === undefined || !Number.isFinite(v)) throw new Error(`${where}: metadata field ${k} is missing or not a number`);
+    out[k] = v;
+  }
+  return out as unknown as VersionMeta;
+}
