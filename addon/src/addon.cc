@@ -1,0 +1,485 @@
+// N-API surface of the kernel: argument checks, Buffers and workers only. The contract is
+// src/kernel/native.ts.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <napi.h>
+#include <string>
+#include <vector>
+
+#include "batch.h"
+#include "codecs.h"
+#include "kernel.h"
+
+using namespace migsafe;
+
+namespace {
+
+struct Span {
+  uint8_t* p;
+  size_t n;
+};
+
+Span bytes_arg(const Napi::Env& env, const Napi::Value& v, const char* name) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, std::string(name) + " must be a Uint8Array or Buffer");
+  auto a = v.As<Napi::Uint8Array>();
+  return {a.Data(), a.ByteLength()};
+}
+
+Span page_arg(const Napi::Env& env, const Napi::Value& v, const char* name) {
+  Span s = bytes_arg(env, v, name);
+  if (s.n != kPage) throw Napi::RangeError::New(env, std::string(name) + " must be exactly 4096 bytes");
+  return s;
+}
+
+Level level_arg(const Napi::Env& env, const Napi::Value& v) {
+  if (v.IsUndefined() || v.IsNull()) return best_level();
+  if (!v.IsString()) throw Napi::TypeError::New(env, "level must be a string");
+  std::string s = v.As<Napi::String>();
+  Level l;
+  if (!parse_level(s.c_str(), &l)) throw Napi::RangeError::New(env, "unknown level '" + s + "'");
+  if (!level_supported(l)) throw Napi::RangeError::New(env, "level '" + s + "' is not supported by this CPU");
+  return l;
+}
+
+Codec codec_arg(const Napi::Env& env, const Napi::Value& v) {
+  if (!v.IsString()) throw Napi::TypeError::New(env, "codec must be a string");
+  std::string s = v.As<Napi::String>();
+  Codec c;
+  if (!parse_codec(s.c_str(), &c)) throw Napi::RangeError::New(env, "unknown codec '" + s + "'");
+  return c;
+}
+
+Napi::Buffer<uint8_t> take_bytes(Napi::Env env, Bytes& b) {
+  if (b.size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
+  size_t n = b.size;
+  uint8_t* p = b.release();
+  return Napi::Buffer<uint8_t>::New(env, p, n, [](Napi::Env, uint8_t* q) { free(q); });
+}
+
+Napi::Value CpuLevel(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), level_name(best_level()));
+}
+
+Napi::Value Levels(const Napi::CallbackInfo& info) {
+  Level l[3];
+  int n = available_levels(l);
+  auto a = Napi::Array::New(info.Env(), n);
+  for (int i = 0; i < n; i++) a.Set(uint32_t(i), level_name(l[i]));
+  return a;
+}
+
+Napi::Value Crc32cHardware(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), crc32c_hw());
+}
+
+Napi::Value EncodePage(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Span o = page_arg(env, info[0], "oldPage"), n = page_arg(env, info[1], "newPage");
+  Level l = level_arg(env, info[2]);
+  alignas(64) uint8_t out[kDeltaCap];
+  int len = encode_page(l, o.p, n.p, out);
+  if (len < 0) return env.Null();
+  return Napi::Buffer<uint8_t>::Copy(env, out, size_t(len));
+}
+
+Napi::Value EncodePageWordwise(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Span o = page_arg(env, info[0], "oldPage"), n = page_arg(env, info[1], "newPage");
+  uint8_t out[kPage];
+  int len = encode_page_wordwise(o.p, n.p, out);
+  if (len < 0) return env.Null();
+  return Napi::Buffer<uint8_t>::Copy(env, out, size_t(len));
+}
+
+Napi::Value DecodePage(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Span o = page_arg(env, info[0], "oldPage");
+  Span d = bytes_arg(env, info[1], "delta");
+  auto out = Napi::Buffer<uint8_t>::Copy(env, o.p, kPage);
+  const char* err = nullptr;
+  if (decode_page(d.p, d.n, out.Data(), &err) != 0)
+    throw Napi::Error::New(env, std::string("xbzrle: ") + err);
+  return out;
+}
+
+struct BatchArgs {
+  Span ram, shadow;
+  std::vector<uint32_t> pages;
+  bool all = true;
+  BatchOptions opt;
+  size_t npages = 0;
+};
+
+BatchArgs batch_args(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  BatchArgs a;
+  a.ram = bytes_arg(env, info[0], "ram");
+  a.shadow = bytes_arg(env, info[1], "shadow");
+  if (a.ram.n != a.shadow.n) throw Napi::RangeError::New(env, "ram and shadow differ in size");
+  if (a.ram.n % kPage) throw Napi::RangeError::New(env, "ram size is not a multiple of 4096");
+  a.npages = a.ram.n / kPage;
+  if (!info[2].IsNull() && !info[2].IsUndefined()) {
+    if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+      throw Napi::TypeError::New(env, "pages must be a Uint32Array or null");
+    auto p = info[2].As<Napi::Uint32Array>();
+    // Copied: the worker must not see later changes to the caller's array.
+    a.pages.assign(p.Data(), p.Data() + p.ElementLength());
+    a.all = false;
+  }
+  a.opt.level = best_level();
+  if (info[3].IsObject()) {
+    auto o = info[3].As<Napi::Object>();
+    a.opt.level = level_arg(env, o.Get("level"));
+    auto t = o.Get("threads");
+    if (!t.IsUndefined()) {
+      if (!t.IsNumber()) throw Napi::TypeError::New(env, "threads must be a number");
+      int n = t.As<Napi::Number>().Int32Value();
+      if (n < 1 || n > 64) throw Napi::RangeError::New(env, "threads must be 1..64");
+      a.opt.threads = n;
+    }
+    auto u = o.Get("updateShadow");
+    if (!u.IsUndefined()) a.opt.update_shadow = u.ToBoolean();
+  } else if (!info[3].IsUndefined()) {
+    throw Napi::TypeError::New(env, "options must be an object");
+  }
+  return a;
+}
+
+bool run_batch(BatchArgs& a, Bytes& out, std::string& err) {
+  return encode_batch(a.ram.p, a.shadow.p, a.npages, a.all ? nullptr : a.pages.data(),
+                      a.all ? 0 : a.pages.size(), a.opt, out, err);
+}
+
+Napi::Value EncodeBatch(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  BatchArgs a = batch_args(info);
+  Bytes out;
+  std::string err;
+  if (!run_batch(a, out, err)) throw Napi::RangeError::New(env, err);
+  return take_bytes(env, out);
+}
+
+// Keeps the JS buffers alive while a worker uses their memory.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Keep(const Napi::Value& v) {
+    if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ protected:
+  Napi::Promise::Deferred deferred_;
+  std::vector<Napi::ObjectReference> refs_;
+};
+
+class EncodeWorker : public PromiseWorker {
+ public:
+  EncodeWorker(Napi::Env env, BatchArgs a) : PromiseWorker(env), a_(std::move(a)) {}
+  void Execute() override {
+    std::string err;
+    if (!run_batch(a_, out_, err)) SetError(err);
+  }
+  void OnOK() override { deferred_.Resolve(take_bytes(Env(), out_)); }
+
+ private:
+  BatchArgs a_;
+  Bytes out_;
+};
+
+Napi::Value EncodeBatchAsync(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  BatchArgs a = batch_args(info);
+  auto* w = new EncodeWorker(env, std::move(a));
+  w->Keep(info[0]);
+  w->Keep(info[1]);
+  auto p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value ApplyBatch(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Span img = bytes_arg(env, info[0], "image");
+  Span rec = bytes_arg(env, info[1], "records");
+  if (img.n % kPage) throw Napi::RangeError::New(env, "image size is not a multiple of 4096");
+  size_t applied = 0;
+  std::string err;
+  if (!apply_batch(img.p, img.n / kPage, rec.p, rec.n, &applied, err))
+    throw Napi::Error::New(env, "applyBatch: " + err + "; image left untouched");
+  auto r = Napi::Object::New(env);
+  r.Set("records", Napi::Number::New(env, double(applied)));
+  return r;
+}
+
+Napi::Value ScanDirty(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Span ram = bytes_arg(env, info[0], "ram"), sh = bytes_arg(env, info[1], "shadow");
+  if (ram.n != sh.n || ram.n % kPage) throw Napi::RangeError::New(env, "ram and shadow must be equal multiples of 4096 bytes");
+  Level l = level_arg(env, info[2]);
+  std::vector<uint32_t> dirty;
+  for (size_t p = 0; p < ram.n / kPage; p++)
+    if (!pages_equal(l, ram.p + p * kPage, sh.p + p * kPage)) dirty.push_back(uint32_t(p));
+  auto out = Napi::Uint32Array::New(env, dirty.size());
+  if (!dirty.empty()) memcpy(out.Data(), dirty.data(), dirty.size() * 4);
+  return out;
+}
+
+int level_num(const Napi::Env& env, const Napi::Value& v) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, "level must be a number");
+  return v.As<Napi::Number>().Int32Value();
+}
+
+size_t raw_len_arg(const Napi::Env& env, const Napi::Value& v) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, "rawLength must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0) || d > double(1ULL << 32) || d != double(size_t(d)))
+    throw Napi::RangeError::New(env, "rawLength must be an integer in 0..2^32");
+  return size_t(d);
+}
+
+Napi::Value Compress(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Codec c = codec_arg(env, info[0]);
+  int level = level_num(env, info[1]);
+  Span d = bytes_arg(env, info[2], "data");
+  std::vector<uint8_t> out;
+  std::string err;
+  if (!compress(c, level, d.p, d.n, out, err)) throw Napi::Error::New(env, err);
+  return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
+}
+
+Napi::Value Decompress(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Codec c = codec_arg(env, info[0]);
+  Span d = bytes_arg(env, info[1], "data");
+  size_t raw = raw_len_arg(env, info[2]);
+  auto out = Napi::Buffer<uint8_t>::New(env, raw);
+  std::string err;
+  if (!decompress(c, d.p, d.n, out.Data(), raw, err)) throw Napi::Error::New(env, err);
+  return out;
+}
+
+class CodecWorker : public PromiseWorker {
+ public:
+  CodecWorker(Napi::Env env, bool comp, Codec c, int level, Span d, size_t raw)
+      : PromiseWorker(env), comp_(comp), c_(c), level_(level), d_(d), raw_(raw) {}
+  void Execute() override {
+    std::string err;
+    bool ok;
+    if (comp_) {
+      ok = compress(c_, level_, d_.p, d_.n, out_, err);
+    } else {
+      out_.resize(raw_);
+      ok = decompress(c_, d_.p, d_.n, out_.data(), raw_, err);
+    }
+    if (!ok) SetError(err);
+  }
+  void OnOK() override { deferred_.Resolve(Napi::Buffer<uint8_t>::Copy(Env(), out_.data(), out_.size())); }
+
+ private:
+  bool comp_;
+  Codec c_;
+  int level_;
+  Span d_;
+  size_t raw_;
+  std::vector<uint8_t> out_;
+};
+
+Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Codec c = codec_arg(env, info[0]);
+  int level = level_num(env, info[1]);
+  Span d = bytes_arg(env, info[2], "data");
+  auto* w = new CodecWorker(env, true, c, level, d, 0);
+  w->Keep(info[2]);
+  auto p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value DecompressAsync(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Codec c = codec_arg(env, info[0]);
+  Span d = bytes_arg(env, info[1], "data");
+  size_t raw = raw_len_arg(env, info[2]);
+  auto* w = new CodecWorker(env, false, c, 0, d, raw);
+  w->Keep(info[1]);
+  auto p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value Crc32c(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Span d = bytes_arg(env, info[0], "data");
+  uint32_t seed = 0;
+  if (!info[1].IsUndefined()) {
+    if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "seed must be a number");
+    seed = info[1].As<Napi::Number>().Uint32Value();
+  }
+  return Napi::Number::New(env, crc32c(d.p, d.n, seed));
+}
+
+Napi::Value MapFile(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+  std::string path = info[0].As<Napi::String>();
+  if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "size must be a number");
+  double sz = info[1].As<Napi::Number>().DoubleValue();
+  bool writable = info[2].ToBoolean();
+  if (!(sz > 0) || sz != double(size_t(sz))) throw Napi::RangeError::New(env, "size must be a positive integer");
+  size_t size = size_t(sz);
+  int fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw Napi::Error::New(env, "mapFile: open " + path + ": " + strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || size_t(st.st_size) < size) {
+    close(fd);
+    throw Napi::RangeError::New(env, "mapFile: " + path + " is smaller than " + std::to_string(size) + " bytes");
+  }
+  void* p = mmap(nullptr, size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
+  int e = errno;
+  close(fd);  // the mapping keeps the file referenced
+  if (p == MAP_FAILED) throw Napi::Error::New(env, "mapFile: mmap " + path + ": " + strerror(e));
+  // The finalizer unmaps when the Buffer (and every view of its ArrayBuffer) is collected.
+  return Napi::Buffer<uint8_t>::New(env, static_cast<uint8_t*>(p), size,
+                                    [size](Napi::Env, uint8_t* q) { munmap(q, size); });
+}
+
+// benchKernel(op, pairs, {level, repeats, inner, codec, codecLevel}): runs a kernel loop over
+// the page pairs (8192-byte records: old page, new page) entirely in C++, so the numbers
+// carry no per-call N-API cost. Returns {seconds: per-repeat times of `inner` passes, bytes:
+// output bytes of one pass}.
+Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  std::string op = info[0].As<Napi::String>();
+  Span pairs = bytes_arg(env, info[1], "pairs");
+  if (pairs.n % (2 * kPage)) throw Napi::RangeError::New(env, "pairs must be 8192-byte records");
+  size_t n = pairs.n / (2 * kPage);
+  auto o = info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(env);
+  Level l = level_arg(env, o.Get("level"));
+  int repeats = o.Has("repeats") ? o.Get("repeats").As<Napi::Number>().Int32Value() : 5;
+  int inner = o.Has("inner") ? o.Get("inner").As<Napi::Number>().Int32Value() : 1;
+  Codec codec = Codec::None;
+  int clevel = 1;
+  if (o.Has("codec")) codec = codec_arg(env, o.Get("codec"));
+  if (o.Has("codecLevel")) clevel = o.Get("codecLevel").As<Napi::Number>().Int32Value();
+  auto oldp = [&](size_t i) { return pairs.p + i * 2 * kPage; };
+  auto newp = [&](size_t i) { return pairs.p + i * 2 * kPage + kPage; };
+
+  // Inputs some ops need, prepared outside the timed region.
+  std::vector<uint8_t> deltas, scratch, ram, shadow;
+  std::vector<std::pair<size_t, int>> dl;  // offset, length (-1: full page)
+  if (op == "decode") {
+    alignas(64) uint8_t tmp[kDeltaCap];
+    for (size_t i = 0; i < n; i++) {
+      int len = encode_page(best_level(), oldp(i), newp(i), tmp);
+      dl.push_back({deltas.size(), len});
+      if (len > 0) deltas.insert(deltas.end(), tmp, tmp + len);
+    }
+    scratch.resize(n * kPage);
+    for (size_t i = 0; i < n; i++) memcpy(scratch.data() + i * kPage, oldp(i), kPage);
+  } else if (op == "batch") {
+    ram.resize(n * kPage);
+    shadow.resize(n * kPage);
+  }
+
+  std::vector<double> secs;
+  double bytes = 0;
+  alignas(64) uint8_t buf[kDeltaCap];
+  std::vector<uint8_t> cbuf;
+  std::string err;
+  for (int r = 0; r < repeats; r++) {
+    if (op == "batch") {
+      for (size_t i = 0; i < n; i++) memcpy(ram.data() + i * kPage, newp(i), kPage);
+    }
+    double pass_bytes = 0;
+    double t_excl = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int k = 0; k < inner; k++) {
+      pass_bytes = 0;
+      if (op == "encode") {
+        for (size_t i = 0; i < n; i++) {
+          int len = encode_page(l, oldp(i), newp(i), buf);
+          pass_bytes += len < 0 ? double(kPage) : double(len);
+        }
+      } else if (op == "wordwise") {
+        for (size_t i = 0; i < n; i++) {
+          int len = encode_page_wordwise(oldp(i), newp(i), buf);
+          pass_bytes += len < 0 ? double(kPage) : double(len);
+        }
+      } else if (op == "floor") {
+        for (size_t i = 0; i < n; i++) pass_bytes += floor_compare(l, oldp(i), newp(i));
+      } else if (op == "decode") {
+        // Applying the same delta again is idempotent, so the page can be decoded in place.
+        const char* e;
+        for (size_t i = 0; i < n; i++) {
+          if (dl[i].second > 0) decode_page(deltas.data() + dl[i].first, size_t(dl[i].second), scratch.data() + i * kPage, &e);
+          else if (dl[i].second < 0) memcpy(scratch.data() + i * kPage, newp(i), kPage);
+          pass_bytes += scratch[i * kPage];
+        }
+      } else if (op == "crc") {
+        for (size_t i = 0; i < n; i++) pass_bytes += crc32c(newp(i), kPage) & 1;
+      } else if (op == "compress-page") {
+        for (size_t i = 0; i < n; i++) {
+          if (!compress(codec, clevel, newp(i), kPage, cbuf, err)) throw Napi::Error::New(env, err);
+          pass_bytes += double(cbuf.size());
+        }
+      } else if (op == "batch") {
+        // Shadow reset excluded from the time: each pass must see the same changes.
+        auto ta = std::chrono::steady_clock::now();
+        for (size_t i = 0; i < n; i++) memcpy(shadow.data() + i * kPage, oldp(i), kPage);
+        t_excl += std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
+        Bytes out;
+        BatchOptions bo;
+        bo.level = l;
+        if (!encode_batch(ram.data(), shadow.data(), n, nullptr, 0, bo, out, err)) throw Napi::Error::New(env, err);
+        pass_bytes = double(out.size);
+      } else {
+        throw Napi::RangeError::New(env, "unknown bench op " + op);
+      }
+    }
+    secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - t_excl);
+    bytes = pass_bytes;
+  }
+  auto res = Napi::Object::New(env);
+  auto arr = Napi::Array::New(env, secs.size());
+  for (size_t i = 0; i < secs.size(); i++) arr.Set(uint32_t(i), secs[i]);
+  res.Set("seconds", arr);
+  res.Set("bytes", bytes);
+  return res;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("cpuLevel", Napi::Function::New(env, CpuLevel));
+  exports.Set("levels", Napi::Function::New(env, Levels));
+  exports.Set("crc32cHardware", Napi::Function::New(env, Crc32cHardware));
+  exports.Set("encodePage", Napi::Function::New(env, EncodePage));
+  exports.Set("encodePageWordwise", Napi::Function::New(env, EncodePageWordwise));
+  exports.Set("decodePage", Napi::Function::New(env, DecodePage));
+  exports.Set("encodeBatch", Napi::Function::New(env, EncodeBatch));
+  exports.Set("encodeBatchAsync", Napi::Function::New(env, EncodeBatchAsync));
+  exports.Set("applyBatch", Napi::Function::New(env, ApplyBatch));
+  exports.Set("scanDirty", Napi::Function::New(env, ScanDirty));
+  exports.Set("compress", Napi::Function::New(env, Compress));
+  exports.Set("decompress", Napi::Function::New(env, Decompress));
+  exports.Set("compressAsync", Napi::Function::New(env, CompressAsync));
+  exports.Set("decompressAsync", Napi::Function::New(env, DecompressAsync));
+  exports.Set("crc32c", Napi::Function::New(env, Crc32c));
+  exports.Set("mapFile", Napi::Function::New(env, MapFile));
+  exports.Set("benchKernel", Napi::Function::New(env, BenchKernel));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(migsafe, Init)

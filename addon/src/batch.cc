@@ -1,0 +1,213 @@
+#include "batch.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <thread>
+#include <vector>
+
+namespace migsafe {
+
+Bytes::~Bytes() { free(data); }
+
+void Bytes::reserve(size_t n) {
+  if (n <= cap) return;
+  size_t c = cap ? cap : 4096;
+  while (c < n) c *= 2;
+  void* p = realloc(data, c);
+  if (!p) throw std::bad_alloc();
+  data = static_cast<uint8_t*>(p);
+  cap = c;
+}
+
+namespace {
+
+inline void put32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }
+inline uint32_t get32(const uint8_t* p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+uint32_t zero_page_crc() {
+  static const uint32_t c = [] {
+    static const uint8_t z[kPage] = {};
+    return crc32c(z, kPage);
+  }();
+  return c;
+}
+
+void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, size_t begin,
+                  size_t end, const BatchOptions& opt, Bytes& out, BatchStats& st) {
+  alignas(64) uint8_t scratch[kPage];
+  const uint32_t zcrc = zero_page_crc();
+  out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
+  for (size_t k = begin; k < end; k++) {
+    size_t p = pages ? pages[k] : k;
+    const uint8_t* nw = ram + p * kPage;
+    uint8_t* sh = shadow + p * kPage;
+    PageDiff pd;
+    diff_page(opt.level, sh, nw, &pd);
+    if (pd.changed == 0) {
+      st.unchanged++;
+      continue;
+    }
+    out.reserve(out.size + kRecordHeader + kDeltaCap);
+    uint8_t* h = out.data + out.size;
+    uint8_t* payload = h + kRecordHeader;
+    uint8_t kind;
+    uint32_t len, crc;
+    if (pd.new_zero) {
+      kind = kZero;
+      len = 0;
+      crc = zcrc;
+      if (opt.update_shadow) memset(sh, 0, kPage);
+      st.zero++;
+    } else {
+      int n = pd.changed + 2 * pd.runs > kPage ? -1 : encode_from_diff(pd, nw, payload);
+      if (n > 0) {
+        kind = kDelta;
+        len = uint32_t(n);
+        // The shadow becomes exactly what a receiver reconstructs from this record, even if
+        // the guest writes the page meanwhile; the CRC is taken of that same page.
+        uint8_t* base = sh;
+        if (!opt.update_shadow) {
+          memcpy(scratch, sh, kPage);
+          base = scratch;
+        }
+        const char* e;
+        decode_page(payload, len, base, &e);  // our own output: well-formed by construction
+        crc = crc32c(base, kPage);
+        st.delta++;
+      } else {
+        kind = kFull;
+        len = kPage;
+        memcpy(payload, nw, kPage);
+        if (opt.update_shadow) memcpy(sh, payload, kPage);
+        crc = crc32c(payload, kPage);
+        st.full++;
+      }
+    }
+    put32(h, uint32_t(p));
+    h[4] = kind;
+    h[5] = 0;
+    h[6] = h[7] = 0;
+    put32(h + 8, len);
+    put32(h + 12, crc);
+    out.size += kRecordHeader + len;
+  }
+}
+
+}  // namespace
+
+bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint32_t* pages,
+                  size_t count, const BatchOptions& opt, Bytes& out, std::string& err,
+                  BatchStats* stats) {
+  if (pages) {
+    std::vector<uint64_t> seen((npages + 63) / 64, 0);
+    for (size_t k = 0; k < count; k++) {
+      uint32_t p = pages[k];
+      if (p >= npages) {
+        err = "page index " + std::to_string(p) + " out of range (" + std::to_string(npages) + " pages)";
+        return false;
+      }
+      if (seen[p >> 6] >> (p & 63) & 1) {
+        err = "page index " + std::to_string(p) + " listed twice";
+        return false;
+      }
+      seen[p >> 6] |= 1ULL << (p & 63);
+    }
+  } else {
+    count = npages;
+  }
+  size_t t = size_t(opt.threads < 1 ? 1 : opt.threads);
+  if (t > count / 64) t = count / 64 ? count / 64 : 1;  // threads only pay off on real batches
+  BatchStats total;
+  if (t == 1) {
+    encode_range(ram, shadow, pages, 0, count, opt, out, total);
+  } else {
+    std::vector<Bytes> parts(t);
+    std::vector<BatchStats> st(t);
+    std::vector<std::thread> th;
+    for (size_t i = 1; i < t; i++)
+      th.emplace_back([&, i] {
+        encode_range(ram, shadow, pages, count * i / t, count * (i + 1) / t, opt, parts[i], st[i]);
+      });
+    encode_range(ram, shadow, pages, 0, count / t, opt, parts[0], st[0]);
+    for (auto& x : th) x.join();
+    size_t sum = 0;
+    for (auto& b : parts) sum += b.size;
+    out.reserve(sum ? sum : 1);
+    for (size_t i = 0; i < t; i++) {
+      if (parts[i].size) memcpy(out.data + out.size, parts[i].data, parts[i].size);
+      out.size += parts[i].size;
+      total.zero += st[i].zero;
+      total.delta += st[i].delta;
+      total.full += st[i].full;
+      total.unchanged += st[i].unchanged;
+    }
+  }
+  if (stats) *stats = total;
+  return true;
+}
+
+bool apply_batch(uint8_t* image, size_t npages, const uint8_t* rec, size_t len, size_t* applied,
+                 std::string& err) {
+  struct Rec {
+    uint32_t page, len, crc;
+    uint8_t kind;
+    size_t off;
+  };
+  std::vector<Rec> recs;
+  std::vector<uint64_t> seen((npages + 63) / 64, 0);
+  size_t pos = 0;
+  auto fail = [&](size_t idx, const std::string& why) {
+    err = "record " + std::to_string(idx) + " (byte " + std::to_string(pos) + "): " + why;
+    return false;
+  };
+  // Pass 1: structure.
+  while (pos < len) {
+    size_t idx = recs.size();
+    if (len - pos < kRecordHeader) return fail(idx, "truncated record header");
+    const uint8_t* h = rec + pos;
+    Rec r{get32(h), get32(h + 8), get32(h + 12), h[4], pos + kRecordHeader};
+    if (h[5] || h[6] || h[7]) return fail(idx, "reserved header bytes are not zero");
+    if (r.kind > kFull) return fail(idx, "unknown record kind " + std::to_string(r.kind));
+    if (r.page >= npages)
+      return fail(idx, "page " + std::to_string(r.page) + " outside the image (" + std::to_string(npages) + " pages)");
+    if ((r.kind == kZero && r.len != 0) || (r.kind == kFull && r.len != kPage) ||
+        (r.kind == kDelta && (r.len == 0 || r.len > kPage)))
+      return fail(idx, "length " + std::to_string(r.len) + " invalid for its kind");
+    if (len - r.off < r.len) return fail(idx, "payload truncated");
+    if (seen[r.page >> 6] >> (r.page & 63) & 1)
+      return fail(idx, "page " + std::to_string(r.page) + " appears twice");
+    seen[r.page >> 6] |= 1ULL << (r.page & 63);
+    recs.push_back(r);
+    pos = r.off + r.len;
+  }
+  // Pass 2: decode and checksum into staging; the image is only read.
+  std::unique_ptr<uint8_t[]> staging(new uint8_t[recs.size() * kPage]);
+  for (size_t i = 0; i < recs.size(); i++) {
+    const Rec& r = recs[i];
+    uint8_t* s = staging.get() + i * kPage;
+    pos = r.off - kRecordHeader;
+    if (r.kind == kZero) {
+      memset(s, 0, kPage);
+    } else if (r.kind == kFull) {
+      memcpy(s, rec + r.off, kPage);
+    } else {
+      memcpy(s, image + size_t(r.page) * kPage, kPage);
+      const char* e = nullptr;
+      if (decode_page(rec + r.off, r.len, s, &e) != 0) return fail(i, std::string("bad delta: ") + e);
+    }
+    if (crc32c(s, kPage) != r.crc) return fail(i, "checksum mismatch on page " + std::to_string(r.page));
+  }
+  // Pass 3: commit.
+  for (size_t i = 0; i < recs.size(); i++)
+    memcpy(image + size_t(recs[i].page) * kPage, staging.get() + i * kPage, kPage);
+  *applied = recs.size();
+  return true;
+}
+
+}  // namespace migsafe

@@ -1,0 +1,58 @@
+// Batch records: the unit a checkpoint round ships.
+//
+// A batch is a packed sequence of records, no padding, little-endian:
+//   u32 page      page index in the RAM image
+//   u8  kind      0 = zero page (no payload), 1 = XBZRLE delta against the previous
+//                 checkpointed contents, 2 = full page (4096 bytes)
+//   u8  0, u16 0  reserved, must be zero
+//   u32 length    payload bytes: 0 (zero), 1..4096 (delta), 4096 (full)
+//   u32 crc32c    CRC32C of the page contents after the record is applied
+//   payload
+// A page appears at most once per batch.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernel.h"
+
+namespace migsafe {
+
+constexpr size_t kRecordHeader = 16;
+enum RecordKind : uint8_t { kZero = 0, kDelta = 1, kFull = 2 };
+
+// malloc-backed growable bytes (no zero-fill on growth); ownership can be handed to a Buffer.
+struct Bytes {
+  uint8_t* data = nullptr;
+  size_t size = 0, cap = 0;
+  Bytes() = default;
+  Bytes(const Bytes&) = delete;
+  Bytes& operator=(const Bytes&) = delete;
+  Bytes(Bytes&& o) noexcept : data(o.data), size(o.size), cap(o.cap) { o.data = nullptr; o.size = o.cap = 0; }
+  ~Bytes();
+  void reserve(size_t n);
+  uint8_t* release() { uint8_t* p = data; data = nullptr; size = cap = 0; return p; }
+};
+
+struct BatchOptions {
+  Level level = Level::Scalar;
+  int threads = 1;
+  bool update_shadow = true;
+};
+
+struct BatchStats {
+  size_t zero = 0, delta = 0, full = 0, unchanged = 0;
+};
+
+// ram and shadow hold npages pages each. pages == nullptr: every page. Returns false with err
+// on an out-of-range or repeated page index (nothing is encoded then).
+bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint32_t* pages,
+                  size_t count, const BatchOptions& opt, Bytes& out, std::string& err,
+                  BatchStats* stats = nullptr);
+
+// Decodes and checks every record into staging memory, then writes them all to image.
+// On any error returns false, err says which record and why, image is untouched.
+bool apply_batch(uint8_t* image, size_t npages, const uint8_t* rec, size_t len, size_t* applied,
+                 std::string& err);
+
+}  // namespace migsafe

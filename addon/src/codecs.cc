@@ -1,0 +1,145 @@
+// Codecs. Levels: gzip/deflate 0..9 (zlib), lz4 <= 1 = fast (LZ4_compress_default),
+// 2..12 = LZ4 HC, zstd 1..22 (and negative fast levels). Contexts are per thread and reused:
+// checkpoint rounds compress many small batches.
+#include "codecs.h"
+
+#include <cstring>
+#include <lz4.h>
+#include <lz4hc.h>
+#include <zlib.h>
+#include <zstd.h>
+
+namespace migsafe {
+
+bool parse_codec(const char* s, Codec* out) {
+  if (!strcmp(s, "none")) *out = Codec::None;
+  else if (!strcmp(s, "gzip")) *out = Codec::Gzip;
+  else if (!strcmp(s, "deflate")) *out = Codec::Deflate;
+  else if (!strcmp(s, "lz4")) *out = Codec::Lz4;
+  else if (!strcmp(s, "zstd")) *out = Codec::Zstd;
+  else return false;
+  return true;
+}
+
+namespace {
+
+struct ZstdCtx {
+  ZSTD_CCtx* c = ZSTD_createCCtx();
+  ZSTD_DCtx* d = ZSTD_createDCtx();
+  ~ZstdCtx() {
+    ZSTD_freeCCtx(c);
+    ZSTD_freeDCtx(d);
+  }
+};
+ZstdCtx& zstd_ctx() {
+  thread_local ZstdCtx z;
+  return z;
+}
+
+int zlib_bits(Codec c) { return c == Codec::Gzip ? 15 + 16 : -15; }
+
+}  // namespace
+
+bool compress(Codec c, int level, const uint8_t* src, size_t n, std::vector<uint8_t>& out,
+              std::string& err) {
+  switch (c) {
+    case Codec::None:
+      out.assign(src, src + n);
+      return true;
+    case Codec::Lz4: {
+      if (n > size_t(LZ4_MAX_INPUT_SIZE)) { err = "lz4: input too large"; return false; }
+      out.resize(size_t(LZ4_compressBound(int(n))));
+      int r = level <= 1
+                  ? LZ4_compress_default((const char*)src, (char*)out.data(), int(n), int(out.size()))
+                  : LZ4_compress_HC((const char*)src, (char*)out.data(), int(n), int(out.size()),
+                                    level);
+      if (r <= 0 && n > 0) { err = "lz4: compression failed"; return false; }
+      out.resize(size_t(r));
+      return true;
+    }
+    case Codec::Zstd: {
+      out.resize(ZSTD_compressBound(n));
+      size_t r = ZSTD_compressCCtx(zstd_ctx().c, out.data(), out.size(), src, n, level);
+      if (ZSTD_isError(r)) { err = std::string("zstd: ") + ZSTD_getErrorName(r); return false; }
+      out.resize(r);
+      return true;
+    }
+    case Codec::Gzip:
+    case Codec::Deflate: {
+      if (level < 0 || level > 9) { err = "gzip/deflate level must be 0..9"; return false; }
+      z_stream s;
+      memset(&s, 0, sizeof s);
+      if (deflateInit2(&s, level, Z_DEFLATED, zlib_bits(c), 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+        err = "zlib: deflateInit2 failed";
+        return false;
+      }
+      out.resize(deflateBound(&s, uLong(n)) + 32);
+      s.next_in = const_cast<Bytef*>(src);
+      s.avail_in = uInt(n);
+      s.next_out = out.data();
+      s.avail_out = uInt(out.size());
+      int r = deflate(&s, Z_FINISH);
+      size_t produced = s.total_out;
+      deflateEnd(&s);
+      if (r != Z_STREAM_END) { err = "zlib: deflate did not finish"; return false; }
+      out.resize(produced);
+      return true;
+    }
+  }
+  err = "unknown codec";
+  return false;
+}
+
+bool decompress(Codec c, const uint8_t* src, size_t n, uint8_t* dst, size_t raw_len,
+                std::string& err) {
+  switch (c) {
+    case Codec::None:
+      if (n != raw_len) { err = "none: length mismatch"; return false; }
+      memcpy(dst, src, n);
+      return true;
+    case Codec::Lz4: {
+      if (n > size_t(INT32_MAX) || raw_len > size_t(INT32_MAX)) { err = "lz4: too large"; return false; }
+      int r = LZ4_decompress_safe((const char*)src, (char*)dst, int(n), int(raw_len));
+      if (r < 0) { err = "lz4: corrupt input"; return false; }
+      if (size_t(r) != raw_len) { err = "lz4: decompressed length differs from rawLength"; return false; }
+      return true;
+    }
+    case Codec::Zstd: {
+      unsigned long long fcs = ZSTD_getFrameContentSize(src, n);
+      if (fcs == ZSTD_CONTENTSIZE_ERROR) { err = "zstd: not a zstd frame"; return false; }
+      if (fcs != ZSTD_CONTENTSIZE_UNKNOWN && fcs != raw_len) {
+        err = "zstd: frame content size differs from rawLength";
+        return false;
+      }
+      size_t r = ZSTD_decompressDCtx(zstd_ctx().d, dst, raw_len, src, n);
+      if (ZSTD_isError(r)) { err = std::string("zstd: ") + ZSTD_getErrorName(r); return false; }
+      if (r != raw_len) { err = "zstd: decompressed length differs from rawLength"; return false; }
+      return true;
+    }
+    case Codec::Gzip:
+    case Codec::Deflate: {
+      z_stream s;
+      memset(&s, 0, sizeof s);
+      if (inflateInit2(&s, zlib_bits(c)) != Z_OK) { err = "zlib: inflateInit2 failed"; return false; }
+      s.next_in = const_cast<Bytef*>(src);
+      s.avail_in = uInt(n);
+      s.next_out = dst;
+      s.avail_out = uInt(raw_len);
+      int r = inflate(&s, Z_FINISH);
+      size_t produced = s.total_out, left = s.avail_in;
+      inflateEnd(&s);
+      if (r != Z_STREAM_END) {
+        err = r == Z_BUF_ERROR && produced == raw_len ? "zlib: output longer than rawLength"
+                                                      : "zlib: corrupt or truncated input";
+        return false;
+      }
+      if (produced != raw_len) { err = "zlib: decompressed length differs from rawLength"; return false; }
+      if (left) { err = "zlib: trailing bytes after the stream"; return false; }
+      return true;
+    }
+  }
+  err = "unknown codec";
+  return false;
+}
+
+}  // namespace migsafe

@@ -1,0 +1,132 @@
+// CRC32C (Castagnoli, reflected polynomial 0x82F63B78).
+// With SSE4.2, long buffers run three independent crc32 instruction streams over three
+// adjacent blocks (the instruction has 3-cycle latency, 1-cycle throughput) and join them
+// with a table that advances a CRC state over one block of zero bytes (CRC is linear).
+// Without SSE4.2: slicing-by-8 tables.
+#include <cstring>
+#include <mutex>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MIGSAFE_CRC_HW 1
+#endif
+
+#include "kernel.h"
+
+namespace migsafe {
+
+namespace {
+
+constexpr uint32_t kPoly = 0x82F63B78u;
+constexpr size_t kBlock = 1360;  // 3 * 1360 + 16 = 4096: a page is one 3-way round + 2 words
+
+struct Tables {
+  uint32_t slice[8][256];
+  uint32_t shift[4][256];  // state -> state after kBlock zero bytes, by byte of the state
+  bool hw = false;
+};
+
+uint32_t sw_update(const Tables& t, uint32_t c, const uint8_t* p, size_t n) {
+  while (n && (reinterpret_cast<uintptr_t>(p) & 7)) {
+    c = t.slice[0][(c ^ *p++) & 0xff] ^ (c >> 8);
+    n--;
+  }
+  while (n >= 8) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    v ^= c;
+    c = t.slice[7][v & 0xff] ^ t.slice[6][(v >> 8) & 0xff] ^ t.slice[5][(v >> 16) & 0xff] ^
+        t.slice[4][(v >> 24) & 0xff] ^ t.slice[3][(v >> 32) & 0xff] ^ t.slice[2][(v >> 40) & 0xff] ^
+        t.slice[1][(v >> 48) & 0xff] ^ t.slice[0][v >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) c = t.slice[0][(c ^ *p++) & 0xff] ^ (c >> 8);
+  return c;
+}
+
+const Tables& tables() {
+  static Tables t;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (uint32_t i = 0; i < 256; i++) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; k++) c = (c >> 1) ^ (kPoly & (0u - (c & 1)));
+      t.slice[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+      for (int s = 1; s < 8; s++)
+        t.slice[s][i] = (t.slice[s - 1][i] >> 8) ^ t.slice[0][t.slice[s - 1][i] & 0xff];
+    // Advancing over zeros is linear in the state: build it from the 32 basis states.
+    static const uint8_t zeros[kBlock] = {};
+    uint32_t basis[32];
+    for (int b = 0; b < 32; b++) basis[b] = sw_update(t, 1u << b, zeros, kBlock);
+    for (int k = 0; k < 4; k++)
+      for (uint32_t v = 0; v < 256; v++) {
+        uint32_t r = 0;
+        for (int j = 0; j < 8; j++)
+          if (v >> j & 1) r ^= basis[8 * k + j];
+        t.shift[k][v] = r;
+      }
+#ifdef MIGSAFE_CRC_HW
+    __builtin_cpu_init();
+    t.hw = __builtin_cpu_supports("sse4.2");
+#endif
+  });
+  return t;
+}
+
+inline uint32_t shift_block(const Tables& t, uint32_t c) {
+  return t.shift[0][c & 0xff] ^ t.shift[1][(c >> 8) & 0xff] ^ t.shift[2][(c >> 16) & 0xff] ^
+         t.shift[3][c >> 24];
+}
+
+#ifdef MIGSAFE_CRC_HW
+__attribute__((target("sse4.2"))) uint32_t hw_update(const Tables& t, uint32_t c, const uint8_t* p,
+                                                      size_t n) {
+  uint64_t c0 = c;
+  while (n >= 3 * kBlock) {
+    uint64_t c1 = 0, c2 = 0;
+    const uint8_t* p1 = p + kBlock;
+    const uint8_t* p2 = p + 2 * kBlock;
+    for (size_t k = 0; k < kBlock; k += 8) {
+      uint64_t v0, v1, v2;
+      memcpy(&v0, p + k, 8);
+      memcpy(&v1, p1 + k, 8);
+      memcpy(&v2, p2 + k, 8);
+      c0 = _mm_crc32_u64(c0, v0);
+      c1 = _mm_crc32_u64(c1, v1);
+      c2 = _mm_crc32_u64(c2, v2);
+    }
+    c0 = shift_block(t, uint32_t(c0)) ^ uint32_t(c1);
+    c0 = shift_block(t, uint32_t(c0)) ^ uint32_t(c2);
+    p += 3 * kBlock;
+    n -= 3 * kBlock;
+  }
+  while (n >= 8) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    c0 = _mm_crc32_u64(c0, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = uint32_t(c0);
+  while (n--) c32 = _mm_crc32_u8(c32, *p++);
+  return c32;
+}
+#endif
+
+}  // namespace
+
+bool crc32c_hw() { return tables().hw; }
+
+uint32_t crc32c(const uint8_t* data, size_t len, uint32_t seed) {
+  const Tables& t = tables();
+  uint32_t c = ~seed;
+#ifdef MIGSAFE_CRC_HW
+  if (t.hw) return ~hw_update(t, c, data, len);
+#endif
+  return ~sw_update(t, c, data, len);
+}
+
+}  // namespace migsafe

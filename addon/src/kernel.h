@@ -1,0 +1,61 @@
+// The page-delta kernel: XBZRLE encode/decode of 4096-byte pages, byte-compatible with
+// QEMU's migration/xbzrle.c. Pure mechanism, no N-API here (the fuzzer links it alone).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace migsafe {
+
+constexpr size_t kPage = 4096;
+// Encoders write small runs with overlapping 16/32-byte stores; callers give this much room.
+constexpr size_t kDeltaCap = kPage + 64;
+
+enum class Level : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+// Result of the compare pass: one bit per byte (1 = byte changed) plus the counts that let a
+// too-dirty page be rejected before any run is walked.
+struct PageDiff {
+  uint64_t neq[kPage / 64];
+  uint32_t changed;  // bytes that differ
+  uint32_t runs;     // maximal runs of changed bytes
+  bool new_zero;     // the new page is all zero bytes
+};
+
+// CPU levels this machine (and OS) can run; best first. Detected once.
+int available_levels(Level* out);  // returns count (1..3)
+Level best_level();
+const char* level_name(Level l);
+bool parse_level(const char* s, Level* out);
+bool level_supported(Level l);
+
+// Compare pass at a given level (all levels fill PageDiff identically).
+void diff_page(Level l, const uint8_t* old_page, const uint8_t* new_page, PageDiff* pd);
+
+// Turns a PageDiff into XBZRLE bytes. Returns the length (0 = unchanged) or -1 when QEMU's
+// encoder (dlen = 4096) would report overflow. dst needs kDeltaCap bytes.
+int encode_from_diff(const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
+
+// diff_page + early rejection + encode_from_diff.
+int encode_page(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* dst);
+
+// Word-at-a-time encoder structured like QEMU's C encoder (the benchmark's baseline and an
+// independent cross-check of the bitmap encoders). dst needs kPage bytes.
+int encode_page_wordwise(const uint8_t* old_page, const uint8_t* new_page, uint8_t* dst);
+
+// Applies delta (slen bytes) to page in place. Accepts exactly the inputs QEMU's decoder
+// accepts (plus slen <= 4096, as QEMU's loader requires). Returns 0, or -1 with *err set.
+// On error page may be partly written: callers decode into a scratch copy.
+int decode_page(const uint8_t* delta, size_t slen, uint8_t* page, const char** err);
+
+// Validation + decode without writing: used nowhere hot; exposed for tests of the decoder.
+// Floor: reads both pages completely with the best compare; returns nonzero if they differ.
+int floor_compare(Level l, const uint8_t* a, const uint8_t* b);
+
+// True if the pages are identical (early exit).
+bool pages_equal(Level l, const uint8_t* a, const uint8_t* b);
+
+// CRC32C (Castagnoli), zlib-style seed chaining: crc32c(B, crc32c(A)) == crc32c(A||B).
+uint32_t crc32c(const uint8_t* data, size_t len, uint32_t seed = 0);
+bool crc32c_hw();
+
+}  // namespace migsafe
