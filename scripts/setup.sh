@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Everything migsafe needs on a fresh Debian bookworm machine: system packages (apt-get), npm
+# dependencies, the build (TypeScript + C++ addon) and the test guest. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake pkg-config            # the addon
+  libzstd-dev liblz4-dev zlib1g-dev           # its codecs
+  redis-server redis-tools                    # the checkpoint store (and redis-benchmark)
+  qemu-system-x86 qemu-utils                  # stock QEMU 7.2: the scan dirty source
+  busybox-static cpio kmod gcc libc6-dev      # the test guest (test/guest/build.sh)
+  iproute2 socat
+)
+want=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || want+=("$p")
+done
+if ((${#want[@]})); then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  echo "setup: installing ${want[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${want[@]}"
+fi
+
+# The distribution's redis-server service is not needed: migsafe and the tests start their own.
+if command -v systemctl >/dev/null && systemctl is-active -q redis-server 2>/dev/null; then
+  systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-fund --no-audit
+fi
+npm run build
+bash test/guest/build.sh
