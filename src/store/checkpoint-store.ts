@@ -13,7 +13,9 @@ export interface VmRecord {
 }
 
 /** The commit found that the store's head is not the version the deltas were made against. */
-export class ParentMismatchError extends Error {}
+export class ParentMismatchError extends Error {
+  override name = 'ParentMismatchError';
+}
 
 // Atomic commit: the version becomes visible only if all its data is there and its parent is
 // the head (else the deltas would apply to the wrong image).

@@ -51,7 +51,9 @@ export interface DecodedFrame {
   count: number;
 }
 
-export class CorruptCheckpointError extends Error {}
+export class CorruptCheckpointError extends Error {
+  override name = 'CorruptCheckpointError';
+}
 
 /** Unwraps and checks one frame; `where` names it in errors. */
 export async function decodeFrame(buf: Uint8Array, expect: FrameKind, where: string): Promise<DecodedFrame> {

@@ -5,7 +5,9 @@ import type { CheckpointStore, VmRecord } from './checkpoint-store.js';
 import { CorruptCheckpointError, decodeFrame } from './frame.js';
 import type { VersionMeta } from './version-meta.js';
 
-export class MissingCheckpointError extends Error {}
+export class MissingCheckpointError extends Error {
+  override name = 'MissingCheckpointError';
+}
 
 export interface RestorePlan {
   vm: VmRecord;
