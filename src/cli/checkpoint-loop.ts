@@ -51,6 +51,7 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   let exitStatus: number | string | undefined;
+  let head = o.resumeFrom?.version ?? 0;
   void o.qemuExited?.then((c) => {
     exitStatus = c;
   });
@@ -60,17 +61,18 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
     codec: o.codec,
     signal: stop.signal,
     vmAlive: () => !o.qmp.isClosed,
-    onRound: (m) =>
+    onRound: (m) => {
+      head = m.version;
       log(
         `${o.vm}: version ${m.version} committed: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +
           `${fmtBytes(m.bytesStored)} stored, pause ${m.pauseMs.toFixed(1)} ms`,
-      ),
+      );
+    },
     onError: (e) => log(`${o.vm}: round failed: ${e.message}`),
     onCompact: (base, dropped) => log(`${o.vm}: compacted ${dropped} old versions into the base at version ${base}`),
   });
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
-  const head = engine.head;
   if (stop.signal.aborted) {
     if (o.quitVmOnStop && !o.qmp.isClosed) {
       await o.qmp.execute('quit').catch(() => {});

@@ -13,7 +13,8 @@ const cli = yargs(hideBin(process.argv))
   .strict()
   .help()
   .alias('h', 'help')
-  .version()
+  // `--version N` is recover's option, so yargs' own --version is off.
+  .version(false)
   .wrap(Math.min(110, process.stdout.columns ?? 110))
   .fail((msg, err) => {
     if (err) {

@@ -74,6 +74,8 @@ export interface LaunchOptions {
   incoming?: boolean;
   /** Where QEMU's stdout/stderr go (a file descriptor), default: ignored. */
   logFd?: number;
+  /** Working directory of QEMU (the recorded one, on recovery). */
+  cwd?: string;
 }
 
 /** The full QEMU argv: the user's plus RAM in the shared file and migsafe's QMP socket. */
@@ -111,7 +113,7 @@ export function launchQemu(opts: LaunchOptions): LaunchedQemu {
   if (existsSync(opts.paths.qmp)) rmSync(opts.paths.qmp);
   const argv = qemuArgv(opts);
   const out = opts.logFd ?? 'ignore';
-  const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', out, out] });
+  const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', out, out], cwd: opts.cwd });
   const exited = new Promise<number | string>((resolve) => {
     child.once('exit', (code, signal) => resolve(code ?? signal ?? -1));
     child.once('error', (e) => resolve(`spawn error: ${e.message}`));

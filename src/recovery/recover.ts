@@ -43,7 +43,7 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
 
   const argv = [...plan.vm.argv];
   if (o.qemuBinary) argv[0] = o.qemuBinary;
-  const qemu = launchQemu({ argv, ramBytes: plan.vm.ramBytes, paths: o.paths, incoming: true, logFd: o.logFd });
+  const qemu = launchQemu({ argv, ramBytes: plan.vm.ramBytes, paths: o.paths, incoming: true, logFd: o.logFd, cwd: plan.vm.cwd });
   let qmp: QmpClient;
   try {
     qmp = await Promise.race([

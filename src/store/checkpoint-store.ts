@@ -10,6 +10,8 @@ export interface VmRecord {
   ramBytes: number;
   pageSize: number;
   createdAt: number;
+  /** Directory QEMU was started in: its command line may name files relative to it. */
+  cwd: string;
 }
 
 /** The commit found that the store's head is not the version the deltas were made against. */
@@ -57,7 +59,7 @@ export class CheckpointStore {
   }
 
   /** Records (or checks) the VM: a VM id keeps its RAM size for life. */
-  async init(argv: readonly string[], ramBytes: number): Promise<void> {
+  async init(argv: readonly string[], ramBytes: number, cwd = process.cwd()): Promise<void> {
     const existing = await this.vm();
     if (existing && existing.ramBytes !== ramBytes) {
       throw new Error(
@@ -72,6 +74,7 @@ export class CheckpointStore {
       argv: JSON.stringify(argv),
       ramBytes,
       pageSize: 4096,
+      cwd,
       createdAt: existing?.createdAt ?? Date.now(),
     });
   }
@@ -88,6 +91,7 @@ export class CheckpointStore {
       ramBytes: Number(h.ramBytes),
       pageSize: Number(h.pageSize),
       createdAt: Number(h.createdAt),
+      cwd: h.cwd ?? '/',
     };
   }
 

@@ -1,6 +1,6 @@
 // `migsafe attach --vm ID --qmp SOCK --ram FILE`: checkpoint a QEMU started by someone else.
 import type { CommandModule } from 'yargs';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { reusableArgv } from '../../qemu/launch.js';
 import { QmpClient } from '../../qemu/qmp.js';
@@ -34,16 +34,18 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
     }
     if (ramBytes === 0 || ramBytes % 4096) throw new Error(`--ram ${a.ram}: ${ramBytes} bytes is not a RAM image`);
     let argv: string[] = [];
+    let cwd = process.cwd();
     if (a.pid !== undefined) {
       try {
         argv = reusableArgv(readFileSync(`/proc/${a.pid}/cmdline`, 'utf8').split('\0').filter(Boolean));
+        cwd = readlinkSync(`/proc/${a.pid}/cwd`);
       } catch {
         throw new Error(`--pid ${a.pid}: no such process`);
       }
     }
     const h = await openStore(a.redis, a.vm, true);
     try {
-      await h.store.init(argv, ramBytes);
+      await h.store.init(argv, ramBytes, cwd);
       await h.store.cleanupPending();
       const qmp = await QmpClient.connect(a.qmp, 5_000);
       if (!argv.length) log(`${a.vm}: no --pid: the QEMU command line is not recorded, recovery will need it`);
