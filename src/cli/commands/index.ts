@@ -3,6 +3,7 @@ import type { CommandModule } from 'yargs';
 import { attachCommand } from './attach.js';
 import { benchCommand } from './bench.js';
 import { deleteCommand } from './delete.js';
+import { demoCommand } from './demo.js';
 import { inspectCommand } from './inspect.js';
 import { recoverCommand } from './recover.js';
 import { runCommand } from './run.js';
@@ -17,4 +18,5 @@ export const commands: CommandModule<any, any>[] = [
   deleteCommand,
   sidecarCommand,
   benchCommand,
+  demoCommand,
 ];
