@@ -58,7 +58,7 @@ function cli(args: string[], env: NodeJS.ProcessEnv, echo = true) {
   });
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     err += d;
-    if (echo) process.stdout.write(d.replace(/^/gm, '   | '));
+    if (echo) process.stdout.write(d.replace(/^(?=.)/gm, '   | '));
   });
   const exited = new Promise<number | string>((r) => child.once('exit', (c, s) => r(c ?? s ?? -1)));
   return { child, exited, out: () => out, err: () => err };
