@@ -41,6 +41,7 @@ uint32_t zero_page_crc() {
 void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, size_t begin,
                   size_t end, const BatchOptions& opt, Bytes& out, BatchStats& st) {
   alignas(64) uint8_t scratch[kPage];
+  alignas(64) uint8_t snap[kPage];
   const uint32_t zcrc = zero_page_crc();
   out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
   for (size_t k = begin; k < end; k++) {
@@ -49,7 +50,7 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
     uint8_t* sh = shadow + p * kPage;
     PageDiff pd;
     diff_page(opt.level, sh, nw, &pd);
-    if (pd.changed == 0) {
+    if (pd.active == 0) {
       st.unchanged++;
       continue;
     }
@@ -65,27 +66,28 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
       if (opt.update_shadow) memset(sh, 0, kPage);
       st.zero++;
     } else {
-      int n = pd.changed + 2 * pd.runs > kPage ? -1 : encode_from_diff(pd, nw, payload);
+      // The guest may write the page while we work (stage 1 runs live): everything below
+      // reads one private copy, so payload, shadow and CRC all describe the same contents.
+      memcpy(snap, nw, kPage);
+      int n = encode_diff(opt.level, pd, snap, payload);
       if (n > 0) {
         kind = kDelta;
         len = uint32_t(n);
-        // The shadow becomes exactly what a receiver reconstructs from this record, even if
-        // the guest writes the page meanwhile; the CRC is taken of that same page.
+        // The shadow becomes exactly what a receiver reconstructs: old shadow + changed bytes.
         uint8_t* base = sh;
         if (!opt.update_shadow) {
           memcpy(scratch, sh, kPage);
           base = scratch;
         }
-        const char* e;
-        decode_page(payload, len, base, &e);  // our own output: well-formed by construction
+        blend_changed(opt.level, pd, snap, base);
         crc = crc32c(base, kPage);
         st.delta++;
       } else {
         kind = kFull;
         len = kPage;
-        memcpy(payload, nw, kPage);
-        if (opt.update_shadow) memcpy(sh, payload, kPage);
-        crc = crc32c(payload, kPage);
+        memcpy(payload, snap, kPage);
+        if (opt.update_shadow) memcpy(sh, snap, kPage);
+        crc = crc32c(snap, kPage);
         st.full++;
       }
     }

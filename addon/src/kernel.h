@@ -7,17 +7,16 @@
 namespace migsafe {
 
 constexpr size_t kPage = 4096;
-// Encoders write small runs with overlapping 16/32-byte stores; callers give this much room.
-constexpr size_t kDeltaCap = kPage + 64;
+// Encoders write runs with overlapping 32-byte stores and decide overflow only at the end of
+// the page (the output is then at most 8192 bytes); callers give this much room.
+constexpr size_t kDeltaCap = 2 * kPage + 64;
 
 enum class Level : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 
-// Result of the compare pass: one bit per byte (1 = byte changed) plus the counts that let a
-// too-dirty page be rejected before any run is walked.
+// Result of the compare pass: one bit per byte (1 = byte changed).
 struct PageDiff {
   uint64_t neq[kPage / 64];
-  uint32_t changed;  // bytes that differ
-  uint32_t runs;     // maximal runs of changed bytes
+  uint64_t active;   // bit w: word w holds a run boundary (0: pages equal)
   bool new_zero;     // the new page is all zero bytes
 };
 
@@ -27,6 +26,7 @@ Level best_level();
 const char* level_name(Level l);
 bool parse_level(const char* s, Level* out);
 bool level_supported(Level l);
+bool cpu_has_vbmi2();  // AVX-512 VBMI2: faster run flattening inside the avx512bw level
 
 // Compare pass at a given level (all levels fill PageDiff identically).
 void diff_page(Level l, const uint8_t* old_page, const uint8_t* new_page, PageDiff* pd);
@@ -35,7 +35,10 @@ void diff_page(Level l, const uint8_t* old_page, const uint8_t* new_page, PageDi
 // encoder (dlen = 4096) would report overflow. dst needs kDeltaCap bytes.
 int encode_from_diff(const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
 
-// diff_page + early rejection + encode_from_diff.
+// encode_from_diff with early rejection of too-dirty pages and a check-free fast path.
+int encode_diff(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
+
+// diff_page + encode_diff.
 int encode_page(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* dst);
 
 // Word-at-a-time encoder structured like QEMU's C encoder (the benchmark's baseline and an
@@ -48,6 +51,9 @@ int encode_page_wordwise(const uint8_t* old_page, const uint8_t* new_page, uint8
 int decode_page(const uint8_t* delta, size_t slen, uint8_t* page, const char** err);
 
 // Validation + decode without writing: used nowhere hot; exposed for tests of the decoder.
+// dst[i] = src[i] wherever the PageDiff marks byte i changed.
+void blend_changed(Level l, const PageDiff& pd, const uint8_t* src, uint8_t* dst);
+
 // Floor: reads both pages completely with the best compare; returns nonzero if they differ.
 int floor_compare(Level l, const uint8_t* a, const uint8_t* b);
 

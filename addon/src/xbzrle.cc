@@ -36,6 +36,29 @@ constexpr uint64_t kHi = 0x8080808080808080ULL;
 // Gathers bit 8k of a word into bit 56+k (no two partial products collide, so no carries).
 constexpr uint64_t kGather = 0x0102040810204080ULL;
 
+// Exact copy of n bytes, no call for short runs: two overlapping moves cover any length in
+// [k, 2k] without touching a byte outside the range (the decoder must not, unlike encoders).
+inline void copy_exact(uint8_t* d, const uint8_t* s, size_t n) {
+  if (n >= 32) {
+    memcpy(d, s, n);
+  } else if (n >= 16) {
+    uint8_t a[16], b[16];
+    memcpy(a, s, 16); memcpy(b, s + n - 16, 16);
+    memcpy(d, a, 16); memcpy(d + n - 16, b, 16);
+  } else if (n >= 8) {
+    uint64_t a, b;
+    memcpy(&a, s, 8); memcpy(&b, s + n - 8, 8);
+    memcpy(d, &a, 8); memcpy(d + n - 8, &b, 8);
+  } else if (n >= 4) {
+    uint32_t a, b;
+    memcpy(&a, s, 4); memcpy(&b, s + n - 4, 4);
+    memcpy(d, &a, 4); memcpy(d + n - 4, &b, 4);
+  } else if (n) {
+    uint8_t a = s[0], b = s[n / 2], c = s[n - 1];
+    d[0] = a; d[n / 2] = b; d[n - 1] = c;
+  }
+}
+
 inline uint64_t load64(const uint8_t* p) {
   uint64_t v;
   memcpy(&v, p, 8);
@@ -48,17 +71,19 @@ inline uint32_t nonzero_bytes(uint64_t x) {
   return uint32_t(((t >> 7) * kGather) >> 56);
 }
 
-inline void finish_word(PageDiff* pd, int w, uint64_t m, uint64_t& prev_top, uint32_t& changed,
-                        uint32_t& runs) {
-  pd->neq[w] = m;
-  changed += uint32_t(__builtin_popcountll(m));
-  runs += uint32_t(__builtin_popcountll(m & ~((m << 1) | prev_top)));
-  prev_top = m >> 63;
+// Words holding a run boundary: a changed byte, or a changed run that ended with the
+// previous word (its top bit set).
+inline uint64_t active_words(const uint64_t* neq) {
+  uint64_t nz = 0, top = 0;
+  for (int w = 0; w < 64; w++) {
+    nz |= uint64_t(neq[w] != 0) << w;
+    top |= (neq[w] >> 63) << w;
+  }
+  return nz | (top << 1);
 }
 
 void diff_scalar(const uint8_t* o, const uint8_t* n, PageDiff* pd) {
-  uint64_t prev_top = 0, zor = 0;
-  uint32_t changed = 0, runs = 0;
+  uint64_t zor = 0;
   for (int w = 0; w < 64; w++) {
     uint64_t m = 0;
     for (int k = 0; k < 8; k++) {
@@ -66,18 +91,17 @@ void diff_scalar(const uint8_t* o, const uint8_t* n, PageDiff* pd) {
       zor |= nv;
       m |= uint64_t(nonzero_bytes(load64(o + 64 * w + 8 * k) ^ nv)) << (8 * k);
     }
-    finish_word(pd, w, m, prev_top, changed, runs);
+    pd->neq[w] = m;
   }
-  pd->changed = changed;
-  pd->runs = runs;
+  pd->active = active_words(pd->neq);
   pd->new_zero = zor == 0;
 }
 
 #ifdef MIGSAFE_X86
+// The compare loops only store masks; everything else about the page is derived afterwards
+// from the 512-byte bitmap with a few vector ops, so the loop itself stays as lean as the floor.
 __attribute__((target("avx2,bmi,bmi2,popcnt"))) void diff_avx2(const uint8_t* o, const uint8_t* n,
                                                                  PageDiff* pd) {
-  uint64_t prev_top = 0;
-  uint32_t changed = 0, runs = 0;
   __m256i zor = _mm256_setzero_si256();
   for (int w = 0; w < 64; w++) {
     __m256i a0 = _mm256_loadu_si256((const __m256i*)(o + 64 * w));
@@ -87,27 +111,37 @@ __attribute__((target("avx2,bmi,bmi2,popcnt"))) void diff_avx2(const uint8_t* o,
     zor = _mm256_or_si256(zor, _mm256_or_si256(b0, b1));
     uint32_t e0 = uint32_t(_mm256_movemask_epi8(_mm256_cmpeq_epi8(a0, b0)));
     uint32_t e1 = uint32_t(_mm256_movemask_epi8(_mm256_cmpeq_epi8(a1, b1)));
-    finish_word(pd, w, ~(uint64_t(e1) << 32 | e0), prev_top, changed, runs);
+    pd->neq[w] = ~(uint64_t(e1) << 32 | e0);
   }
-  pd->changed = changed;
-  pd->runs = runs;
+  uint64_t nz = 0, top = 0;
+  const __m256i zero = _mm256_setzero_si256();
+  for (int w = 0; w < 64; w += 4) {
+    __m256i v = _mm256_loadu_si256((const __m256i*)(pd->neq + w));
+    nz |= uint64_t(~_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(v, zero))) & 15) << w;
+    top |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(v))) << w;
+  }
+  pd->active = nz | (top << 1);
   pd->new_zero = _mm256_testz_si256(zor, zor);
 }
 
 __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512(const uint8_t* o,
                                                                                 const uint8_t* n,
                                                                                 PageDiff* pd) {
-  uint64_t prev_top = 0;
-  uint32_t changed = 0, runs = 0;
   __m512i zor = _mm512_setzero_si512();
   for (int w = 0; w < 64; w++) {
     __m512i a = _mm512_loadu_si512(o + 64 * w);
     __m512i b = _mm512_loadu_si512(n + 64 * w);
     zor = _mm512_or_si512(zor, b);
-    finish_word(pd, w, _mm512_cmpneq_epi8_mask(a, b), prev_top, changed, runs);
+    pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
   }
-  pd->changed = changed;
-  pd->runs = runs;
+  uint64_t nz = 0, top = 0;
+  const __m512i zero = _mm512_setzero_si512();
+  for (int w = 0; w < 64; w += 8) {
+    __m512i v = _mm512_loadu_si512(pd->neq + w);
+    nz |= uint64_t(_mm512_test_epi64_mask(v, v)) << w;
+    top |= uint64_t(_mm512_cmplt_epi64_mask(v, zero)) << w;
+  }
+  pd->active = nz | (top << 1);
   pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
 }
 
@@ -188,7 +222,7 @@ void diff_page(Level l, const uint8_t* o, const uint8_t* n, PageDiff* pd) {
 // changed-run length the run's bytes must fit.
 int encode_from_diff(const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   constexpr int kMax = int(kPage);
-  if (pd.changed == 0) return 0;
+  if (pd.active == 0) return 0;
   int d = 0;
   uint32_t i = 0;
   for (;;) {
@@ -211,13 +245,126 @@ int encode_from_diff(const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   }
 }
 
+namespace {
+
+// Writes v (< 16384) as ULEB128 without branches: always stores two bytes, advances 1 or 2.
+inline int uleb_put2(uint8_t* p, uint32_t v) {
+  uint32_t big = v >= 0x80;
+  uint16_t w = big ? uint16_t((v & 0x7f) | 0x80 | ((v >> 7) << 8)) : uint16_t(v);
+  memcpy(p, &w, 2);
+  return 1 + int(big);
+}
+
+}  // namespace
+
+// Run boundaries are the set bits of m ^ (m << 1) (start of a changed run, then its end, ...).
+// They are collected with tzcnt over the words that have any, then emitted pairwise, so the
+// per-run work is a few adds, two two-byte stores and one 32-byte copy, with no data-dependent
+// branch except for long runs. The overflow checks are QEMU's (see encode_from_diff).
+namespace {
+
+// Positions of the run boundaries, ascending, into b; returns how many. Run boundaries are
+// the set bits of m ^ (m << 1 | carry). Only words that hold one are visited.
+// Portable: simdjson-style flattening, 8 tzcnt/blsr steps per word unconditionally (entries
+// past the count are garbage and ignored) instead of a loop whose exit mispredicts per word.
+uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
+  uint32_t nb = 0, ch = 0;
+  for (uint64_t act = pd.active; act; act &= act - 1) {
+    uint32_t w = uint32_t(__builtin_ctzll(act));
+    uint64_t m = pd.neq[w];
+    uint64_t t = m ^ ((m << 1) | (w ? pd.neq[w - 1] >> 63 : 0));
+    uint32_t cnt = uint32_t(__builtin_popcountll(t));
+    ch += uint32_t(__builtin_popcountll(m));
+    uint16_t base = uint16_t(w << 6);
+    uint16_t* o = b + nb;
+    for (int j = 0; j < 8; j++) {  // t | top bit: ctz stays defined once t runs out
+      o[j] = uint16_t(base + __builtin_ctzll(t | (1ULL << 63)));
+      t &= t - 1;
+    }
+    for (uint32_t j = 8; j < cnt; j++) {
+      o[j] = uint16_t(base + __builtin_ctzll(t));
+      t &= t - 1;
+    }
+    nb += cnt;
+  }
+  *changed = ch;
+  return nb;
+}
+
+#ifdef MIGSAFE_X86
+// AVX-512 VBMI2: one compress per 32 bits of boundary mask turns the mask into positions.
+__attribute__((target("avx512f,avx512bw,avx512vbmi2,bmi,bmi2,popcnt")))
+uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
+  const __m512i lo = _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
+                                      15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(32));
+  uint32_t nb = 0, ch = 0;
+  for (uint64_t act = pd.active; act; act &= act - 1) {
+    uint32_t w = uint32_t(__builtin_ctzll(act));
+    uint64_t m = pd.neq[w];
+    uint64_t t = m ^ ((m << 1) | (w ? pd.neq[w - 1] >> 63 : 0));
+    ch += uint32_t(__builtin_popcountll(m));
+    __m512i base = _mm512_set1_epi16(short(w << 6));
+    __mmask32 t0 = __mmask32(t), t1 = __mmask32(t >> 32);
+    _mm512_storeu_si512(b + nb, _mm512_maskz_compress_epi16(t0, _mm512_add_epi16(lo, base)));
+    nb += uint32_t(__builtin_popcount(t0));
+    _mm512_storeu_si512(b + nb, _mm512_maskz_compress_epi16(t1, _mm512_add_epi16(hi, base)));
+    nb += uint32_t(__builtin_popcount(t1));
+  }
+  *changed = ch;
+  return nb;
+}
+#endif
+
+}  // namespace
+
+int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
+  constexpr int kMax = int(kPage);
+  if (pd.active == 0) return 0;
+  uint16_t b[kPage + 2 + 64];  // +64: room for the flatteners' unconditional writes
+  uint32_t nb, changed;
+#ifdef MIGSAFE_X86
+  if (l == Level::Avx512 && cpu_has_vbmi2()) nb = flatten_vbmi2(pd, b, &changed);
+  else
+#endif
+    nb = flatten_scalar(pd, b, &changed);
+  (void)l;
+  // Every changed run costs its bytes plus at least one length byte for itself and one for
+  // the unchanged run before it: beyond a page, QEMU would overflow too. Rejected here, before
+  // any byte is emitted: the cheap early exit for pages too dirty for a delta.
+  if (changed + 2 * ((nb + 1) / 2) > kPage) return -1;
+  bool trailing = !(nb & 1);  // an even count means the last run ends before the page does
+  if (!trailing) b[nb++] = uint16_t(kPage);
+  // No checks inside the loop: after the test above the output is at most
+  // changed + 4 * runs <= 8192 bytes (kDeltaCap), and since d only grows, QEMU's per-run
+  // overflow tests reduce to three tests on the final positions.
+  int d = 0, dz = 0;
+  uint32_t prev = 0;
+  for (uint32_t k = 0; k < nb; k += 2) {
+    uint32_t s = b[k], e = b[k + 1], n = e - s;
+    d += uleb_put2(dst + d, s - prev);
+    dz = d;
+    d += uleb_put2(dst + d, n);
+    if (__builtin_expect(s <= kPage - 32, 1)) {
+      memcpy(dst + d, nw + s, 32);  // dst has slack; extra bytes get overwritten or ignored
+      for (uint32_t c = 32; c < n; c += 32) {
+        if (s + c <= kPage - 32) memcpy(dst + d + c, nw + s + c, 32);
+        else memcpy(dst + d + c, nw + s + c, n - c);
+      }
+    } else {
+      memcpy(dst + d, nw + s, n);
+    }
+    d += int(n);
+    prev = e;
+  }
+  if (dz + 2 > kMax || d > kMax || (trailing && d + 2 > kMax)) return -1;
+  return d;
+}
+
 int encode_page(Level l, const uint8_t* o, const uint8_t* n, uint8_t* dst) {
   PageDiff pd;
   diff_page(l, o, n, &pd);
-  // Every changed run costs its bytes plus at least one length byte for itself and one for
-  // the unchanged run before it: beyond a page, QEMU would overflow too.
-  if (pd.changed + 2 * pd.runs > kPage) return -1;
-  return encode_from_diff(pd, n, dst);
+  return encode_diff(l, pd, n, dst);
 }
 
 // Word-at-a-time, single pass, the way QEMU's C encoder is structured: grow the unchanged
@@ -292,11 +439,51 @@ int decode_page(const uint8_t* src, size_t slen, uint8_t* page, const char** err
     if (count == 0) { *err = "empty changed run"; return -1; }
     if (d + count > kPage) { *err = "delta runs past the end of the page"; return -1; }
     if (i + count > slen) { *err = "truncated delta: changed bytes missing"; return -1; }
-    memcpy(page + d, src + i, count);
+    copy_exact(page + d, src + i, count);
     d += count;
     i += count;
   }
   return 0;
+}
+
+namespace {
+#ifdef MIGSAFE_X86
+__attribute__((target("avx512f,avx512bw,bmi"))) void blend_avx512(const PageDiff& pd,
+                                                                  const uint8_t* src, uint8_t* dst) {
+  for (uint64_t act = pd.active; act; act &= act - 1) {
+    uint32_t w = uint32_t(__builtin_ctzll(act));
+    _mm512_mask_storeu_epi8(dst + 64 * w, pd.neq[w], _mm512_loadu_si512(src + 64 * w));
+  }
+}
+#endif
+// Byte masks for 8 mask bits (bit k -> byte k all ones).
+struct ByteMasks {
+  uint64_t m[256];
+  ByteMasks() {
+    for (int v = 0; v < 256; v++) {
+      m[v] = 0;
+      for (int k = 0; k < 8; k++)
+        if (v >> k & 1) m[v] |= 0xffULL << (8 * k);
+    }
+  }
+};
+}  // namespace
+
+void blend_changed(Level l, const PageDiff& pd, const uint8_t* src, uint8_t* dst) {
+#ifdef MIGSAFE_X86
+  if (l == Level::Avx512) return blend_avx512(pd, src, dst);
+#endif
+  static const ByteMasks bm;
+  for (uint64_t act = pd.active; act; act &= act - 1) {
+    uint32_t w = uint32_t(__builtin_ctzll(act));
+    for (int k = 0; k < 8; k++) {
+      uint64_t mk = bm.m[(pd.neq[w] >> (8 * k)) & 0xff];
+      if (!mk) continue;
+      size_t off = 64 * w + 8 * k;
+      uint64_t v = (load64(dst + off) & ~mk) | (load64(src + off) & mk);
+      memcpy(dst + off, &v, 8);
+    }
+  }
 }
 
 int floor_compare(Level l, const uint8_t* a, const uint8_t* b) {
