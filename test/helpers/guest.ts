@@ -63,13 +63,20 @@ export function guestArtifacts(): GuestArtifacts {
   return { dir, kernel, initrd, manifest, buildScript };
 }
 
-/** Runs test/guest/build.sh (a no-op in about 2 s when nothing changed), then guestArtifacts(). */
-export function ensureGuestBuilt(): GuestArtifacts {
+let builtThisProcess = false;
+
+/**
+ * Runs test/guest/build.sh (a no-op in about 2 s when nothing changed), then guestArtifacts().
+ * Runs the script once per process unless `recheck` is set.
+ */
+export function ensureGuestBuilt(opts: { recheck?: boolean } = {}): GuestArtifacts {
+  if (builtThisProcess && !opts.recheck) return guestArtifacts();
   const script = join(repoRoot(), 'test', 'guest', 'build.sh');
   const r = spawnSync('bash', [script], { encoding: 'utf8', timeout: 600_000 });
   if (r.status !== 0) {
     throw new Error(`\`${GUEST_BUILD_COMMAND}\` failed (status ${r.status ?? r.signal}):\n${r.stderr}`);
   }
+  builtThisProcess = true;
   return guestArtifacts();
 }
 
