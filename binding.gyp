@@ -5,13 +5,13 @@
       "target_name": "migsafe",
       "sources": [
         "addon/src/addon.cc", "addon/src/batch.cc", "addon/src/codecs.cc",
-        "addon/src/cpu.cc", "addon/src/xbzrle.cc", "addon/src/crc32c.cc"
+        "addon/src/cpu.cc", "addon/src/xbzrle.cc", "addon/src/crc32c.cc", "addon/src/shuffle.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-march=x86-64-v2"],
       "libraries": ["-lzstd", "-llz4", "-lz", "-lpthread"]
     }
   ]

@@ -147,6 +147,8 @@ BatchArgs batch_args(const Napi::CallbackInfo& info) {
     }
     auto u = o.Get("updateShadow");
     if (!u.IsUndefined()) a.opt.update_shadow = u.ToBoolean();
+    auto dn = o.Get("dense");
+    if (!dn.IsUndefined()) a.opt.dense = dn.ToBoolean();
   } else if (!info[3].IsUndefined()) {
     throw Napi::TypeError::New(env, "options must be an object");
   }

@@ -1,5 +1,7 @@
 #include "batch.h"
 
+#include <lz4.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -42,6 +44,7 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
                   size_t end, const BatchOptions& opt, Bytes& out, BatchStats& st) {
   alignas(64) uint8_t scratch[kPage];
   alignas(64) uint8_t snap[kPage];
+  alignas(64) uint8_t lz[kPage];
   const uint32_t zcrc = zero_page_crc();
   out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
   for (size_t k = begin; k < end; k++) {
@@ -70,7 +73,22 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
       // reads one private copy, so payload, shadow and CRC all describe the same contents.
       memcpy(snap, nw, kPage);
       int n = encode_diff(opt.level, pd, snap, payload);
-      if (n > 0) {
+      int planes = 0;
+      if (opt.dense && (n < 0 || n > kDenseMin)) {
+        // Dense page: LZ4 of the byte planes, kept only if it beats the delta / whole page
+        // (the capacity limit makes LZ4 give up as soon as it cannot).
+        shuffle4(snap, scratch);
+        int limit = (n < 0 ? int(kPage) : n) - 1;
+        planes = LZ4_compress_default((const char*)scratch, (char*)lz, int(kPage), limit);
+      }
+      if (planes > 0) {
+        kind = kPlanesLz4;
+        len = uint32_t(planes);
+        memcpy(payload, lz, len);
+        if (opt.update_shadow) memcpy(sh, snap, kPage);
+        crc = crc32c(snap, kPage);
+        st.planes++;
+      } else if (n > 0) {
         kind = kDelta;
         len = uint32_t(n);
         // The shadow becomes exactly what a receiver reconstructs: old shadow + changed bytes.
@@ -147,6 +165,7 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
       total.zero += st[i].zero;
       total.delta += st[i].delta;
       total.full += st[i].full;
+      total.planes += st[i].planes;
       total.unchanged += st[i].unchanged;
     }
   }
@@ -175,11 +194,12 @@ bool apply_batch(uint8_t* image, size_t npages, const uint8_t* rec, size_t len, 
     const uint8_t* h = rec + pos;
     Rec r{get32(h), get32(h + 8), get32(h + 12), h[4], pos + kRecordHeader};
     if (h[5] || h[6] || h[7]) return fail(idx, "reserved header bytes are not zero");
-    if (r.kind > kFull) return fail(idx, "unknown record kind " + std::to_string(r.kind));
+    if (r.kind > kPlanesLz4) return fail(idx, "unknown record kind " + std::to_string(r.kind));
     if (r.page >= npages)
       return fail(idx, "page " + std::to_string(r.page) + " outside the image (" + std::to_string(npages) + " pages)");
     if ((r.kind == kZero && r.len != 0) || (r.kind == kFull && r.len != kPage) ||
-        (r.kind == kDelta && (r.len == 0 || r.len > kPage)))
+        (r.kind == kDelta && (r.len == 0 || r.len > kPage)) ||
+        (r.kind == kPlanesLz4 && (r.len == 0 || r.len >= kPage)))
       return fail(idx, "length " + std::to_string(r.len) + " invalid for its kind");
     if (len - r.off < r.len) return fail(idx, "payload truncated");
     if (seen[r.page >> 6] >> (r.page & 63) & 1)
@@ -198,6 +218,11 @@ bool apply_batch(uint8_t* image, size_t npages, const uint8_t* rec, size_t len, 
       memset(s, 0, kPage);
     } else if (r.kind == kFull) {
       memcpy(s, rec + r.off, kPage);
+    } else if (r.kind == kPlanesLz4) {
+      alignas(64) uint8_t planes[kPage];
+      if (LZ4_decompress_safe((const char*)rec + r.off, (char*)planes, int(r.len), int(kPage)) != int(kPage))
+        return fail(i, "corrupt LZ4 payload");
+      unshuffle4(planes, s);
     } else {
       memcpy(s, image + size_t(r.page) * kPage, kPage);
       const char* e = nullptr;

@@ -60,6 +60,10 @@ int floor_compare(Level l, const uint8_t* a, const uint8_t* b);
 // True if the pages are identical (early exit).
 bool pages_equal(Level l, const uint8_t* a, const uint8_t* b);
 
+// Byte planes of a page as 1024 32-bit words (plane b = byte b of every word), and back.
+void shuffle4(const uint8_t* src, uint8_t* dst);
+void unshuffle4(const uint8_t* src, uint8_t* dst);
+
 // CRC32C (Castagnoli), zlib-style seed chaining: crc32c(B, crc32c(A)) == crc32c(A||B).
 uint32_t crc32c(const uint8_t* data, size_t len, uint32_t seed = 0);
 bool crc32c_hw();
