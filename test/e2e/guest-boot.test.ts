@@ -3,7 +3,7 @@
 // does catch a corrupted page.
 import t, { type Test } from 'tap';
 import { createSocket } from 'node:dgram';
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { QmpClient } from '../../src/qemu/qmp.js';
 import {
@@ -129,11 +129,34 @@ t.test('workloads boot, progress, verify, record matches console', async (t) => 
     t.same(c.errors, []);
     t.ok(c.progress.at(-1)!.cycles >= 1, 'at least one sort completed and was found sorted');
   });
-  t.test('kv', async (t) => {
-    const { c } = await bootAndCheck(t, 'kv');
+  t.test('kv, then restored from a RAM image + device state: continues from the record', async (t) => {
+    const { g, q, c } = await bootAndCheck(t, 'kv');
     const p = c.progress;
     const rate = (p.at(-1)!.ops - p[0]!.ops) / ((p.at(-1)!.uptimeMs - p[0]!.uptimeMs) / 1000);
     t.ok(rate > 20_000, `kv updates at ${Math.round(rate)}/s`);
+
+    // A checkpoint the way DESIGN.md's restore works on stock QEMU.
+    await waitForConsole(g.serialLog, (c) => (c.lastCounter ?? 0) >= p.at(-1)!.counter + 1, 10_000, { child: g.child });
+    await q.execute('stop');
+    const devState = `${g.ramPath}.devstate`;
+    t.teardown(() => rmSync(devState, { force: true }));
+    await q.execute('xen-save-devices-state', { filename: devState, live: false });
+    const ramCopy = `${g.ramPath}.restored`;
+    t.teardown(() => rmSync(ramCopy, { force: true }));
+    copyFileSync(g.ramPath, ramCopy);
+    const k = Number(findProgressInImage(readFileSync(ramCopy)));
+    const opsAtCheckpoint = parseConsole(readFileSync(g.serialLog, 'latin1')).progress.at(-1)!.ops;
+    await g.stop(); // the "failed" host
+
+    const r = startTestGuest({ workload: 'kv', t, ramPath: ramCopy, incoming: true });
+    const q2 = await qmpOf(t, r);
+    await q2.execute('migrate-incoming', { uri: `exec:cat ${devState}` });
+    const rc = await waitForConsole(r.serialLog, (c) => c.progress.length >= 3 || c.errors.length > 0, 30_000, { child: r.child });
+    t.same(rc.errors, [], 'restored guest verifies its memory');
+    t.ok(rc.counters[0] === k || rc.counters[0] === k + 1, `restored guest goes on from ${k}: ${rc.counters.join(',')}`);
+    t.ok(consecutive(rc.counters), 'and keeps counting');
+    t.ok(rc.progress[0]!.ops >= opsAtCheckpoint, 'its work continues (ops not reset)');
+    t.notOk(/MIGSAFE (boot|ready)/.test(readFileSync(r.serialLog, 'latin1')), 'no reboot, no re-initialisation');
   });
   t.test('udp over virtio-net (slirp), datagrams carry the counter', async (t) => {
     const sock = createSocket('udp4');

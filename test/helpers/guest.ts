@@ -120,7 +120,7 @@ export interface GuestQemuOptions {
 
 /** The kernel command line of the guest. */
 export function guestAppend(opts: Omit<GuestQemuOptions, 'serialLog'>): string {
-  const words = ['console=ttyS0', 'quiet', 'panic=-1', 'transparent_hugepage=never', `migsafe.workload=${opts.workload}`];
+  const words = ['console=ttyS0', 'quiet', 'panic=-1', 'transparent_hugepage=never', 'cryptomgr.notests', `migsafe.workload=${opts.workload}`];
   if (opts.workloadMiB !== undefined) words.push(`migsafe.mib=${opts.workloadMiB}`);
   if (opts.rate !== undefined) words.push(`migsafe.rate=${opts.rate}`);
   if (opts.seed !== undefined) words.push(`migsafe.seed=${opts.seed}`);
@@ -440,6 +440,16 @@ export interface StartTestGuestOptions extends Omit<GuestQemuOptions, 'serialLog
   maxLifetimeSec?: number;
   /** Register stop() as a tap teardown. */
   t?: { teardown(fn: () => unknown): void };
+  /**
+   * Use this RAM file (e.g. a checkpointed image) instead of a fresh one; it is removed by
+   * stop() all the same.
+   */
+  ramPath?: string;
+  /**
+   * Start paused, waiting for device state (`-incoming defer`, configured for a
+   * xen-save-devices-state stream): then QMP `migrate-incoming {uri: "exec:cat <file>"}`.
+   */
+  incoming?: boolean;
 }
 
 /**
@@ -449,7 +459,7 @@ export interface StartTestGuestOptions extends Omit<GuestQemuOptions, 'serialLog
 export function startTestGuest(opts: StartTestGuestOptions): TestGuest {
   const unique = `migsafe-test-${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
   const serialLog = opts.serialLog ?? join(tmpdir(), `${unique}.serial`);
-  const ramPath = join('/dev/shm', unique);
+  const ramPath = opts.ramPath ?? join('/dev/shm', unique);
   const qmpPath = join(tmpdir(), `${unique}.qmp`);
   const memMiB = opts.memMiB ?? 256;
   const base = guestQemuArgs({ ...opts, serialLog, memMiB });
@@ -462,6 +472,9 @@ export function startTestGuest(opts: StartTestGuestOptions): TestGuest {
     '-qmp',
     `unix:${qmpPath},server=on,wait=off`,
   ];
+  if (opts.incoming) {
+    argv.push('-machine', 'suppress-vmdesc=on', '-global', 'migration.send-configuration=off', '-incoming', 'defer');
+  }
   rmSync(serialLog, { force: true });
   const child = spawn('timeout', ['-s', 'KILL', String(opts.maxLifetimeSec ?? 900), ...argv], {
     detached: true,
