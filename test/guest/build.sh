@@ -156,7 +156,9 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 # ---- pack (uncompressed: faster to unpack under TCG than to decompress)
-( cd "$R" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0 ) >"$WORK/initrd.img"
+# reproducible: fixed mtimes, sorted names, no inode numbers from the build host
+find "$R" -exec touch -h -d @0 {} +
+( cd "$R" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet --reproducible -R 0:0 ) >"$WORK/initrd.img"
 cp "$WORK/k/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
 
 cat >"$WORK/manifest.json" <<EOF
