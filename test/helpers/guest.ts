@@ -99,7 +99,7 @@ export interface GuestQemuOptions {
   workload: GuestWorkload;
   /** Guest RAM, MiB (-m); the RAM backend migsafe adds must have this size. Default 256. */
   memMiB?: number;
-  /** Size of the workload's region, MiB (migsafe.mib); default per workload (idle 1, wset 64, qsort 16, udp 1). */
+  /** Size of the workload's region, MiB (migsafe.mib); default per workload (idle 1, wset 64, qsort 64, udp 1). */
   workloadMiB?: number;
   /** Serial console (ttyS0) goes to this file. */
   serialLog: string;

@@ -398,7 +398,7 @@ static void qsort_range(uint64_t lo0, uint64_t hi0) { /* [lo, hi] inclusive, exp
     }
 }
 static int run_qsort(void) {
-    uint64_t mib = opt_u64("mib", 16);
+    uint64_t mib = opt_u64("mib", 64);
     g_rate = opt_u64("rate", 0);
     g_poll_every = 4096;
     if (region_init(mib * 256, NULL)) return 2;
