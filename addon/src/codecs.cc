@@ -121,10 +121,18 @@ bool decompress(Codec c, const uint8_t* src, size_t n, uint8_t* dst, size_t raw_
       z_stream s;
       memset(&s, 0, sizeof s);
       if (inflateInit2(&s, zlib_bits(c)) != Z_OK) { err = "zlib: inflateInit2 failed"; return false; }
+      // One spare byte of room: zlib wants some output space even to finish an empty stream,
+      // and it turns "longer than rawLength" into a detectable extra byte.
+      std::vector<uint8_t> tmp;
+      uint8_t* out = dst;
+      if (raw_len == 0) {
+        tmp.resize(1);
+        out = tmp.data();
+      }
       s.next_in = const_cast<Bytef*>(src);
       s.avail_in = uInt(n);
-      s.next_out = dst;
-      s.avail_out = uInt(raw_len);
+      s.next_out = out;
+      s.avail_out = uInt(raw_len ? raw_len : 1);
       int r = inflate(&s, Z_FINISH);
       size_t produced = s.total_out, left = s.avail_in;
       inflateEnd(&s);

@@ -10,13 +10,19 @@ export const PAGE_SIZE = 4096;
 /** SIMD level of the page kernel. `scalar` is the portable word-at-a-time path. */
 export type CpuLevel = 'avx512bw' | 'avx2' | 'scalar';
 
-export type Codec = 'none' | 'gzip' | 'lz4' | 'zstd';
+/** `gzip`: zlib with gzip framing; `deflate`: raw deflate (no header). */
+export type Codec = 'none' | 'gzip' | 'deflate' | 'lz4' | 'zstd';
 
-/** Kinds of a batch record (see RECORD format in addon/src/batch.h). */
+/** Kinds of a batch record (see RECORD format in addon/src/batch.h and docs/kernel.md). */
 export const enum RecordKind {
+  /** The page is all zero bytes; no payload. */
   Zero = 0,
+  /** XBZRLE delta (QEMU's format) against the previous checkpointed contents; 1..4096 bytes. */
   Delta = 1,
+  /** The whole page; 4096 bytes. */
   Full = 2,
+  /** LZ4 block of the page's byte planes (4-byte words); 1..4095 bytes. Only with `dense`. */
+  PlanesLz4 = 3,
 }
 
 /** Size of one record header in a batch buffer. */
@@ -29,7 +35,27 @@ export interface EncodeBatchOptions {
   threads?: number;
   /** Copy each encoded page into the shadow (default true). */
   updateShadow?: boolean;
+  /**
+   * Per-page choice for dense pages (default false): when the delta exceeds 1024 bytes or the
+   * page would go whole, also try LZ4 of its byte planes and keep the smaller (RecordKind.PlanesLz4).
+   */
+  dense?: boolean;
 }
+
+/** Options of the in-addon benchmark loop (see bench/diff.ts). */
+export interface BenchKernelOptions {
+  level?: CpuLevel;
+  /** Timed repeats (default 5). */
+  repeats?: number;
+  /** Passes over all pairs per repeat (default 1). */
+  inner?: number;
+  /** For `compress-page`. */
+  codec?: Codec;
+  codecLevel?: number;
+}
+
+/** Kernel loops run inside the addon, timed with a monotonic clock. */
+export type BenchKernelOp = 'encode' | 'wordwise' | 'floor' | 'decode' | 'crc' | 'batch' | 'compress-page';
 
 export interface ApplyResult {
   /** Records applied. */
@@ -42,8 +68,16 @@ export interface NativeAddon {
   /** Every level this CPU can run, best first. */
   levels(): CpuLevel[];
 
-  /** XBZRLE delta of one 4096-byte page; empty when unchanged; null when it would reach 4096 bytes. */
+  /** Whether crc32c uses the SSE4.2 instruction. */
+  crc32cHardware(): boolean;
+
+  /**
+   * XBZRLE delta of one 4096-byte page; empty when unchanged; null when QEMU's encoder would
+   * overflow its 4096-byte output (the page is then sent whole).
+   */
   encodePage(oldPage: Uint8Array, newPage: Uint8Array, level?: CpuLevel): Buffer | null;
+  /** Same bytes as encodePage, by a word-at-a-time encoder structured like QEMU's C encoder. */
+  encodePageWordwise(oldPage: Uint8Array, newPage: Uint8Array): Buffer | null;
   /** Applies an XBZRLE delta to a copy of oldPage. Throws on malformed input. */
   decodePage(oldPage: Uint8Array, delta: Uint8Array): Buffer;
 
@@ -79,8 +113,19 @@ export interface NativeAddon {
   /** CRC32C (Castagnoli), hardware-accelerated when available. */
   crc32c(data: Uint8Array, seed?: number): number;
 
-  /** mmap(MAP_SHARED) a file: guest RAM shared with QEMU. The Buffer aliases the mapping. */
+  /**
+   * mmap(MAP_SHARED) a file: guest RAM shared with QEMU. The Buffer aliases the mapping, which
+   * lives until the Buffer is garbage-collected. With writable=false the mapping is read-only:
+   * writing to the Buffer kills the process (SIGSEGV).
+   */
   mapFile(path: string, size: number, writable: boolean): Buffer;
+
+  /**
+   * Runs a kernel loop over page pairs (8192-byte records: old page, new page) inside the
+   * addon. Returns the time of each repeat (seconds for `inner` passes) and the output bytes
+   * of one pass.
+   */
+  benchKernel(op: BenchKernelOp, pairs: Uint8Array, opts?: BenchKernelOptions): { seconds: number[]; bytes: number };
 }
 
 function findAddon(): string {

@@ -1,0 +1,15 @@
+// Guest RAM shared with QEMU (memory-backend-file, share=on) as a Buffer.
+import { native } from './native.js';
+
+export interface MapFileOptions {
+  /** Map read-write (default false). A read-only mapping crashes the process if written. */
+  writable?: boolean;
+}
+
+/**
+ * mmap(MAP_SHARED) the first `size` bytes of a file. The Buffer aliases the mapping; it is
+ * unmapped when the Buffer is garbage-collected, so keep a reference while QEMU's RAM is used.
+ */
+export function mapFile(path: string, size: number, opts: MapFileOptions = {}): Buffer {
+  return native().mapFile(path, size, opts.writable ?? false);
+}

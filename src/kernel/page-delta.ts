@@ -1,0 +1,129 @@
+// Page deltas and batches: typed wrappers over the addon (src/kernel/native.ts), plus a
+// reader of the record format for code that inspects batches.
+import {
+  native,
+  PAGE_SIZE,
+  RECORD_HEADER_BYTES,
+  RecordKind,
+  type ApplyResult,
+  type CpuLevel,
+  type EncodeBatchOptions,
+} from './native.js';
+
+/** SIMD level the kernel uses by default (best this CPU supports). */
+export function cpuLevel(): CpuLevel {
+  return native().cpuLevel();
+}
+
+/** Every level this CPU can run, best first. */
+export function cpuLevels(): CpuLevel[] {
+  return native().levels();
+}
+
+function checkPage(p: Uint8Array, name: string): void {
+  if (!(p instanceof Uint8Array) || p.length !== PAGE_SIZE) {
+    throw new RangeError(`${name} must be a 4096-byte Uint8Array`);
+  }
+}
+
+/**
+ * XBZRLE delta (QEMU's format) turning oldPage into newPage. Empty Buffer when the pages are
+ * equal; null when the delta would overflow a page (QEMU's rule): send the page whole.
+ */
+export function encodePage(oldPage: Uint8Array, newPage: Uint8Array, level?: CpuLevel): Buffer | null {
+  checkPage(oldPage, 'oldPage');
+  checkPage(newPage, 'newPage');
+  return native().encodePage(oldPage, newPage, level);
+}
+
+/** newPage rebuilt from oldPage and an XBZRLE delta. Throws on a malformed delta. */
+export function decodePage(oldPage: Uint8Array, delta: Uint8Array): Buffer {
+  checkPage(oldPage, 'oldPage');
+  return native().decodePage(oldPage, delta);
+}
+
+/**
+ * Encodes the pages of ram that differ from shadow into one buffer of records (format in
+ * docs/kernel.md) and, unless told otherwise, brings shadow up to date. pages = null: all.
+ */
+export function encodeBatch(
+  ram: Uint8Array,
+  shadow: Uint8Array,
+  pages: Uint32Array | null,
+  opts?: EncodeBatchOptions,
+): Buffer {
+  return native().encodeBatch(ram, shadow, pages, opts);
+}
+
+/** encodeBatch on worker threads; ram and shadow must stay untouched until it settles. */
+export function encodeBatchAsync(
+  ram: Uint8Array,
+  shadow: Uint8Array,
+  pages: Uint32Array | null,
+  opts?: EncodeBatchOptions,
+): Promise<Buffer> {
+  return native().encodeBatchAsync(ram, shadow, pages, opts);
+}
+
+/** Applies a record buffer to an image: all records are checked first; on error nothing is written. */
+export function applyBatch(image: Uint8Array, records: Uint8Array): ApplyResult {
+  return native().applyBatch(image, records);
+}
+
+/** Indexes of the pages where ram and shadow differ. */
+export function scanDirty(ram: Uint8Array, shadow: Uint8Array, level?: CpuLevel): Uint32Array {
+  return native().scanDirty(ram, shadow, level);
+}
+
+/** One record of a batch buffer; payload aliases the buffer. */
+export interface BatchRecord {
+  page: number;
+  kind: RecordKind;
+  length: number;
+  crc32c: number;
+  payload: Buffer;
+}
+
+/**
+ * Walks the records of a batch buffer, checking only their framing (applyBatch does the full
+ * validation). Throws on a truncated or inconsistent header.
+ */
+export function* batchRecords(buf: Uint8Array): Generator<BatchRecord> {
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  let off = 0;
+  while (off < b.length) {
+    if (b.length - off < RECORD_HEADER_BYTES) throw new RangeError(`batch: truncated header at byte ${off}`);
+    const page = b.readUInt32LE(off);
+    const kind = b[off + 4]! as RecordKind;
+    const length = b.readUInt32LE(off + 8);
+    const crc32c = b.readUInt32LE(off + 12);
+    if (kind > RecordKind.PlanesLz4) throw new RangeError(`batch: unknown kind ${kind} at byte ${off}`);
+    const start = off + RECORD_HEADER_BYTES;
+    if (start + length > b.length) throw new RangeError(`batch: payload truncated at byte ${off}`);
+    yield { page, kind, length, crc32c, payload: b.subarray(start, start + length) };
+    off = start + length;
+  }
+}
+
+export interface BatchSummary {
+  records: number;
+  zero: number;
+  delta: number;
+  full: number;
+  planes: number;
+  payloadBytes: number;
+}
+
+/** Counts of a batch buffer by kind. */
+export function summarizeBatch(buf: Uint8Array): BatchSummary {
+  const s: BatchSummary = { records: 0, zero: 0, delta: 0, full: 0, planes: 0, payloadBytes: 0 };
+  for (const r of batchRecords(buf)) {
+    s.records++;
+    s.payloadBytes += r.length;
+    if (r.kind === RecordKind.Zero) s.zero++;
+    else if (r.kind === RecordKind.Delta) s.delta++;
+    else if (r.kind === RecordKind.Full) s.full++;
+    else s.planes++;
+  }
+  return s;
+}

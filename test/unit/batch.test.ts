@@ -1,0 +1,174 @@
+// Batch API: records for the changed pages only, the shadow kept equal to what a receiver
+// rebuilds, threads/async/levels giving the same bytes, and applyBatch refusing any corrupt
+// batch without touching the image.
+import t from 'tap';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RECORD_HEADER_BYTES, RecordKind } from '../../src/kernel/native.js';
+import {
+  applyBatch,
+  batchRecords,
+  cpuLevels,
+  encodeBatch,
+  encodeBatchAsync,
+  scanDirty,
+  summarizeBatch,
+} from '../../src/kernel/page-delta.js';
+import { crc32c } from '../../src/kernel/codecs.js';
+import { mapFile } from '../../src/kernel/map-file.js';
+import { corpusDir, loadPairs, rng } from './corpus.js';
+
+const P = 4096;
+
+/** 256 pages: unchanged, zeroed, sparse change, dense change (goes whole). */
+function scene(seed = 1): { ram: Buffer; shadow: Buffer; kinds: Map<number, string> } {
+  const r = rng(seed);
+  const pages = 256;
+  const shadow = Buffer.alloc(pages * P);
+  for (let i = 0; i < shadow.length; i++) shadow[i] = Math.floor(r() * 256);
+  const ram = Buffer.from(shadow);
+  const kinds = new Map<number, string>();
+  for (let p = 0; p < pages; p++) {
+    const base = p * P;
+    switch (p % 4) {
+      case 0:
+        break; // unchanged
+      case 1:
+        ram.fill(0, base, base + P);
+        kinds.set(p, 'zero');
+        break;
+      case 2:
+        for (let k = 0; k < 10; k++) ram[base + Math.floor(r() * P)] ^= 0x5a;
+        kinds.set(p, 'delta');
+        break;
+      default:
+        for (let k = 0; k < P; k++) ram[base + k] = Math.floor(r() * 256);
+        kinds.set(p, 'full');
+    }
+  }
+  return { ram, shadow, kinds };
+}
+
+t.test('records for changed pages; shadow updated; apply rebuilds ram', async (t) => {
+  const { ram, shadow, kinds } = scene();
+  const old = Buffer.from(shadow);
+  const rec = encodeBatch(ram, shadow, null);
+  const s = summarizeBatch(rec);
+  t.equal(s.records, kinds.size, 'one record per changed page');
+  t.equal(s.zero, 64);
+  t.equal(s.delta, 64);
+  t.equal(s.full, 64);
+  for (const r of batchRecords(rec)) {
+    const want = kinds.get(r.page);
+    t.equal(['zero', 'delta', 'full'][r.kind], want, `page ${r.page}`);
+    t.equal(r.crc32c, crc32c(ram.subarray(r.page * P, (r.page + 1) * P)), `crc of page ${r.page}`);
+    if (t.passing() === false) break;
+  }
+  t.ok(shadow.equals(ram), 'shadow equals ram after the batch');
+  const image = Buffer.from(old);
+  t.equal(applyBatch(image, rec).records, kinds.size);
+  t.ok(image.equals(ram), 'applying the records to the old image gives ram');
+  t.equal(encodeBatch(ram, shadow, null).length, 0, 'nothing left to send');
+});
+
+t.test('page list, duplicates and range', async (t) => {
+  const { ram, shadow } = scene(2);
+  const rec = encodeBatch(ram, Buffer.from(shadow), Uint32Array.from([2, 3, 4, 6]));
+  t.same([...batchRecords(rec)].map((r) => r.page), [2, 3, 6], 'unchanged page 4 gives no record');
+  t.throws(() => encodeBatch(ram, shadow, Uint32Array.from([2, 2])), /listed twice/);
+  t.throws(() => encodeBatch(ram, shadow, Uint32Array.from([256])), /out of range/);
+  t.throws(() => encodeBatch(ram, shadow.subarray(0, P), null), /differ in size/);
+  t.throws(() => encodeBatch(ram, shadow, null, { threads: 0 }), /threads/);
+});
+
+t.test('levels, threads and async give the same bytes', async (t) => {
+  const { ram, shadow } = scene(3);
+  const ref = encodeBatch(ram, shadow, null, { updateShadow: false, level: 'scalar' });
+  t.ok(ref.length > 0);
+  for (const level of cpuLevels()) {
+    for (const threads of [1, 2, 3]) {
+      const b = encodeBatch(ram, shadow, null, { updateShadow: false, level, threads });
+      t.ok(b.equals(ref), `${level}, ${threads} threads`);
+    }
+  }
+  const a = await encodeBatchAsync(ram, shadow, null, { updateShadow: false, threads: 2 });
+  t.ok(a.equals(ref), 'async');
+  const copy = Buffer.from(shadow);
+  const b = encodeBatch(ram, copy, null, { updateShadow: false });
+  t.ok(copy.equals(shadow) && b.equals(ref), 'updateShadow: false leaves the shadow alone');
+});
+
+t.test('applyBatch refuses corrupt batches and leaves the image untouched', async (t) => {
+  const { ram, shadow } = scene(4);
+  const old = Buffer.from(shadow);
+  const rec = encodeBatch(ram, shadow, null);
+  const recs = [...batchRecords(rec)];
+  const deltaRec = recs.find((r) => r.kind === RecordKind.Delta)!;
+  const deltaOff = deltaRec.payload.byteOffset - rec.byteOffset - RECORD_HEADER_BYTES;
+
+  const cases: [string, (b: Buffer) => Buffer, RegExp][] = [
+    ['flipped payload byte', (b) => (b[b.length - 1] ^= 1, b), /checksum|bad delta/],
+    ['truncated', (b) => b.subarray(0, b.length - 1), /truncated/],
+    ['bad kind', (b) => ((b[4] = 9), b), /unknown record kind/],
+    ['reserved byte', (b) => ((b[5] = 1), b), /reserved/],
+    ['page out of range', (b) => (b.writeUInt32LE(100000, 0), b), /outside the image/],
+    ['wrong length for kind', (b) => (b.writeUInt32LE(4096, deltaOff + 8), b), /applyBatch: record \d+/],
+    ['duplicate page', (b) => Buffer.concat([b, b.subarray(0, RECORD_HEADER_BYTES + b.readUInt32LE(8))]), /appears twice/],
+    ['delta corrupted inside', (b) => ((b[deltaOff + RECORD_HEADER_BYTES] = 0xff), (b[deltaOff + RECORD_HEADER_BYTES + 1] = 0xff), b), /bad delta|checksum/],
+  ];
+  for (const [why, mutate, re] of cases) {
+    const image = Buffer.from(old);
+    t.throws(() => applyBatch(image, mutate(Buffer.from(rec))), re, why);
+    t.ok(image.equals(old), `${why}: image untouched`);
+  }
+  const image = Buffer.from(old);
+  applyBatch(image, rec);
+  t.ok(image.equals(ram), 'the intact batch applies');
+});
+
+t.test('dense option: byte-plane LZ4 records where they beat the delta', { skip: !corpusDir() && 'no corpus' }, async (t) => {
+  const pairs = loadPairs('qsort');
+  const n = pairs.length / 8192;
+  const ram = Buffer.alloc(n * P);
+  const shadow = Buffer.alloc(n * P);
+  for (let i = 0; i < n; i++) {
+    pairs.copy(shadow, i * P, i * 8192, i * 8192 + P);
+    pairs.copy(ram, i * P, i * 8192 + P, i * 8192 + 2 * P);
+  }
+  const plain = encodeBatch(ram, shadow, null, { updateShadow: false });
+  const dense = encodeBatch(ram, shadow, null, { updateShadow: false, dense: true });
+  const s = summarizeBatch(dense);
+  t.ok(s.planes > 0, `${s.planes} pages as byte planes`);
+  t.ok(dense.length < plain.length, `dense ${dense.length} < plain ${plain.length}`);
+  const image = Buffer.from(shadow);
+  applyBatch(image, dense);
+  t.ok(image.equals(ram), 'dense batch applies');
+  const bad = Buffer.from(dense);
+  const planes = [...batchRecords(bad)].find((r) => r.kind === RecordKind.PlanesLz4)!;
+  planes.payload.fill(0x33, 0, Math.min(8, planes.length));
+  const img2 = Buffer.from(shadow);
+  t.throws(() => applyBatch(img2, bad), /LZ4|checksum/);
+  t.ok(img2.equals(shadow), 'untouched after a corrupt LZ4 record');
+});
+
+t.test('scanDirty', async (t) => {
+  const { ram, shadow, kinds } = scene(5);
+  for (const level of cpuLevels()) t.same([...scanDirty(ram, shadow, level)], [...kinds.keys()].sort((a, b) => a - b), level);
+});
+
+t.test('mapFile aliases a shared file', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'migsafe-map-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'ram');
+  writeFileSync(path, Buffer.alloc(2 * P));
+  const rw = mapFile(path, 2 * P, { writable: true });
+  t.equal(rw.length, 2 * P);
+  rw.write('hello', 4096);
+  t.equal(readFileSync(path).toString('latin1', 4096, 4101), 'hello', 'writes reach the file');
+  const ro = mapFile(path, 2 * P);
+  writeFileSync(path, Buffer.from('HELLO'), { flag: 'r+' });
+  t.equal(ro.toString('latin1', 0, 5), 'HELLO', 'the mapping sees writes to the file');
+  t.throws(() => mapFile(path, 3 * P), /smaller than/);
+  t.throws(() => mapFile(join(dir, 'missing'), P), /open/);
+});
