@@ -122,10 +122,14 @@ export interface NativeAddon {
 
   /**
    * Runs a kernel loop over page pairs (8192-byte records: old page, new page) inside the
-   * addon. Returns the time of each repeat (seconds for `inner` passes) and the output bytes
-   * of one pass.
+   * addon. Returns the wall and thread-CPU time of each repeat (seconds for `inner` passes;
+   * setup excluded) and the output bytes of one pass.
    */
-  benchKernel(op: BenchKernelOp, pairs: Uint8Array, opts?: BenchKernelOptions): { seconds: number[]; bytes: number };
+  benchKernel(
+    op: BenchKernelOp,
+    pairs: Uint8Array,
+    opts?: BenchKernelOptions,
+  ): { seconds: number[]; cpuSeconds: number[]; bytes: number };
 }
 
 function findAddon(): string {
