@@ -12,6 +12,9 @@ import {
   findProgressRecords,
   findRegionPages,
   guestQemuArgs,
+  PAGE_SIZE,
+  PROGRESS_CHECK_XOR,
+  PROGRESS_MAGIC,
   parseConsole,
   startTestGuest,
   waitForConsole,
@@ -116,10 +119,55 @@ async function bootAndCheck(t: Test, workload: GuestWorkload, extra: Partial<Par
   return { g, q, c: c2, rec: rec! };
 }
 
+/** A UDP socket on 127.0.0.1 (slirp's 10.0.2.2) collecting the guest's datagram counters. */
+async function udpSink(t: Test, workload: string): Promise<{ port: number; got: number[] }> {
+  const sock = createSocket('udp4');
+  t.teardown(() => sock.close());
+  const got: number[] = [];
+  const re = new RegExp(`^MIGSAFE udp workload=${workload} counter=(\\d+)\n$`);
+  sock.on('message', (m) => {
+    const mm = re.exec(m.toString('latin1'));
+    if (mm) got.push(Number(mm[1]));
+  });
+  await new Promise<void>((res) => sock.bind(0, '127.0.0.1', () => res()));
+  return { port: (sock.address() as AddressInfo).port, got };
+}
+
+t.test('progress record scanner', async (t) => {
+  const img = Buffer.alloc(64 * PAGE_SIZE);
+  const put = (page: number, counter: bigint, check = counter ^ PROGRESS_CHECK_XOR) => {
+    const off = page * PAGE_SIZE;
+    PROGRESS_MAGIC.copy(img, off);
+    img.writeBigUInt64LE(counter, off + 16);
+    img.writeBigUInt64LE(check, off + 24);
+    img.write('wset', off + 32, 'latin1');
+  };
+  t.equal(findProgressInImage(img), null, 'none in an empty image');
+  put(7, 41n, 41n); // torn / wrong check value: not a record
+  t.equal(findProgressInImage(img), null, 'a record whose check fails is ignored');
+  put(9, 42n);
+  t.equal(findProgressInImage(img), 42n);
+  t.equal(findProgressRecords(img)[0]!.workload, 'wset');
+  // not page-aligned: ignored
+  PROGRESS_MAGIC.copy(img, 20 * PAGE_SIZE + 8);
+  t.equal(findProgressRecords(img).length, 1);
+  put(30, 42n);
+  t.equal(findProgressInImage(img), 42n, 'two identical copies agree');
+  put(31, 40n);
+  t.throws(() => findProgressInImage(img), /disagree/, 'a stale copy is an error');
+});
+
 t.test('workloads boot, progress, verify, record matches console', async (t) => {
   ensureGuestBuilt();
-  t.test('idle', async (t) => {
-    await bootAndCheck(t, 'idle');
+  t.test('idle, with one datagram a tick to a peer', async (t) => {
+    const { port, got } = await udpSink(t, 'idle');
+    const { g } = await bootAndCheck(t, 'idle', {
+      netdev: { netdev: 'user,id=n0', ip: '10.0.2.15/24', peer: `10.0.2.2:${port}` },
+    });
+    const c = parseConsole(readFileSync(g.serialLog, 'latin1'));
+    t.ok(got.length >= 3, `received ${got.length} datagrams`);
+    t.ok(consecutive(got), `datagram counters consecutive: ${got.join(',')}`);
+    t.ok(got.every((x) => c.counters.includes(x) || x === c.lastCounter! + 1), 'each datagram carries a tick counter');
   });
   t.test('qsort (2 MiB: sorts complete and are checked)', async (t) => {
     const { g } = await bootAndCheck(t, 'qsort', { workloadMiB: 2 });
@@ -159,15 +207,7 @@ t.test('workloads boot, progress, verify, record matches console', async (t) => 
     t.notOk(/MIGSAFE (boot|ready)/.test(readFileSync(r.serialLog, 'latin1')), 'no reboot, no re-initialisation');
   });
   t.test('udp over virtio-net (slirp), datagrams carry the counter', async (t) => {
-    const sock = createSocket('udp4');
-    t.teardown(() => sock.close());
-    const got: number[] = [];
-    sock.on('message', (m) => {
-      const mm = /^MIGSAFE udp workload=udp counter=(\d+)\n$/.exec(m.toString('latin1'));
-      if (mm) got.push(Number(mm[1]));
-    });
-    await new Promise<void>((res) => sock.bind(0, '127.0.0.1', () => res()));
-    const port = (sock.address() as AddressInfo).port;
+    const { port, got } = await udpSink(t, 'udp');
     const { g } = await bootAndCheck(t, 'udp', {
       netdev: { netdev: 'user,id=n0', ip: '10.0.2.15/24', peer: `10.0.2.2:${port}` },
     });

@@ -66,7 +66,7 @@ export function guestArtifacts(): GuestArtifacts {
 let builtThisProcess = false;
 
 /**
- * Runs test/guest/build.sh (a no-op in about 2 s when nothing changed), then guestArtifacts().
+ * Runs test/guest/build.sh (a no-op in about 0.5 s when nothing changed), then guestArtifacts().
  * Runs the script once per process unless `recheck` is set.
  */
 export function ensureGuestBuilt(opts: { recheck?: boolean } = {}): GuestArtifacts {
