@@ -1,3 +1,5 @@
+// GCC 12 reports its own AVX-512 intrinsics (_mm512_undefined_*) as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // XBZRLE page delta (format of QEMU's migration/xbzrle.c, implemented independently):
 //   page  = zrun nzrun | zrun nzrun page      (trailing unchanged run omitted)
 //   zrun  = uleb128 length of an unchanged run (only the first may be 0)
@@ -318,6 +320,79 @@ uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
 
 }  // namespace
 
+namespace {
+
+// Copies run [s, s+n) of the page to d, in 32-byte moves that may write past n (the caller's
+// buffer has room; the next run overwrites the excess) but never read past the page.
+inline void copy_run(uint8_t* d, const uint8_t* page, uint32_t s, uint32_t n) {
+  if (__builtin_expect(s <= kPage - 32, 1)) {
+    memcpy(d, page + s, 32);
+    for (uint32_t c = 32; c < n; c += 32) {
+      if (s + c <= kPage - 32) memcpy(d + c, page + s + c, 32);
+      else memcpy(d + c, page + s + c, n - c);
+    }
+  } else {
+    memcpy(d, page + s, n);
+  }
+}
+
+#ifdef MIGSAFE_X86
+// Emits 16 runs per step: lengths, ULEB128 headers and output offsets (a prefix sum) are
+// computed in 32-bit lanes, so the per-run scalar work is one 4-byte header store and the
+// copy, with no dependency from one run to the next. b holds nb (even) boundaries and is
+// readable 32 entries past the last group. Returns the output length; *dz = output position
+// after the last unchanged-run header (for QEMU's overflow rule).
+__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt")))
+int emit_avx512(const uint16_t* b, uint32_t nb, const uint8_t* nw, uint8_t* dst, int* dz) {
+  // Even boundaries (run starts) to the low 16 words, odd ones (run ends) to the high 16.
+  const __m512i split = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+                                         30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i one = _mm512_set1_epi32(1), c80 = _mm512_set1_epi32(0x80), c128 = _mm512_set1_epi32(128);
+  const __m512i zero = _mm512_setzero_si512();
+  alignas(64) uint32_t off[16], doff[16], hdr[16], ss[16], ns[16];
+  uint32_t runs = nb / 2, prev_e = 0;
+  int d = 0;
+  *dz = 0;
+  for (uint32_t k0 = 0; k0 < runs; k0 += 16) {
+    uint32_t cnt = runs - k0 < 16 ? runs - k0 : 16;
+    __mmask16 valid = __mmask16(cnt == 16 ? 0xffff : (1u << cnt) - 1);
+    __m512i perm = _mm512_permutexvar_epi16(split, _mm512_loadu_si512(b + 2 * k0));
+    __m512i s = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(perm));
+    __m512i e = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(perm, 1));
+    __m512i pe = _mm512_alignr_epi32(e, _mm512_set1_epi32(int(prev_e)), 15);  // previous run's end
+    __m512i z = _mm512_sub_epi32(s, pe), n = _mm512_sub_epi32(e, s);
+    __mmask16 zb = _mm512_cmpge_epu32_mask(z, c128), nbg = _mm512_cmpge_epu32_mask(n, c128);
+    // ULEB128 of v >= 128 (two bytes, little-endian) is v + ((v >> 7) << 7) + 0x80.
+    __m512i uz = _mm512_mask_add_epi32(z, zb, z, _mm512_add_epi32(_mm512_slli_epi32(_mm512_srli_epi32(z, 7), 7), c80));
+    __m512i un = _mm512_mask_add_epi32(n, nbg, n, _mm512_add_epi32(_mm512_slli_epi32(_mm512_srli_epi32(n, 7), 7), c80));
+    __m512i hz = _mm512_mask_add_epi32(one, zb, one, one), hn = _mm512_mask_add_epi32(one, nbg, one, one);
+    __m512i h = _mm512_or_si512(uz, _mm512_sllv_epi32(un, _mm512_slli_epi32(hz, 3)));
+    __m512i len = _mm512_maskz_add_epi32(valid, _mm512_add_epi32(hz, hn), n);
+    __m512i p = _mm512_add_epi32(len, _mm512_alignr_epi32(len, zero, 15));  // inclusive prefix sum
+    p = _mm512_add_epi32(p, _mm512_alignr_epi32(p, zero, 14));
+    p = _mm512_add_epi32(p, _mm512_alignr_epi32(p, zero, 12));
+    p = _mm512_add_epi32(p, _mm512_alignr_epi32(p, zero, 8));
+    __m512i o = _mm512_add_epi32(_mm512_sub_epi32(p, len), _mm512_set1_epi32(d));
+    _mm512_store_si512(off, o);
+    _mm512_store_si512(doff, _mm512_add_epi32(o, _mm512_add_epi32(hz, hn)));
+    _mm512_store_si512(hdr, h);
+    _mm512_store_si512(ss, s);
+    _mm512_store_si512(ns, n);
+    for (uint32_t j = 0; j < cnt; j++) {
+      memcpy(dst + off[j], &hdr[j], 4);  // 4 bytes: the data copy below overwrites the excess
+      copy_run(dst + doff[j], nw, ss[j], ns[j]);
+    }
+    uint32_t last = cnt - 1;
+    d = int(off[last] + (doff[last] - off[last]) + ns[last]);
+    *dz = int(doff[last] - (ns[last] >= 128 ? 2 : 1));
+    prev_e = ss[last] + ns[last];
+  }
+  return d;
+}
+#endif
+
+}  // namespace
+
 int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   constexpr int kMax = int(kPage);
   if (pd.active == 0) return 0;
@@ -339,23 +414,22 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   // changed + 4 * runs <= 8192 bytes (kDeltaCap), and since d only grows, QEMU's per-run
   // overflow tests reduce to three tests on the final positions.
   int d = 0, dz = 0;
-  uint32_t prev = 0;
-  for (uint32_t k = 0; k < nb; k += 2) {
-    uint32_t s = b[k], e = b[k + 1], n = e - s;
-    d += uleb_put2(dst + d, s - prev);
-    dz = d;
-    d += uleb_put2(dst + d, n);
-    if (__builtin_expect(s <= kPage - 32, 1)) {
-      memcpy(dst + d, nw + s, 32);  // dst has slack; extra bytes get overwritten or ignored
-      for (uint32_t c = 32; c < n; c += 32) {
-        if (s + c <= kPage - 32) memcpy(dst + d + c, nw + s + c, 32);
-        else memcpy(dst + d + c, nw + s + c, n - c);
-      }
-    } else {
-      memcpy(dst + d, nw + s, n);
+#ifdef MIGSAFE_X86
+  if (l == Level::Avx512) {
+    d = emit_avx512(b, nb, nw, dst, &dz);
+  } else
+#endif
+  {
+    uint32_t prev = 0;
+    for (uint32_t k = 0; k < nb; k += 2) {
+      uint32_t s = b[k], e = b[k + 1], n = e - s;
+      d += uleb_put2(dst + d, s - prev);
+      dz = d;
+      d += uleb_put2(dst + d, n);
+      copy_run(dst + d, nw, s, n);
+      d += int(n);
+      prev = e;
     }
-    d += int(n);
-    prev = e;
   }
   if (dz + 2 > kMax || d > kMax || (trailing && d + 2 > kMax)) return -1;
   return d;
