@@ -157,7 +157,8 @@ t.test('progress record scanner', async (t) => {
   t.throws(() => findProgressInImage(img), /disagree/, 'a stale copy is an error');
 });
 
-t.test('workloads boot, progress, verify, record matches console', async (t) => {
+// Two guests at a time: the wall time of this file stays well under 2 minutes on 2 cores.
+t.test('workloads boot, progress, verify, record matches console', { jobs: 2 }, async (t) => {
   ensureGuestBuilt();
   t.test('idle, with one datagram a tick to a peer', async (t) => {
     const { port, got } = await udpSink(t, 'idle');

@@ -412,6 +412,18 @@ export interface TestGuest {
   stop(): Promise<void>;
 }
 
+const WATCHDOG = `
+owner=$1 life=$2 ram=$3 qmp=$4; shift 4
+"$@" & q=$!
+end=$((SECONDS + life))
+while kill -0 "$q" 2>/dev/null; do
+  if ! kill -0 "$owner" 2>/dev/null || [ "$SECONDS" -ge "$end" ]; then
+    kill -9 "$q" 2>/dev/null; wait "$q" 2>/dev/null; rm -f "$ram" "$qmp"; exit 137
+  fi
+  sleep 0.5
+done
+wait "$q"`;
+
 const liveGuests = new Set<TestGuest>();
 let exitHookInstalled = false;
 
@@ -436,7 +448,7 @@ export interface StartTestGuestOptions extends Omit<GuestQemuOptions, 'serialLog
   serialLog?: string;
   /** Keep the serial log after stop() (default: removed). */
   keepSerialLog?: boolean;
-  /** Hard upper bound on QEMU's life in seconds (coreutils timeout), default 900. */
+  /** Hard upper bound on QEMU's life in seconds, default 900. */
   maxLifetimeSec?: number;
   /** Register stop() as a tap teardown. */
   t?: { teardown(fn: () => unknown): void };
@@ -476,7 +488,10 @@ export function startTestGuest(opts: StartTestGuestOptions): TestGuest {
     argv.push('-machine', 'suppress-vmdesc=on', '-global', 'migration.send-configuration=off', '-incoming', 'defer');
   }
   rmSync(serialLog, { force: true });
-  const child = spawn('timeout', ['-s', 'KILL', String(opts.maxLifetimeSec ?? 900), ...argv], {
+  // QEMU runs under a small watchdog (its own process group): if this test process dies in
+  // any way (even SIGKILL) or maxLifetimeSec passes, QEMU is killed and its RAM file and
+  // QMP socket are removed — no orphan VMs, no 256 MiB files left in /dev/shm.
+  const child = spawn('bash', ['-c', WATCHDOG, 'migsafe-guest-watchdog', String(process.pid), String(opts.maxLifetimeSec ?? 900), ramPath, qmpPath, ...argv], {
     detached: true,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
