@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
+import { startRedisServer } from '../../src/store/redis-server.js';
 import { loadImage, planRestore } from '../../src/store/reader.js';
 import { ensureGuestBuilt, findProgressInImage, guestQemuArgs, waitForConsole, type GuestWorkload } from '../helpers/guest.js';
 import { testClient, testRedis } from '../helpers/redis.js';
@@ -176,3 +177,64 @@ function parseLast(text: string): number | null {
   const m = [...text.matchAll(/MIGSAFE progress workload=\S+ counter=(\d+)/g)];
   return m.length ? Number(m[m.length - 1]![1]) : null;
 }
+
+t.test('redis-server killed during checkpointing: no half version, the sidecar carries on, recovery works', async (t) => {
+  const srv = await testRedis(t, 'always');
+  const env = cliEnv(t);
+  const serial = join(tmpdir(), `migsafe-rkill-${process.pid}.serial`);
+  const pidfile = join(tmpdir(), `migsafe-rkill-${process.pid}.pid`);
+  const run = startCli(
+    ['run', '--vm', 'rk', '--redis', srv.url, '--interval', '400', '--pidfile', pidfile, '--',
+      ...guestQemuArgs({ workload: 'wset', serialLog: serial, workloadMiB: 8 })],
+    env,
+  );
+  let qemuPid = 0;
+  t.teardown(() => {
+    killQuietly(run.child.pid);
+    killQuietly(qemuPid);
+  });
+  const redis = testClient(t, srv.url);
+  const store = new CheckpointStore(redis, 'rk');
+  await waitForConsole(serial, (c) => c.verifiedCount >= 2, 90_000);
+  await waitFor('three versions', 90_000, async () => ((await store.committed()).length >= 3 ? true : undefined));
+  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  redis.disconnect();
+
+  // Kill the store while rounds are being written, leave it down for a few rounds.
+  process.kill(srv.pid, 'SIGKILL');
+  const failuresBefore = (run.err().match(/round failed/g) ?? []).length;
+  await waitFor('rounds to fail', 30_000, async () =>
+    (run.err().match(/round failed/g) ?? []).length > failuresBefore ? true : undefined,
+  );
+  const again = await startRedisServer({ dir: srv.dir, port: Number(srv.url.split(':').pop()), appendfsync: 'always' });
+  t.teardown(() => again.stop());
+  const s2 = new CheckpointStore(testClient(t, again.url), 'rk');
+  const afterRestart = await s2.committed();
+  t.ok(afterRestart.length >= 3, `committed versions survived the restart: ${afterRestart.join(',')}`);
+  const metas = await Promise.all(afterRestart.map((v) => s2.meta(v)));
+  t.ok(metas.every((m) => m !== null), 'every committed version has its metadata');
+  const pending = (await s2.redis.smembers(s2.keys.pending)).map(Number);
+  t.same(pending.filter((v) => afterRestart.includes(v)), [], 'a half-written (pending) version is never among the committed');
+
+  // The sidecar reconnects by itself and commits again, starting over with a full version.
+  const next = await waitFor('a version after the restart', 60_000, async () => {
+    const h = await s2.head();
+    return h > afterRestart[afterRestart.length - 1]! ? h : undefined;
+  });
+  const m = await s2.meta(next);
+  t.ok(m, 'the new version is committed');
+  t.equal(run.child.exitCode, null, 'the sidecar did not give up');
+
+  // And the whole chain still recovers the guest.
+  process.kill(qemuPid, 'SIGKILL');
+  t.equal(await run.exited, 3);
+  const k = Number(findProgressInImage((await loadImage(s2, await planRestore(s2))).image));
+  t.ok(k >= 1, `the newest version holds progress counter ${k}`);
+  const rec = await runCli(['recover', '--vm', 'rk', '--redis', again.url, '--detach'], env);
+  t.equal(rec.code, 0, rec.stderr.split('\n').slice(-3).join(' '));
+  qemuPid = (JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid;
+  const after = await waitForConsole(serial, (c) => c.verifiedCount >= 2 || c.errors.length > 0, 90_000);
+  t.same(after.errors.map((e) => e.raw), [], 'memory intact after recovery');
+  const first = after.progress[0]!.counter;
+  t.ok(first === k || first === k + 1, `resumed at ${first}: from the checkpoint (${k})`);
+});
