@@ -30,6 +30,11 @@ export interface EngineOptions {
   level?: CpuLevel;
   /** Start from this image and version (after a recovery) instead of a zero image. */
   resumeFrom?: { image: Buffer; version: number };
+  /**
+   * Called in stage 2 with the VM still paused, just before it is resumed (output commit:
+   * everything the guest sent so far belongs to this round's state).
+   */
+  beforeResume?: () => void;
 }
 
 /** Pages encoded per call in stage 1: large enough to amortize a call, small enough to stop on time. */
@@ -131,13 +136,22 @@ export class CheckpointEngine {
     let device: Buffer;
     try {
       const harvested = await o.dirty.harvest();
-      const candidates = harvested && leftover ? mergePages(harvested, leftover) : harvested;
+      // Without a dirty log, a compare of all RAM finds what changed since stage 1: the
+      // compare alone is cheaper than running the encoder over every page.
+      const candidates = harvested
+        ? leftover
+          ? mergePages(harvested, leftover)
+          : harvested
+        : this.n.scanDirty(o.ram, this.shadow, o.level);
       records = await this.n.encodeBatchAsync(o.ram, this.shadow, candidates, { threads: o.threads, level: o.level });
       await o.qmp.execute('xen-save-devices-state', { filename: o.deviceStatePath, live: false });
       device = await readFile(o.deviceStatePath);
     } finally {
-      // Never leave the guest paused, whatever failed.
-      await o.qmp.execute('cont').catch(() => {});
+      o.beforeResume?.();
+      // Never leave the guest paused, whatever failed; but a VM that a migration has stopped
+      // meanwhile (finish-migrate, postmigrate) is not ours to resume.
+      const st = await o.qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+      if (!st || st.status === 'paused') await o.qmp.execute('cont').catch(() => {});
     }
     const pauseMs = performance.now() - t0;
     await rm(o.deviceStatePath, { force: true });
