@@ -45,6 +45,7 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
   alignas(64) uint8_t scratch[kPage];
   alignas(64) uint8_t snap[kPage];
   alignas(64) uint8_t lz[kPage];
+  const bool fused = has_fused(opt.level);
   const uint32_t zcrc = zero_page_crc();
   out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
   for (size_t k = begin; k < end; k++) {
@@ -52,14 +53,27 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
     const uint8_t* nw = ram + p * kPage;
     uint8_t* sh = shadow + p * kPage;
     PageDiff pd;
-    diff_page(opt.level, sh, nw, &pd);
+    out.reserve(out.size + kRecordHeader + kDeltaCap);
+    uint8_t* h = out.data + out.size;
+    uint8_t* payload = h + kRecordHeader;
+    // The guest may write the page while we work (stage 1 runs live): everything below reads
+    // one private copy (snap), so payload, shadow and CRC all describe the same contents.
+    int n;
+    if (fused) {
+      n = encode_page_fused(sh, nw, snap, payload, &pd);
+    } else {
+      diff_page(opt.level, sh, nw, &pd);
+      if (pd.active != 0 && !pd.new_zero) {
+        memcpy(snap, nw, kPage);
+        n = encode_diff(opt.level, pd, snap, payload);
+      } else {
+        n = 0;
+      }
+    }
     if (pd.active == 0) {
       st.unchanged++;
       continue;
     }
-    out.reserve(out.size + kRecordHeader + kDeltaCap);
-    uint8_t* h = out.data + out.size;
-    uint8_t* payload = h + kRecordHeader;
     uint8_t kind;
     uint32_t len, crc;
     if (pd.new_zero) {
@@ -69,10 +83,6 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
       if (opt.update_shadow) memset(sh, 0, kPage);
       st.zero++;
     } else {
-      // The guest may write the page while we work (stage 1 runs live): everything below
-      // reads one private copy, so payload, shadow and CRC all describe the same contents.
-      memcpy(snap, nw, kPage);
-      int n = encode_diff(opt.level, pd, snap, payload);
       int planes = 0;
       if (opt.dense && (n < 0 || n > kDenseMin)) {
         // Dense page: LZ4 of the byte planes, kept only if it beats the delta / whole page

@@ -38,7 +38,14 @@ int encode_from_diff(const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
 // encode_from_diff with early rejection of too-dirty pages and a check-free fast path.
 int encode_diff(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
 
-// diff_page + encode_diff.
+// Single-pass AVX-512 VBMI2 encoder (has_fused): compare, flatten and emit per block. Copies
+// the new page to snap (64-byte aligned) and emits from that copy. Fills pd (bitmap only when
+// the page is not rejected; active, new_zero always). Same results as the other levels.
+bool has_fused(Level l);
+int encode_page_fused(const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap, uint8_t* dst,
+                      PageDiff* pd);
+
+// diff_page + encode_diff (or the fused encoder when the level has it).
 int encode_page(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* dst);
 
 // Word-at-a-time encoder structured like QEMU's C encoder (the benchmark's baseline and an

@@ -72,6 +72,34 @@ t.test('records for changed pages; shadow updated; apply rebuilds ram', async (t
   t.equal(encodeBatch(ram, shadow, null).length, 0, 'nothing left to send');
 });
 
+t.test('corpus: shadow tracks ram at every level, batches apply', { skip: !corpusDir() && 'no corpus' }, async (t) => {
+  for (const f of ['idle', 'wset', 'kv', 'qsort']) {
+    const pairs = loadPairs(f);
+    const n = pairs.length / 8192;
+    const ram = Buffer.alloc(n * P);
+    const old = Buffer.alloc(n * P);
+    for (let i = 0; i < n; i++) {
+      pairs.copy(old, i * P, i * 8192, i * 8192 + P);
+      pairs.copy(ram, i * P, i * 8192 + P, i * 8192 + 2 * P);
+    }
+    let ref: Buffer | undefined;
+    for (const level of cpuLevels()) {
+      for (const dense of [false, true]) {
+        const shadow = Buffer.from(old);
+        const rec = encodeBatch(ram, shadow, null, { level, dense, threads: 2 });
+        t.ok(shadow.equals(ram), `${f} ${level} dense=${dense}: shadow equals ram`);
+        const image = Buffer.from(old);
+        t.equal(applyBatch(image, rec).records, n, `${f} ${level} dense=${dense}: every page applied`);
+        t.ok(image.equals(ram), `${f} ${level} dense=${dense}: image equals ram`);
+        if (!dense) {
+          if (ref) t.ok(rec.equals(ref), `${f} ${level}: same bytes as ${cpuLevels()[0]}`);
+          else ref = rec;
+        }
+      }
+    }
+  }
+});
+
 t.test('page list, duplicates and range', async (t) => {
   const { ram, shadow } = scene(2);
   const rec = encodeBatch(ram, Buffer.from(shadow), Uint32Array.from([2, 3, 4, 6]));
