@@ -458,10 +458,12 @@ export interface StartTestGuestOptions extends Omit<GuestQemuOptions, 'serialLog
    */
   ramPath?: string;
   /**
-   * Start paused, waiting for device state (`-incoming defer`, configured for a
+   * true: start paused, waiting for device state (`-incoming defer`, configured for a
    * xen-save-devices-state stream): then QMP `migrate-incoming {uri: "exec:cat <file>"}`.
+   * A string: a plain `-incoming <uri>` (e.g. `tcp:127.0.0.1:4444` or `defer`), the
+   * destination of an ordinary live migration.
    */
-  incoming?: boolean;
+  incoming?: boolean | string;
 }
 
 /**
@@ -484,8 +486,10 @@ export function startTestGuest(opts: StartTestGuestOptions): TestGuest {
     '-qmp',
     `unix:${qmpPath},server=on,wait=off`,
   ];
-  if (opts.incoming) {
+  if (opts.incoming === true) {
     argv.push('-machine', 'suppress-vmdesc=on', '-global', 'migration.send-configuration=off', '-incoming', 'defer');
+  } else if (typeof opts.incoming === 'string') {
+    argv.push('-incoming', opts.incoming);
   }
   rmSync(serialLog, { force: true });
   // QEMU runs under a small watchdog (its own process group): if this test process dies in
