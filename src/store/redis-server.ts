@@ -13,6 +13,10 @@ export interface RedisServerOptions {
   port?: number;
   /** fsync policy of the append-only file. */
   appendfsync?: 'always' | 'everysec' | 'no';
+  /** Address to listen on (default 127.0.0.1), e.g. a test host's own address. */
+  bind?: string;
+  /** argv prefix to start the server with, e.g. ['ip', 'netns', 'exec', NS] (tests). */
+  wrap?: string[];
 }
 
 export interface RedisServerHandle {
@@ -60,7 +64,7 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
   if (existsSync(sock)) rmSync(sock);
   const args = [
     '--port', String(port),
-    '--bind', '127.0.0.1',
+    '--bind', opts.bind ?? '127.0.0.1',
     '--unixsocket', sock,
     '--unixsocketperm', '700',
     '--dir', opts.dir,
@@ -70,16 +74,17 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
     '--aof-load-truncated', 'yes',
     '--save', '',
     '--daemonize', 'no',
-    '--protected-mode', 'yes',
+    '--protected-mode', opts.bind && opts.bind !== '127.0.0.1' ? 'no' : 'yes',
     '--logfile', join(opts.dir, 'redis.log'),
     // Checkpoint frames can be large.
     '--proto-max-bulk-len', '1gb',
   ];
-  const child = spawn(redisServerBinary(), args, { detached: true, stdio: 'ignore' });
+  const cmd = [...(opts.wrap ?? []), redisServerBinary(), ...args];
+  const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: 'ignore' });
   child.unref();
   const pid = child.pid;
   if (pid === undefined) throw new Error('cannot start redis-server');
-  const url = port ? `redis://127.0.0.1:${port}` : sock;
+  const url = port ? `redis://${opts.bind ?? '127.0.0.1'}:${port}` : sock;
   const deadline = Date.now() + 10_000;
   for (;;) {
     if (!alive(pid)) {
@@ -92,7 +97,8 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
       throw new Error(`redis-server exited at start (dir ${opts.dir}):\n${log}`);
     }
     if (existsSync(sock)) {
-      const r = connectRedis(url, { retry: false });
+      // The socket: the TCP address may be in another network namespace.
+      const r = connectRedis(sock, { retry: false });
       try {
         await r.ping();
         // Ready also means the AOF is loaded.

@@ -1,5 +1,7 @@
 // Every verb of the CLI. Each file exports one yargs CommandModule.
 import type { CommandModule } from 'yargs';
+import { agentCommand } from './agent.js';
+import { migrateCommand } from './migrate.js';
 import { attachCommand } from './attach.js';
 import { benchCommand } from './bench.js';
 import { deleteCommand } from './delete.js';
@@ -19,4 +21,6 @@ export const commands: CommandModule<any, any>[] = [
   sidecarCommand,
   benchCommand,
   demoCommand,
+  agentCommand,
+  migrateCommand,
 ];

@@ -1,0 +1,85 @@
+// `migsafe agent --host NAME --listen ADDR:PORT --redis URL [--vm ID -- <qemu argv>]`:
+// the per-host sidecar of a migration (see src/migration/agent.ts).
+import type { CommandModule } from 'yargs';
+import { checkUserArgv } from '../../qemu/launch.js';
+import { Agent } from '../../migration/agent.js';
+import { parseCodec } from '../../store/frame.js';
+import { log, runDir } from '../context.js';
+
+interface AgentArgs {
+  host: string;
+  listen: string;
+  redis: string;
+  vm?: string;
+  interval: number;
+  'max-pages': number;
+  'max-time': number;
+  codec: string;
+  'fic-bandwidth': number;
+  'ric-interval': number;
+  'ric-event': boolean;
+  'hb-interval': number;
+  'hb-timeout': number;
+  'lease-ttl': number;
+  gate: boolean;
+  checkpoint: boolean;
+  'status-file'?: string;
+  '--'?: (string | number)[];
+}
+
+export const agentCommand: CommandModule<object, AgentArgs> = {
+  command: 'agent',
+  describe: 'Run the host sidecar: checkpoint the VMs held here, send and receive migrations, recover on failure',
+  builder: (y) =>
+    y
+      .option('host', { type: 'string', demandOption: true, describe: 'name of this host (the lease holder name)' })
+      .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the control channel (PORT+1 takes migrations)' })
+      .option('redis', { type: 'string', demandOption: true, describe: 'Redis URL of the checkpoint store' })
+      .option('vm', { type: 'string', describe: 'start this VM here, from the QEMU command line after --' })
+      .option('interval', { type: 'number', default: 1000, describe: 'FIC: ms between rounds' })
+      .option('max-pages', { type: 'number', default: 0, describe: 'FIC: N, most pages sent live per round' })
+      .option('max-time', { type: 'number', default: 0, describe: 'FIC: T, longest live stage, ms' })
+      .option('codec', { type: 'string', default: 'zstd:1' })
+      .option('fic-bandwidth', { type: 'number', default: 0, describe: 'FIC: average MiB/s the checkpoint stream may use (0: no limit)' })
+      .option('ric-interval', { type: 'number', default: 500, describe: 'RIC: ms between rounds' })
+      .option('ric-event', { type: 'boolean', default: true, describe: 'RIC: also start a round when the guest sends a packet' })
+      .option('hb-interval', { type: 'number', default: 200, describe: 'heartbeat interval, ms' })
+      .option('hb-timeout', { type: 'number', default: 1500, describe: 'silence after which the other side is declared failed, ms' })
+      .option('lease-ttl', { type: 'number', default: 3000, describe: 'ownership lease in the store, ms' })
+      .option('gate', { type: 'boolean', default: true, describe: 'output commit: hold guest packets until their round commits' })
+      .option('checkpoint', { type: 'boolean', default: true, describe: 'FIC/RIC on (off: plain migration, for comparison)' })
+      .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' }) as never,
+  handler: async (a) => {
+    const agent = new Agent({
+      host: a.host,
+      listen: a.listen,
+      redis: a.redis,
+      runDir: runDir(),
+      intervalMs: a.interval,
+      maxPages: a['max-pages'],
+      maxTimeMs: a['max-time'],
+      codec: parseCodec(a.codec),
+      ficBandwidth: a['fic-bandwidth'] * 2 ** 20,
+      ricIntervalMs: a['ric-interval'],
+      ricEvent: a['ric-event'],
+      hbIntervalMs: a['hb-interval'],
+      hbTimeoutMs: a['hb-timeout'],
+      leaseTtlMs: a['lease-ttl'],
+      gate: a.gate,
+      noCheckpoint: !a.checkpoint,
+      statusFile: a['status-file'],
+      log,
+    });
+    await agent.start();
+    if (a.vm) {
+      const argv = [...(a['--'] ?? [])].map(String);
+      checkUserArgv(argv);
+      await agent.startVm(a.vm, argv);
+    }
+    await new Promise<void>((resolve) => {
+      process.once('SIGTERM', () => resolve());
+      process.once('SIGINT', () => resolve());
+    });
+    await agent.close();
+  },
+};

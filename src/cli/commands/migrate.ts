@@ -1,0 +1,64 @@
+// `migsafe migrate --vm ID --to HOST:PORT [--mode precopy|postcopy|hybrid]`: asks the agent that
+// runs the VM (found in the store, or --from) to live-migrate it to the agent at HOST:PORT.
+import type { CommandModule } from 'yargs';
+import { Peer } from '../../ha/peer.js';
+import { connectRedis } from '../../store/redis-server.js';
+import type { MigrateResult } from '../../migration/agent.js';
+import { log } from '../context.js';
+
+interface MigrateArgs {
+  vm: string;
+  to: string;
+  from?: string;
+  redis?: string;
+  mode: 'precopy' | 'postcopy' | 'hybrid';
+  bandwidth: number;
+  'postcopy-bandwidth': number;
+  'postcopy-after'?: number;
+}
+
+export const migrateCommand: CommandModule<object, MigrateArgs> = {
+  command: 'migrate',
+  describe: 'Live-migrate a VM to another host\'s agent, with FIC/RIC checkpointing around it',
+  builder: (y) =>
+    y
+      .option('vm', { type: 'string', demandOption: true })
+      .option('to', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the destination agent' })
+      .option('from', { type: 'string', describe: 'ADDR:PORT of the source agent (default: the one the store names)' })
+      .option('redis', { type: 'string', describe: 'Redis URL of the store (to find the source agent)' })
+      .option('mode', { choices: ['precopy', 'postcopy', 'hybrid'] as const, default: 'precopy' as const })
+      .option('bandwidth', { type: 'number', default: 0, describe: 'migration bandwidth limit, MiB/s (0: QEMU default)' })
+      .option('postcopy-bandwidth', { type: 'number', default: 0, describe: 'post-copy bandwidth limit, MiB/s (0: none)' })
+      .option('postcopy-after', { type: 'number', describe: 'hybrid: switch to post-copy after this many ms' })
+      .check((a) => {
+        if (!a.from && !a.redis) throw new Error('give --from ADDR:PORT or --redis URL');
+        return true;
+      }) as never,
+  handler: async (a) => {
+    let from = a.from;
+    if (!from) {
+      const r = connectRedis(a.redis!);
+      from = (await r.get(`migsafe:{${a.vm}}:agent`)) ?? undefined;
+      r.disconnect();
+      if (!from) throw new Error(`no agent runs VM ${a.vm} (nothing in the store): give --from`);
+    }
+    const p = await Peer.connect(from);
+    log(`${a.vm}: migrating from ${from} to ${a.to} (${a.mode})`);
+    const res = await p.request<MigrateResult>(
+      'migrate',
+      {
+        vm: a.vm,
+        to: a.to,
+        mode: a.mode,
+        maxBandwidth: a.bandwidth ? a.bandwidth * 2 ** 20 : undefined,
+        postcopyBandwidth: a['postcopy-bandwidth'] ? a['postcopy-bandwidth'] * 2 ** 20 : undefined,
+        postcopyAfterMs: a['postcopy-after'],
+      },
+      3_600_000,
+    );
+    p.close();
+    process.stdout.write(JSON.stringify(res) + '\n');
+    log(`${a.vm}: ${res.status} in ${res.totalMs.toFixed(0)} ms${res.downtimeMs !== undefined ? `, downtime ${res.downtimeMs} ms` : ''}`);
+    process.exitCode = res.status === 'completed' ? 0 : 1;
+  },
+};

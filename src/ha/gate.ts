@@ -1,0 +1,163 @@
+// Output commit on stock QEMU: the guest's NIC is a `-netdev socket,udp=127.0.0.1:GATE,
+// localaddr=127.0.0.1:NIC` whose other end is this gate, in the sidecar. Every Ethernet frame
+// the guest sends arrives here as one datagram. ARP requests are answered at once (they reveal
+// nothing of the guest's state); IPv4/UDP frames are HELD, and released to the host's network
+// only when the checkpoint round that explains them has been committed:
+//
+//   round: stop VM ... mark() (VM still paused: every frame sent before the pause is in) ...
+//          cont ... commit OK → release(mark)        commit failed → keep holding
+//
+// Released datagrams are sent from a host UDP socket to the destination address and port of
+// the guest's packet (the gate is a one-way user-space NAT: enough for a guest that reports
+// to a peer). Frames that are not ARP or IPv4/UDP are dropped and counted.
+import { createSocket, type Socket } from 'node:dgram';
+import { EventEmitter } from 'node:events';
+
+/** Loopback ports of the gate and of the guest NIC's end, the same on every host. */
+export const GATE_PORT = 47_001;
+export const NIC_PORT = 47_002;
+
+/** The -netdev value a guest NIC needs to go through the gate. */
+export function gateNetdev(id = 'n0', gatePort = GATE_PORT, nicPort = NIC_PORT): string {
+  return `socket,id=${id},udp=127.0.0.1:${gatePort},localaddr=127.0.0.1:${nicPort}`;
+}
+
+/** The MAC the gate answers ARP with (locally administered). */
+const GATE_MAC = Buffer.from([0x02, 0x6d, 0x69, 0x67, 0x73, 0x66]);
+
+export interface GateStats {
+  held: number;
+  released: number;
+  arpAnswered: number;
+  dropped: number;
+}
+
+interface Held {
+  seq: number;
+  ip: string;
+  port: number;
+  payload: Buffer;
+}
+
+/** Emits 'frame' when a frame is held. */
+export class OutputGate extends EventEmitter {
+  private readonly nicSock: Socket;
+  private readonly outSock: Socket;
+  private queue: Held[] = [];
+  private seq = 0;
+  private closed = false;
+  readonly stats: GateStats = { held: 0, released: 0, arpAnswered: 0, dropped: 0 };
+  /** When false, frames pass through at once (no checkpointing is running). */
+  holding = true;
+
+  private constructor(
+    nicSock: Socket,
+    outSock: Socket,
+    private readonly nicPort: number,
+  ) {
+    super();
+    this.nicSock = nicSock;
+    this.outSock = outSock;
+    nicSock.on('message', (m) => this.onFrame(m));
+    nicSock.on('error', () => {});
+    outSock.on('error', () => {});
+  }
+
+  static async open(gatePort = GATE_PORT, nicPort = NIC_PORT): Promise<OutputGate> {
+    const nic = createSocket('udp4');
+    await new Promise<void>((res, rej) => {
+      nic.once('error', rej);
+      nic.bind(gatePort, '127.0.0.1', () => res());
+    });
+    const out = createSocket('udp4');
+    await new Promise<void>((res) => out.bind(0, () => res()));
+    return new OutputGate(nic, out, nicPort);
+  }
+
+  /** Everything received so far belongs to the state being checkpointed. */
+  mark(): number {
+    return this.seq;
+  }
+
+  /** The round that covered frames up to `mark` is committed: let them out. */
+  release(mark: number): number {
+    let n = 0;
+    while (this.queue.length && this.queue[0]!.seq <= mark) {
+      const h = this.queue.shift()!;
+      this.send(h);
+      n++;
+    }
+    return n;
+  }
+
+  /** Frames still held (e.g. for a log line). */
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  /** Drops everything held: the state that produced it is abandoned (the VM is gone here). */
+  discard(): number {
+    const n = this.queue.length;
+    this.queue = [];
+    return n;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.nicSock.close();
+    this.outSock.close();
+  }
+
+  private send(h: Held): void {
+    if (this.closed) return;
+    this.stats.released++;
+    this.outSock.send(h.payload, h.port, h.ip);
+  }
+
+  private onFrame(f: Buffer): void {
+    if (f.length < 14) return void this.stats.dropped++;
+    const type = f.readUInt16BE(12);
+    if (type === 0x0806) return this.onArp(f);
+    if (type !== 0x0800 || f.length < 14 + 20) return void this.stats.dropped++;
+    const ipHdr = f.subarray(14);
+    const ihl = (ipHdr[0]! & 0x0f) * 4;
+    if (ipHdr[9] !== 17 || ipHdr.length < ihl + 8) return void this.stats.dropped++;
+    const fragOff = ipHdr.readUInt16BE(6) & 0x3fff;
+    if (fragOff !== 0 && (ipHdr.readUInt16BE(6) & 0x1fff) !== 0) return void this.stats.dropped++;
+    const dst = `${ipHdr[16]}.${ipHdr[17]}.${ipHdr[18]}.${ipHdr[19]}`;
+    const udp = ipHdr.subarray(ihl);
+    const port = udp.readUInt16BE(2);
+    const len = udp.readUInt16BE(4);
+    const payload = Buffer.from(udp.subarray(8, Math.max(8, Math.min(len, udp.length))));
+    const h: Held = { seq: ++this.seq, ip: dst, port, payload };
+    if (!this.holding) return this.send(h);
+    this.stats.held++;
+    this.queue.push(h);
+    this.emit('frame');
+  }
+
+  private onArp(f: Buffer): void {
+    const a = f.subarray(14);
+    if (a.length < 28 || a.readUInt16BE(6) !== 1) return; // requests only
+    const senderMac = a.subarray(8, 14);
+    const senderIp = a.subarray(14, 18);
+    const targetIp = a.subarray(24, 28);
+    if (targetIp.equals(senderIp)) return; // gratuitous ARP
+    const reply = Buffer.alloc(42);
+    senderMac.copy(reply, 0);
+    GATE_MAC.copy(reply, 6);
+    reply.writeUInt16BE(0x0806, 12);
+    reply.writeUInt16BE(1, 14); // Ethernet
+    reply.writeUInt16BE(0x0800, 16);
+    reply[18] = 6;
+    reply[19] = 4;
+    reply.writeUInt16BE(2, 20); // reply
+    GATE_MAC.copy(reply, 22);
+    targetIp.copy(reply, 28);
+    senderMac.copy(reply, 32);
+    senderIp.copy(reply, 38);
+    this.stats.arpAnswered++;
+    this.nicSock.send(reply, this.nicPort, '127.0.0.1');
+  }
+}

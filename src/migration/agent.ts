@@ -1,0 +1,689 @@
+// The host sidecar (`migsafe agent`): one per host. It runs the VM it holds the lease for and
+// checkpoints it (FIC), migrates it to another host's agent on request, receives migrations
+// (starts QEMU with -incoming, runs RIC during post-copy), exchanges heartbeats with the other
+// side of a migration, and applies V-Recover's recovery rules when that side fails:
+//
+//   phase                      failed side      what happens
+//   pre-copy                   destination/net  the source cancels the migration and runs on
+//   pre-copy                   source           the destination recovers from the last FIC version
+//   post-copy (VM at dest.)    source           the destination recovers from the newest version
+//                                               (the last RIC one; holes come from FIC in the store)
+//   post-copy                  destination/net  the source recovers from the last RIC version
+//
+// and over all of it the ownership rule (src/ha/lease.ts): only the holder of the store lease
+// runs the VM; a side that cannot renew it kills its own QEMU; a side takes a lease only when
+// it is free. After a partition the side that reaches the store is the one that runs.
+import { openSync, writeFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Server } from 'node:net';
+import type { Redis } from 'ioredis';
+import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
+import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
+import { ScanDirtySource } from '../qemu/dirty-source.js';
+import { CheckpointStore } from '../store/checkpoint-store.js';
+import { connectRedis } from '../store/redis-server.js';
+import { loadImage, planRestore } from '../store/reader.js';
+import type { CodecChoice } from '../store/frame.js';
+import { recoverVm } from '../recovery/recover.js';
+import { Lease } from '../ha/lease.js';
+import { OutputGate } from '../ha/gate.js';
+import { listen, Peer, parseAddr } from '../ha/peer.js';
+import { Checkpointer } from './checkpointer.js';
+import { PresentPagesDirtySource } from './present-pages.js';
+
+export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
+
+export interface AgentOptions {
+  host: string;
+  listen: string;
+  redis: string;
+  runDir: string;
+  intervalMs: number;
+  maxPages: number;
+  maxTimeMs: number;
+  codec: CodecChoice;
+  /** FIC bandwidth budget, bytes/s (0: none). */
+  ficBandwidth: number;
+  ricIntervalMs: number;
+  ricEvent: boolean;
+  hbIntervalMs: number;
+  hbTimeoutMs: number;
+  leaseTtlMs: number;
+  /** Output commit through the gate (default on). */
+  gate: boolean;
+  /** Turn checkpointing off (benchmark baseline). */
+  noCheckpoint?: boolean;
+  statusFile?: string;
+  log: (msg: string) => void;
+}
+
+export type Role = 'none' | 'owner' | 'migrating-src' | 'postcopy-src' | 'incoming' | 'postcopy-dst' | 'recovering' | 'fenced';
+
+interface VmRuntime {
+  vm: string;
+  store: CheckpointStore;
+  lease: Lease;
+  qemu?: LaunchedQemu;
+  qmp?: QmpClient;
+  paths?: VmPaths;
+  ramBytes: number;
+  ckpt?: Checkpointer;
+  dirty?: PresentPagesDirtySource;
+  role: Role;
+  peer?: Peer;
+  mode?: MigrationMode;
+  /** Version the destination starts from (the final FIC version). */
+  finalVersion?: number;
+  /** The source said the migration completed: its going away is no failure. */
+  migrationDone?: boolean;
+  events: string[];
+  recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
+}
+
+export interface MigrateRequest {
+  vm: string;
+  to: string;
+  mode: MigrationMode;
+  /** QEMU max-bandwidth for the migration, bytes/s. */
+  maxBandwidth?: number;
+  /** QEMU max-postcopy-bandwidth, bytes/s. */
+  postcopyBandwidth?: number;
+  /** hybrid: switch to post-copy after this many ms of pre-copy (default: after the first pass). */
+  postcopyAfterMs?: number;
+}
+
+export interface MigrateResult {
+  vm: string;
+  mode: MigrationMode;
+  status: 'completed' | 'failed' | 'cancelled' | 'recovered-at-source';
+  totalMs: number;
+  downtimeMs?: number;
+  finalFicVersion?: number;
+  finalFicPauseMs?: number;
+  error?: string;
+}
+
+export class Agent {
+  private redis: Redis;
+  private server?: Server;
+  private gate?: OutputGate;
+  private vms = new Map<string, VmRuntime>();
+  private timers: NodeJS.Timeout[] = [];
+
+  constructor(readonly o: AgentOptions) {
+    this.redis = connectRedis(o.redis, { retry: true });
+  }
+
+  async start(): Promise<void> {
+    if (this.o.gate) this.gate = await OutputGate.open();
+    this.server = await listen(this.o.listen, (p) => this.onPeer(p), (m, p) => this.handle(m, p));
+    this.timers.push(setInterval(() => void this.tickLeases(), Math.max(100, Math.floor(this.o.leaseTtlMs / 6))));
+    this.o.log(`${this.o.host}: agent listening on ${this.o.listen}, store ${this.o.redis}`);
+    this.writeStatus();
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.timers) clearInterval(t);
+    for (const r of this.vms.values()) {
+      await r.ckpt?.stop().catch(() => {});
+      r.qmp?.close();
+      r.peer?.close();
+    }
+    this.server?.close();
+    this.gate?.close();
+    this.redis.disconnect();
+  }
+
+  // ------------------------------------------------------------------ status
+
+  private writeStatus(): void {
+    if (!this.o.statusFile) return;
+    const s = {
+      host: this.o.host,
+      at: Date.now(),
+      vms: [...this.vms.values()].map((r) => ({
+        vm: r.vm,
+        role: r.role,
+        pid: r.qemu?.pid ?? 0,
+        head: r.ckpt?.head ?? 0,
+        ckpt: r.ckpt?.kind ?? null,
+        rounds: r.ckpt?.rounds ?? [],
+        failures: r.ckpt?.failures ?? 0,
+        leaseToken: r.lease.token,
+        events: r.events,
+        recoveries: r.recoveries,
+        gate: this.gate?.stats ?? null,
+      })),
+    };
+    const tmp = `${this.o.statusFile}.tmp`;
+    writeFileSync(tmp, JSON.stringify(s, null, 1));
+    renameSync(tmp, this.o.statusFile);
+  }
+
+  private note(r: VmRuntime, msg: string): void {
+    r.events.push(`${Date.now()} ${msg}`);
+    this.o.log(`${this.o.host}: ${r.vm}: ${msg}`);
+    this.writeStatus();
+  }
+
+  private setRole(r: VmRuntime, role: Role, why: string): void {
+    r.role = role;
+    this.note(r, `role ${role} (${why})`);
+  }
+
+  private runtime(vm: string): VmRuntime {
+    let r = this.vms.get(vm);
+    if (!r) {
+      r = {
+        vm,
+        store: new CheckpointStore(this.redis, vm),
+        lease: new Lease(this.redis, vm, this.o.host, this.o.leaseTtlMs),
+        ramBytes: 0,
+        role: 'none',
+        events: [],
+        recoveries: [],
+      };
+      this.vms.set(vm, r);
+    }
+    return r;
+  }
+
+  // ------------------------------------------------------------------ starting a VM here
+
+  /** Starts a new VM on this host: it must not be owned by anyone. */
+  async startVm(vm: string, argv: string[]): Promise<void> {
+    const r = this.runtime(vm);
+    const ramBytes = ramBytesFromArgv(argv);
+    if (!(await r.lease.acquire())) {
+      const h = await r.lease.holder();
+      throw new Error(`VM ${vm} is held by ${h?.host}: not starting a second copy`);
+    }
+    await r.store.init(argv, ramBytes);
+    await r.store.cleanupPending();
+    await this.redis.set(`migsafe:{${vm}}:agent`, this.o.listen);
+    r.ramBytes = ramBytes;
+    r.paths = vmPaths(this.o.runDir, `${vm}.${this.o.host}`);
+    createRamFile(r.paths.ram, ramBytes);
+    r.qemu = launchQemu({ argv, ramBytes, paths: r.paths, logFd: this.qemuLog(vm) });
+    r.qmp = await this.connectQmp(r);
+    this.startFic(r);
+    this.setRole(r, 'owner', `started QEMU pid ${r.qemu.pid}`);
+  }
+
+  private qemuLog(vm: string): number {
+    return openSync(join(this.o.runDir, `${vm}.${this.o.host}.qemu.log`), 'a');
+  }
+
+  private async connectQmp(r: VmRuntime): Promise<QmpClient> {
+    const q = r.qemu!;
+    const qmp = await Promise.race([
+      QmpClient.connect(r.paths!.qmp, 30_000),
+      q.exited.then((c) => {
+        throw new Error(`QEMU exited (${c}) at start: see ${this.o.runDir}/${r.vm}.${this.o.host}.qemu.log`);
+      }),
+    ]);
+    const myQemu = q;
+    void q.exited.then((c) => {
+      if (r.qemu === myQemu) this.onQemuExit(r, c);
+    });
+    return qmp;
+  }
+
+  private onQemuExit(r: VmRuntime, code: number | string): void {
+    this.note(r, `QEMU exited (${code})`);
+    void r.ckpt?.stop();
+    r.ckpt = undefined;
+    r.qemu = undefined;
+    if (r.role === 'owner') this.setRole(r, 'none', 'QEMU gone');
+  }
+
+  private startFic(r: VmRuntime, resumeFrom?: { image: Buffer; version: number }): void {
+    if (this.o.noCheckpoint) {
+      if (this.gate) this.gate.holding = false;
+      return;
+    }
+    if (this.gate) this.gate.holding = this.o.gate;
+    r.ckpt = new Checkpointer({
+      kind: 'fic',
+      store: r.store,
+      qmp: r.qmp!,
+      ramPath: r.paths!.ram,
+      ramBytes: r.ramBytes,
+      deviceStatePath: r.paths!.deviceState,
+      dirty: new ScanDirtySource(),
+      codec: this.o.codec,
+      intervalMs: this.o.intervalMs,
+      maxPages: this.o.maxPages,
+      maxTimeMs: this.o.maxTimeMs,
+      bandwidth: this.o.ficBandwidth,
+      gate: this.gate,
+      resumeFrom,
+      log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
+      onRound: () => this.writeStatus(),
+    });
+    r.ckpt.start();
+  }
+
+  // ------------------------------------------------------------------ the lease
+
+  private async tickLeases(): Promise<void> {
+    for (const r of this.vms.values()) {
+      if (!r.lease.token) continue;
+      let ok = false;
+      let lost = false;
+      try {
+        ok = await r.lease.renew();
+        lost = !ok;
+      } catch {
+        /* store unreachable: ok stays false */
+      }
+      const running = r.qemu && ['owner', 'postcopy-dst', 'migrating-src'].includes(r.role);
+      if (running && (lost || !r.lease.safe(Math.max(500, this.o.leaseTtlMs / 3)))) {
+        this.fence(r, lost ? 'the lease is held by another host' : 'cannot reach the store to renew the lease');
+      }
+    }
+  }
+
+  /** This side may no longer run the VM: kill its QEMU, drop what it would have sent. */
+  private fence(r: VmRuntime, why: string): void {
+    const pid = r.qemu?.pid;
+    if (pid) killPid(pid);
+    const dropped = this.gate?.discard() ?? 0;
+    void r.ckpt?.stop();
+    r.ckpt = undefined;
+    r.qemu = undefined;
+    r.lease.token = 0;
+    this.setRole(r, 'fenced', `${why}: QEMU ${pid} killed, ${dropped} held packet(s) dropped`);
+  }
+
+  /** Waits for the lease to be free and takes it; null when another host keeps holding it. */
+  private async takeLease(r: VmRuntime, giveUpMs: number): Promise<boolean> {
+    const deadline = performance.now() + giveUpMs;
+    while (performance.now() < deadline) {
+      try {
+        if (await r.lease.acquire()) return true;
+      } catch {
+        /* store unreachable: keep trying until the deadline */
+      }
+      await sleepMs(100);
+    }
+    return false;
+  }
+
+  // ------------------------------------------------------------------ recovery
+
+  private async recoverHere(r: VmRuntime, why: string): Promise<void> {
+    const t0 = performance.now();
+    this.setRole(r, 'recovering', why);
+    if (r.qemu) killPid(r.qemu.pid);
+    await r.ckpt?.stop().catch(() => {});
+    r.ckpt = undefined;
+    r.qmp?.close();
+    r.qemu = undefined;
+    r.peer?.close();
+    this.gate?.discard();
+    await r.store.cleanupPending().catch(() => []);
+    const paths = vmPaths(this.o.runDir, `${r.vm}.${this.o.host}.r${Date.now()}`);
+    const rec = await recoverVm({ store: r.store, paths, logFd: this.qemuLog(r.vm) });
+    r.paths = paths;
+    r.qemu = rec.qemu;
+    r.qmp = rec.qmp;
+    r.ramBytes = rec.plan.vm.ramBytes;
+    const myQemu = rec.qemu;
+    void rec.qemu.exited.then((c) => {
+      if (r.qemu === myQemu) this.onQemuExit(r, c);
+    });
+    await this.redis.set(`migsafe:{${r.vm}}:agent`, this.o.listen).catch(() => {});
+    this.startFic(r, { image: rec.image, version: rec.plan.target.version });
+    const ms = performance.now() - t0;
+    r.recoveries.push({ at: Date.now(), fromVersion: rec.plan.target.version, ms, why });
+    this.setRole(r, 'owner', `recovered from version ${rec.plan.target.version} in ${ms.toFixed(0)} ms, QEMU pid ${rec.qemu.pid}`);
+  }
+
+  // ------------------------------------------------------------------ control protocol
+
+  private onPeer(p: Peer): void {
+    p.on('close', () => {});
+  }
+
+  private async handle(m: Record<string, unknown>, p: Peer): Promise<unknown> {
+    switch (m.op) {
+      case 'status':
+        return [...this.vms.values()].map((r) => ({ vm: r.vm, role: r.role, pid: r.qemu?.pid ?? 0, head: r.ckpt?.head ?? 0 }));
+      case 'migrate':
+        return this.migrate(m as unknown as MigrateRequest);
+      case 'prepare':
+        return this.prepare(m as unknown as PrepareRequest, p);
+      default:
+        throw new Error(`unknown request ${String(m.op)}`);
+    }
+  }
+
+  // ------------------------------------------------------------------ source side
+
+  async migrate(req: MigrateRequest): Promise<MigrateResult> {
+    const r = this.vms.get(req.vm);
+    if (!r || r.role !== 'owner' || !r.qmp) throw new Error(`VM ${req.vm} does not run on ${this.o.host}`);
+    const mode = req.mode ?? 'precopy';
+    const post = mode !== 'precopy';
+    const t0 = performance.now();
+    const peer = await Peer.connect(req.to, undefined, 5000);
+    r.peer = peer;
+    r.mode = mode;
+    const qmp = r.qmp;
+    peer.startHeartbeat({ intervalMs: this.o.hbIntervalMs, timeoutMs: this.o.hbTimeoutMs });
+    const prep = await peer.request<{ uri: string; host: string }>('prepare', { vm: r.vm, mode, from: this.o.host }, 60_000);
+    this.setRole(r, 'migrating-src', `migrating to ${prep.host} (${mode}) via ${prep.uri}`);
+    const caps = [
+      { capability: 'events', state: true },
+      { capability: 'pause-before-switchover', state: true },
+      { capability: 'postcopy-ram', state: post },
+    ];
+    await qmp.execute('migrate-set-capabilities', { capabilities: caps });
+    const params: Record<string, unknown> = {};
+    if (req.maxBandwidth) params['max-bandwidth'] = req.maxBandwidth;
+    if (req.postcopyBandwidth) params['max-postcopy-bandwidth'] = req.postcopyBandwidth;
+    if (Object.keys(params).length) await qmp.execute('migrate-set-parameters', params);
+
+    let switchedOver = false;
+    let finalVersion: number | undefined;
+    let finalPause: number | undefined;
+    let settled = false;
+    return await new Promise<MigrateResult>((resolve) => {
+      const finish = (res: Omit<MigrateResult, 'vm' | 'mode' | 'totalMs'>) => {
+        if (settled) return;
+        settled = true;
+        qmp.off('event', onEvent);
+        resolve({ vm: r.vm, mode, totalMs: performance.now() - t0, finalFicVersion: finalVersion, finalFicPauseMs: finalPause, ...res });
+      };
+      const onEvent = (e: QmpEvent) => {
+        if (e.event === 'MIGRATION_PASS' && mode === 'hybrid' && req.postcopyAfterMs === undefined && Number(e.data?.pass) >= 2) {
+          void qmp.execute('migrate-start-postcopy').catch(() => {});
+        }
+        if (e.event !== 'MIGRATION') return;
+        const status = String(e.data?.status);
+        this.note(r, `source migration status ${status}`);
+        if (status === 'active' && mode === 'postcopy') void qmp.execute('migrate-start-postcopy').catch(() => {});
+        if (status === 'active' && mode === 'hybrid' && req.postcopyAfterMs !== undefined) {
+          setTimeout(() => void qmp.execute('migrate-start-postcopy').catch(() => {}), req.postcopyAfterMs);
+        }
+        if (status === 'pre-switchover') void onSwitchover();
+        if (status === 'postcopy-active') this.setRole(r, 'postcopy-src', 'the VM runs at the destination; pages still here');
+        if (status === 'completed') void onCompleted();
+        if (status === 'failed' || status === 'cancelled') void onFailed(status);
+      };
+      const onSwitchover = async () => {
+        // The VM is stopped by the migration: the final, consistent FIC checkpoint.
+        try {
+          if (r.ckpt) {
+            await r.ckpt.pause();
+            let m;
+            for (let i = 0; ; i++) {
+              try {
+                m = await r.ckpt.roundNow();
+                break;
+              } catch (e) {
+                if (i >= 3) throw e;
+                await sleepMs(300);
+              }
+            }
+            finalVersion = m.version;
+            finalPause = m.pauseMs;
+          } else {
+            finalVersion = await r.store.head().catch(() => 0);
+          }
+          const token = await r.lease.handOver(prep.host);
+          if (!token) throw new Error('lost the lease before switchover');
+          peer.notify('lease', { token, version: finalVersion });
+          switchedOver = true;
+          this.note(r, `final FIC version ${finalVersion}; lease handed to ${prep.host} (token ${token}); switching over`);
+          await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+        } catch (e) {
+          this.note(r, `switchover refused: ${(e as Error).message}; cancelling the migration`);
+          await qmp.execute('migrate_cancel').catch(() => {});
+        }
+      };
+      const onCompleted = async () => {
+        const info = await qmp.execute<{ downtime?: number }>('query-migrate').catch(() => ({}) as { downtime?: number });
+        await r.ckpt?.stop().catch(() => {});
+        r.ckpt = undefined;
+        settled = true;
+        peer.notify('done');
+        setTimeout(() => peer.close(), 2000);
+        r.peer = undefined;
+        await qmp.execute('quit').catch(() => {});
+        settled = false;
+        r.qemu = undefined;
+        this.setRole(r, 'none', 'migration completed; the VM runs at the destination');
+        finish({ status: 'completed', downtimeMs: info.downtime });
+      };
+      const onFailed = async (status: string) => {
+        if (settled) return;
+        if (!switchedOver) {
+          // Pre-copy (or before the switch): the source still has the whole VM and runs on.
+          const st = await qmp.execute<{ status: string }>('query-status').catch(() => ({ status: '?' }));
+          if (st.status !== 'running') await qmp.execute('cont').catch(() => {});
+          r.ckpt?.resume();
+          peer.close();
+          r.peer = undefined;
+          this.setRole(r, 'owner', `migration ${status}: the VM keeps running here`);
+          finish({ status: status as 'failed' | 'cancelled', error: `migration ${status}` });
+          return;
+        }
+        if (mode === 'precopy') {
+          // After the switchover the destination holds the lease; wait for it and run on here.
+          await onPeerLost(`migration ${status} after switchover`);
+        }
+      };
+      const onPeerLost = async (why: string) => {
+        if (settled) return;
+        if (!switchedOver) {
+          this.note(r, `destination lost (${why}) during pre-copy: cancelling, the VM keeps running here`);
+          await qmp.execute('migrate_cancel').catch(() => {});
+          // onFailed('cancelled') finishes.
+          setTimeout(() => void onFailed('cancelled'), 3000);
+          return;
+        }
+        // Post-copy (or the end of pre-copy): the VM may only run where the lease is.
+        this.note(r, `destination lost (${why}) after switchover: waiting for the lease`);
+        const got = await this.takeLease(r, this.o.leaseTtlMs * 3 + 2000);
+        if (!got) {
+          if (r.qemu) killPid(r.qemu.pid);
+          r.qemu = undefined;
+          this.setRole(r, 'none', 'the destination keeps the lease: it runs the VM');
+          finish({ status: 'failed', error: `destination unreachable (${why}) but it holds the lease` });
+          return;
+        }
+        try {
+          await this.recoverHere(r, `destination or network failed in ${mode} (${why})`);
+          finish({ status: 'recovered-at-source', error: why });
+        } catch (e) {
+          this.setRole(r, 'none', `recovery failed: ${(e as Error).message}`);
+          finish({ status: 'failed', error: `recovery failed: ${(e as Error).message}` });
+        }
+      };
+      qmp.on('event', onEvent);
+      peer.once('suspect', (why: string) => void onPeerLost(String(why)));
+      r.qemu?.exited.then(() => finish({ status: 'failed', error: 'source QEMU exited' }));
+      void qmp.execute('migrate', { uri: prep.uri }).catch((e: Error) => {
+        this.note(r, `migrate refused: ${e.message}`);
+        void onFailed('failed');
+      });
+    });
+  }
+
+  // ------------------------------------------------------------------ destination side
+
+  private async prepare(req: PrepareRequest, p: Peer): Promise<{ uri: string; host: string }> {
+    const r = this.runtime(req.vm);
+    if (r.qemu) throw new Error(`VM ${req.vm} already has a QEMU on ${this.o.host}`);
+    const vm = await r.store.vm();
+    if (!vm) throw new Error(`no VM ${req.vm} in the store`);
+    r.ramBytes = vm.ramBytes;
+    r.mode = req.mode;
+    r.paths = vmPaths(this.o.runDir, `${req.vm}.${this.o.host}.in${Date.now()}`);
+    createRamFile(r.paths.ram, vm.ramBytes);
+    r.qemu = launchQemu({ argv: [...vm.argv, '-incoming', 'defer'], ramBytes: vm.ramBytes, paths: r.paths, logFd: this.qemuLog(req.vm), cwd: vm.cwd });
+    r.qmp = await this.connectQmp(r);
+    const qmp = r.qmp;
+    await qmp.execute('migrate-set-capabilities', {
+      capabilities: [
+        { capability: 'events', state: true },
+        { capability: 'postcopy-ram', state: req.mode !== 'precopy' },
+      ],
+    });
+    const { host } = parseAddr(this.o.listen);
+    const port = parseAddr(this.o.listen).port + 1;
+    const uri = `tcp:${host}:${port}`;
+    await qmp.execute('migrate-incoming', { uri });
+    r.peer = p;
+    this.setRole(r, 'incoming', `QEMU pid ${r.qemu.pid} waits for ${req.vm} from ${req.from} on ${uri}`);
+    p.startHeartbeat({ intervalMs: this.o.hbIntervalMs, timeoutMs: this.o.hbTimeoutMs });
+    p.on('event', (ev: string, data: Record<string, unknown>) => {
+      if (ev === 'lease') {
+        r.lease.adopt(Number(data.token));
+        r.finalVersion = Number(data.version);
+        this.note(r, `lease handed over (token ${String(data.token)}), final FIC version ${String(data.version)}`);
+      }
+      if (ev === 'done') r.migrationDone = true;
+    });
+    const onEvent = (e: QmpEvent) => {
+      if (e.event === 'RESUME') void onResume();
+      if (e.event === 'MIGRATION') {
+        const s = String(e.data?.status);
+        this.note(r, `destination migration status ${s}`);
+        if (s === 'completed') void onCompleted();
+        if (s === 'failed' && r.role === 'incoming') {
+          // The stream broke before the VM ran here; the peer-loss rule decides.
+          if (!p.closed) p.close();
+        }
+      }
+    };
+    let resumed = false;
+    const onResume = async () => {
+      if (resumed) return;
+      resumed = true;
+      if (req.mode === 'precopy') return; // completion follows at once
+      this.setRole(r, 'postcopy-dst', 'the VM resumed here during post-copy; RIC on');
+      await this.startRic(r);
+    };
+    const onCompleted = async () => {
+      r.migrationDone = true;
+      qmp.off('event', onEvent);
+      p.stopHeartbeat();
+      p.close();
+      r.peer = undefined;
+      if (r.ckpt && r.dirty) {
+        r.dirty.allPresent();
+        r.ckpt.becomeFic();
+      } else if (!r.ckpt) {
+        await this.startFicFromFinal(r);
+      }
+      await this.redis.set(`migsafe:{${r.vm}}:agent`, this.o.listen).catch(() => {});
+      this.setRole(r, 'owner', `migration completed; ${r.ckpt ? 'FIC' : 'no checkpointing'} here`);
+    };
+    qmp.on('event', onEvent);
+    p.once('suspect', (why: string) => void this.onSourceLost(r, String(why)));
+    return { uri, host: this.o.host };
+  }
+
+  /** Shadow = the final FIC image, which is what this destination started from. */
+  private async finalImage(r: VmRuntime): Promise<{ image: Buffer; version: number }> {
+    for (let i = 0; r.finalVersion === undefined && i < 50; i++) await sleepMs(20);
+    const plan = await planRestore(r.store, r.finalVersion);
+    const img = await loadImage(r.store, plan);
+    return { image: img.image, version: plan.target.version };
+  }
+
+  private async startRic(r: VmRuntime): Promise<void> {
+    if (this.o.noCheckpoint) {
+      if (this.gate) this.gate.holding = false;
+      return;
+    }
+    if (this.gate) this.gate.holding = this.o.gate;
+    const from = await this.finalImage(r);
+    r.dirty = new PresentPagesDirtySource(r.paths!.ram);
+    r.ckpt = new Checkpointer({
+      kind: 'ric',
+      store: r.store,
+      qmp: r.qmp!,
+      ramPath: r.paths!.ram,
+      ramBytes: r.ramBytes,
+      deviceStatePath: r.paths!.deviceState,
+      dirty: r.dirty,
+      codec: this.o.codec,
+      intervalMs: this.o.ricIntervalMs,
+      maxPages: 0,
+      maxTimeMs: 0,
+      bandwidth: 0,
+      gate: this.gate,
+      eventDriven: this.o.ricEvent,
+      resumeFrom: from,
+      reloadOnFailure: true,
+      log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
+      onRound: () => this.writeStatus(),
+    });
+    r.ckpt.start();
+  }
+
+  private async startFicFromFinal(r: VmRuntime): Promise<void> {
+    if (this.o.noCheckpoint) {
+      if (this.gate) this.gate.holding = false;
+      return;
+    }
+    const from = await this.finalImage(r);
+    this.startFic(r, from);
+  }
+
+  /** The source went silent (or its connection closed) while this side receives the VM. */
+  private async onSourceLost(r: VmRuntime, why: string): Promise<void> {
+    if (r.role === 'owner' || r.role === 'none' || r.role === 'fenced' || r.migrationDone) return;
+    if (r.role === 'postcopy-dst') {
+      // We hold the lease (handed over at switchover); the pages we lack are in the store.
+      this.note(r, `source lost (${why}) during post-copy`);
+      // Recover only while we hold the lease AND reach the store (else: fence, the source may run it).
+      let ok = false;
+      try {
+        ok = r.lease.token ? await r.lease.renew() : await this.takeLease(r, this.o.leaseTtlMs * 3 + 2000);
+      } catch {
+        ok = false;
+      }
+      if (!ok) return this.fence(r, 'source lost and the store (lease) is out of reach');
+      await this.recoverHere(r, `source failed in post-copy (${why})`).catch((e: Error) => this.setRole(r, 'none', `recovery failed: ${e.message}`));
+      return;
+    }
+    if (r.role === 'incoming') {
+      this.note(r, `source lost (${why}) before the VM ran here`);
+      // If the migration already handed us the lease, or the source dies for good, its lease
+      // expires and we take it. If the source is alive and reaches the store, it keeps the lease
+      // and the VM: we drop our incoming QEMU.
+      const got = r.lease.token ? true : await this.takeLease(r, this.o.leaseTtlMs * 3 + 2000);
+      if (!got) {
+        if (r.qemu) killPid(r.qemu.pid);
+        r.qemu = undefined;
+        this.setRole(r, 'none', 'the source keeps the lease: it runs the VM');
+        return;
+      }
+      await this.recoverHere(r, `source failed during ${r.mode} (${why})`).catch((e: Error) => this.setRole(r, 'none', `recovery failed: ${e.message}`));
+    }
+  }
+}
+
+interface PrepareRequest {
+  vm: string;
+  mode: MigrationMode;
+  from: string;
+}
+
+function killPid(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+}
+
+function sleepMs(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+

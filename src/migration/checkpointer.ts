@@ -1,0 +1,208 @@
+// The checkpoint loop a host sidecar runs for the VM it holds: FIC at the source (periodic,
+// bounded per round by N pages and T ms, and throttled to a bandwidth budget so that a
+// concurrent migration keeps its share of the link), RIC at a post-copy destination
+// (periodic or event-based: an outgoing packet, or the dirty-page count, starts a round early),
+// and output commit through the gate in both: frames the guest sent before a round's pause are
+// released once that round is committed.
+//
+// The orchestrator can pause the loop (pause() waits for the round under way to finish) and
+// take one round on demand (roundNow(): the final consistent FIC checkpoint at downtime).
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CheckpointEngine } from '../checkpoint/engine.js';
+import { native } from '../kernel/native.js';
+import type { DirtySource } from '../qemu/dirty-source.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import type { CheckpointStore } from '../store/checkpoint-store.js';
+import type { CodecChoice } from '../store/frame.js';
+import { loadImage, planRestore } from '../store/reader.js';
+import type { VersionMeta } from '../store/version-meta.js';
+import type { OutputGate } from '../ha/gate.js';
+
+export interface CheckpointerOptions {
+  kind: 'fic' | 'ric';
+  store: CheckpointStore;
+  qmp: QmpClient;
+  ramPath: string;
+  ramBytes: number;
+  deviceStatePath: string;
+  dirty: DirtySource;
+  codec: CodecChoice;
+  intervalMs: number;
+  maxPages: number;
+  maxTimeMs: number;
+  /** Bytes per second the checkpoint stream may use on average (0: no limit). */
+  bandwidth: number;
+  gate?: OutputGate;
+  /** Start a round as soon as the guest sends a packet (RIC event mode), not before minGapMs. */
+  eventDriven?: boolean;
+  minGapMs?: number;
+  resumeFrom?: { image: Buffer; version: number };
+  /**
+   * After a failed round, reload the shadow from the store's head instead of starting over
+   * from a zero image (RIC: a full checkpoint cannot be read at a post-copy destination).
+   */
+  reloadOnFailure?: boolean;
+  log: (msg: string) => void;
+  onRound?: (m: VersionMeta) => void;
+}
+
+export interface RoundStat {
+  version: number;
+  pauseMs: number;
+  /** From the start of the round to its commit (V-Recover's replication time). */
+  replicationMs: number;
+  pages: number;
+  bytesStored: number;
+  kind: 'fic' | 'ric';
+}
+
+export class Checkpointer {
+  private engine: CheckpointEngine;
+  private readonly ram: Buffer;
+  private running = false;
+  private paused = false;
+  private current: Promise<unknown> = Promise.resolve();
+  private wakeUp?: () => void;
+  private loopDone: Promise<void> = Promise.resolve();
+  readonly rounds: RoundStat[] = [];
+  failures = 0;
+  kind: 'fic' | 'ric';
+
+  constructor(private readonly o: CheckpointerOptions) {
+    this.kind = o.kind;
+    this.ram = native().mapFile(o.ramPath, o.ramBytes, false);
+    this.engine = this.makeEngine(o.resumeFrom);
+    o.gate?.on?.('frame', () => {
+      if (this.o.eventDriven) this.wakeUp?.();
+    });
+  }
+
+  get head(): number {
+    return this.engine.head;
+  }
+
+  private mark = 0;
+
+  private makeEngine(resumeFrom?: { image: Buffer; version: number }): CheckpointEngine {
+    return new CheckpointEngine({
+      store: this.o.store,
+      qmp: this.o.qmp,
+      ram: this.ram,
+      dirty: this.o.dirty,
+      codec: this.o.codec,
+      deviceStatePath: this.o.deviceStatePath,
+      maxPages: this.o.maxPages,
+      maxTimeMs: this.o.maxTimeMs,
+      resumeFrom,
+      beforeResume: () => {
+        if (this.o.gate) this.mark = this.o.gate.mark();
+      },
+    });
+  }
+
+  /** One round now; releases the gate's frames up to the round's pause when it commits. */
+  roundNow(): Promise<VersionMeta> {
+    const p = this.current.then(() => this.doRound());
+    this.current = p.catch(() => {});
+    return p;
+  }
+
+  private async doRound(): Promise<VersionMeta> {
+    const t0 = performance.now();
+    try {
+      const m = await this.engine.round();
+      const released = this.o.gate ? this.o.gate.release(this.mark) : 0;
+      const st: RoundStat = {
+        version: m.version,
+        pauseMs: m.pauseMs,
+        replicationMs: performance.now() - t0,
+        pages: m.pages,
+        bytesStored: m.bytesStored,
+        kind: this.kind,
+      };
+      this.rounds.push(st);
+      this.o.log(
+        `${this.kind.toUpperCase()} version ${m.version}: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +
+          `${m.bytesStored} B, pause ${m.pauseMs.toFixed(1)} ms, replication ${st.replicationMs.toFixed(0)} ms` +
+          (this.o.gate ? `, ${released} packet(s) released` : ''),
+      );
+      this.o.onRound?.(m);
+      return m;
+    } catch (e) {
+      this.failures++;
+      if (this.o.reloadOnFailure && !this.o.qmp.isClosed) {
+        try {
+          const plan = await planRestore(this.o.store);
+          const img = await loadImage(this.o.store, plan);
+          this.engine = this.makeEngine({ image: img.image, version: plan.target.version });
+          this.o.log(`${this.kind.toUpperCase()} round failed (${(e as Error).message}); shadow reloaded from version ${plan.target.version}`);
+        } catch (e2) {
+          this.o.log(`${this.kind.toUpperCase()} round failed (${(e as Error).message}); reload failed: ${(e2 as Error).message}`);
+        }
+      } else {
+        this.o.log(`${this.kind.toUpperCase()} round failed: ${(e as Error).message}`);
+      }
+      throw e;
+    }
+  }
+
+  /** Runs rounds until stop(); rounds are skipped while paused. */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loopDone = this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    while (this.running && !this.o.qmp.isClosed) {
+      const t0 = performance.now();
+      let stored = 0;
+      if (!this.paused) {
+        try {
+          stored = (await this.roundNow()).bytesStored;
+        } catch {
+          /* logged */
+        }
+      }
+      if (!this.running) break;
+      const elapsed = performance.now() - t0;
+      // Bandwidth budget: a round that stored B bytes buys B / bandwidth seconds.
+      const budgetMs = this.o.bandwidth > 0 ? (stored / this.o.bandwidth) * 1000 : 0;
+      let wait = Math.max(this.o.intervalMs, budgetMs) - elapsed;
+      if (this.o.eventDriven && this.o.gate && this.o.gate.pending > 0) {
+        wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));
+      }
+      if (wait > 0) await this.sleepOrWake(wait);
+    }
+  }
+
+  private async sleepOrWake(ms: number): Promise<void> {
+    const ac = new AbortController();
+    this.wakeUp = () => ac.abort();
+    await sleep(ms, undefined, { signal: ac.signal }).catch(() => {});
+    this.wakeUp = undefined;
+  }
+
+  /** Stops starting rounds; resolves when the round under way (if any) has finished. */
+  async pause(): Promise<void> {
+    this.paused = true;
+    await this.current;
+  }
+
+  resume(): void {
+    this.paused = false;
+  }
+
+  /** After the migration completed: every page is present, switch RIC to a plain FIC loop. */
+  becomeFic(): void {
+    this.kind = 'fic';
+    this.o.eventDriven = false;
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.wakeUp?.();
+    await this.current;
+    await this.loopDone;
+  }
+}
