@@ -256,7 +256,7 @@ Napi::Value Compress(const Napi::CallbackInfo& info) {
   Codec c = codec_arg(env, info[0]);
   int level = level_num(env, info[1]);
   Span d = bytes_arg(env, info[2], "data");
-  std::vector<uint8_t> out;
+  ByteVec out;
   std::string err;
   if (!compress(c, level, d.p, d.n, out, err)) throw Napi::Error::New(env, err);
   return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
@@ -296,7 +296,7 @@ class CodecWorker : public PromiseWorker {
   int level_;
   Span d_;
   size_t raw_;
-  std::vector<uint8_t> out_;
+  ByteVec out_;
 };
 
 Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
@@ -321,6 +321,28 @@ Napi::Value DecompressAsync(const Napi::CallbackInfo& info) {
   auto p = w->Promise();
   w->Queue();
   return p;
+}
+
+Napi::Value PackBatch(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Span rec = bytes_arg(env, info[0], "records");
+  Codec c = codec_arg(env, info[1]);
+  int level = level_num(env, info[2]);
+  if (!info[3].IsNumber()) throw Napi::TypeError::New(env, "smallMax must be a number");
+  size_t small_max = size_t(info[3].As<Napi::Number>().Uint32Value());
+  ByteVec out;
+  std::string err;
+  if (!pack_records(rec.p, rec.n, c, level, small_max, out, err)) throw Napi::RangeError::New(env, err);
+  return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
+}
+
+Napi::Value UnpackBatch(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  Span in = bytes_arg(env, info[0], "packed");
+  ByteVec out;
+  std::string err;
+  if (!unpack_records(in.p, in.n, out, err)) throw Napi::RangeError::New(env, err);
+  return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
 }
 
 Napi::Value Crc32c(const Napi::CallbackInfo& info) {
@@ -405,7 +427,7 @@ Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
     return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
   };
   alignas(64) uint8_t buf[kDeltaCap];
-  std::vector<uint8_t> cbuf;
+  ByteVec cbuf;
   std::string err;
   for (int r = 0; r < repeats; r++) {
     if (op == "batch") {
@@ -498,6 +520,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("compressAsync", Napi::Function::New(env, CompressAsync));
   exports.Set("decompressAsync", Napi::Function::New(env, DecompressAsync));
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
+  exports.Set("packBatch", Napi::Function::New(env, PackBatch));
+  exports.Set("unpackBatch", Napi::Function::New(env, UnpackBatch));
   exports.Set("mapFile", Napi::Function::New(env, MapFile));
   exports.Set("benchKernel", Napi::Function::New(env, BenchKernel));
   return exports;

@@ -40,12 +40,27 @@ uint32_t zero_page_crc() {
   return c;
 }
 
+// Cheap predictor for kind 3: byte planes only pay when neighbouring 32-bit words share their
+// top byte often (sorted or clustered integers). On the corpus, pages where LZ4 of the planes
+// wins have nearly all top bytes repeated, pages where it loses about 2 %; a quarter separates
+// them and spares the LZ4 attempt (the expensive part) on noise.
+bool high_bytes_repeat(const uint8_t* page) {
+  uint32_t eq = 0;
+  for (size_t i = 0; i + 1 < kPage / 4; i++) {
+    uint32_t a, b;
+    memcpy(&a, page + 4 * i, 4);
+    memcpy(&b, page + 4 * i + 4, 4);
+    eq += ((a ^ b) >> 24) == 0;
+  }
+  return eq >= kPage / 16;
+}
+
 void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, size_t begin,
                   size_t end, const BatchOptions& opt, Bytes& out, BatchStats& st) {
   alignas(64) uint8_t scratch[kPage];
   alignas(64) uint8_t snap[kPage];
   alignas(64) uint8_t lz[kPage];
-  const bool fused = has_fused(opt.level);
+  const bool fused = has_fused(opt.level) && !getenv("MIGSAFE_NO_FUSED");
   const uint32_t zcrc = zero_page_crc();
   out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
   for (size_t k = begin; k < end; k++) {
@@ -84,7 +99,7 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
       st.zero++;
     } else {
       int planes = 0;
-      if (opt.dense && (n < 0 || n > kDenseMin)) {
+      if (opt.dense && (n < 0 || n > kDenseMin) && high_bytes_repeat(snap)) {
         // Dense page: LZ4 of the byte planes, kept only if it beats the delta / whole page
         // (the capacity limit makes LZ4 give up as soon as it cannot).
         shuffle4(snap, scratch);

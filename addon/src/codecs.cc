@@ -40,7 +40,7 @@ int zlib_bits(Codec c) { return c == Codec::Gzip ? 15 + 16 : -15; }
 
 }  // namespace
 
-bool compress(Codec c, int level, const uint8_t* src, size_t n, std::vector<uint8_t>& out,
+bool compress(Codec c, int level, const uint8_t* src, size_t n, ByteVec& out,
               std::string& err) {
   switch (c) {
     case Codec::None:
@@ -123,7 +123,7 @@ bool decompress(Codec c, const uint8_t* src, size_t n, uint8_t* dst, size_t raw_
       if (inflateInit2(&s, zlib_bits(c)) != Z_OK) { err = "zlib: inflateInit2 failed"; return false; }
       // One spare byte of room: zlib wants some output space even to finish an empty stream,
       // and it turns "longer than rawLength" into a detectable extra byte.
-      std::vector<uint8_t> tmp;
+      ByteVec tmp;
       uint8_t* out = dst;
       if (raw_len == 0) {
         tmp.resize(1);
@@ -148,6 +148,65 @@ bool decompress(Codec c, const uint8_t* src, size_t n, uint8_t* dst, size_t raw_
   }
   err = "unknown codec";
   return false;
+}
+
+}  // namespace migsafe
+
+namespace migsafe {
+
+namespace {
+constexpr uint32_t kPackMagic = 0x4b50534d;  // "MSPK"
+constexpr size_t kPackHeader = 20;
+inline uint32_t rd32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return v; }
+inline void wr32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }
+}  // namespace
+
+bool pack_records(const uint8_t* rec, size_t len, Codec c, int level, size_t small_max,
+                  ByteVec& out, std::string& err) {
+  thread_local ByteVec small, large, probe;
+  small.clear();
+  large.clear();
+  for (size_t off = 0; off < len;) {
+    if (len - off < 16) { err = "packBatch: truncated record header"; return false; }
+    size_t plen = rd32(rec + off + 8), end = off + 16 + plen;
+    if (end > len) { err = "packBatch: truncated payload"; return false; }
+    bool compressible = plen <= small_max;
+    if (!compressible && rec[off + 4] == 1) {
+      // Large delta: worth the codec only if LZ4 finds 1/8 to save (fails fast on noise).
+      if (probe.size() < plen) probe.resize(plen);
+      int limit = int(plen - plen / 8);
+      compressible = LZ4_compress_default((const char*)rec + off + 16, (char*)probe.data(), int(plen), limit) > 0;
+    }
+    ByteVec& dst = compressible ? small : large;
+    dst.insert(dst.end(), rec + off, rec + end);
+    off = end;
+  }
+  thread_local ByteVec packed;
+  if (!compress(c, level, small.data(), small.size(), packed, err)) return false;
+  out.resize(kPackHeader + packed.size() + large.size());
+  wr32(out.data(), kPackMagic);
+  out[4] = 1;
+  out[5] = uint8_t(c);
+  out[6] = out[7] = 0;
+  wr32(out.data() + 8, uint32_t(small.size()));
+  wr32(out.data() + 12, uint32_t(packed.size()));
+  wr32(out.data() + 16, uint32_t(large.size()));
+  if (!packed.empty()) memcpy(out.data() + kPackHeader, packed.data(), packed.size());
+  if (!large.empty()) memcpy(out.data() + kPackHeader + packed.size(), large.data(), large.size());
+  return true;
+}
+
+bool unpack_records(const uint8_t* in, size_t len, ByteVec& out, std::string& err) {
+  if (len < kPackHeader || rd32(in) != kPackMagic) { err = "unpackBatch: not a packed batch"; return false; }
+  if (in[4] != 1) { err = "unpackBatch: unsupported version"; return false; }
+  if (in[5] > uint8_t(Codec::Zstd) || in[6] || in[7]) { err = "unpackBatch: bad header"; return false; }
+  size_t raw = rd32(in + 8), packed = rd32(in + 12), large = rd32(in + 16);
+  if (kPackHeader + packed + large != len) { err = "unpackBatch: lengths do not match the buffer"; return false; }
+  if (raw > (size_t(1) << 31)) { err = "unpackBatch: implausible size"; return false; }
+  out.resize(raw + large);
+  if (!decompress(Codec(in[5]), in + kPackHeader, packed, out.data(), raw, err)) return false;
+  if (large) memcpy(out.data() + raw, in + kPackHeader + packed, large);
+  return true;
 }
 
 }  // namespace migsafe

@@ -110,6 +110,15 @@ export interface NativeAddon {
   compressAsync(codec: Codec, level: number, data: Uint8Array): Promise<Buffer>;
   decompressAsync(codec: Codec, data: Uint8Array, rawLength: number): Promise<Buffer>;
 
+  /**
+   * Combined mode, see packBatch in src/kernel/codecs.ts: records with payload <= smallMax, and
+   * larger XBZRLE deltas an LZ4 probe finds compressible, go into one compressed frame; the
+   * rest is stored.
+   */
+  packBatch(records: Uint8Array, codec: Codec, level: number, smallMax: number): Buffer;
+  /** Inverse of packBatch: a record buffer for applyBatch (compressed part first). */
+  unpackBatch(packed: Uint8Array): Buffer;
+
   /** CRC32C (Castagnoli), hardware-accelerated when available. */
   crc32c(data: Uint8Array, seed?: number): number;
 
