@@ -28,8 +28,10 @@ if command -v systemctl >/dev/null && systemctl is-active -q redis-server 2>/dev
   systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 
+# `npm install`, not `npm ci`: npm 11 writes lock files without the other platforms' optional
+# packages of msgpackr-extract and then refuses them in `npm ci`; install keeps the locked versions.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-fund --no-audit
+  npm install --no-fund --no-audit
 fi
 npm run build
 bash test/guest/build.sh
