@@ -60,7 +60,7 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
   alignas(64) uint8_t scratch[kPage];
   alignas(64) uint8_t snap[kPage];
   alignas(64) uint8_t lz[kPage];
-  const bool fused = has_fused(opt.level) && !getenv("MIGSAFE_NO_FUSED");
+  const bool fused = has_fused(opt.level);
   const uint32_t zcrc = zero_page_crc();
   out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
   for (size_t k = begin; k < end; k++) {
