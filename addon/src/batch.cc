@@ -60,7 +60,6 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
   alignas(64) uint8_t scratch[kPage];
   alignas(64) uint8_t snap[kPage];
   alignas(64) uint8_t lz[kPage];
-  const bool fused = has_fused(opt.level);
   const uint32_t zcrc = zero_page_crc();
   out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
   for (size_t k = begin; k < end; k++) {
@@ -73,18 +72,8 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
     uint8_t* payload = h + kRecordHeader;
     // The guest may write the page while we work (stage 1 runs live): everything below reads
     // one private copy (snap), so payload, shadow and CRC all describe the same contents.
-    int n;
-    if (fused) {
-      n = encode_page_fused(sh, nw, snap, payload, &pd);
-    } else {
-      diff_page(opt.level, sh, nw, &pd);
-      if (pd.active != 0 && !pd.new_zero) {
-        memcpy(snap, nw, kPage);
-        n = encode_diff(opt.level, pd, snap, payload);
-      } else {
-        n = 0;
-      }
-    }
+    diff_page_snap(opt.level, sh, nw, snap, &pd);
+    int n = pd.active != 0 && !pd.new_zero ? encode_diff(opt.level, pd, snap, payload) : 0;
     if (pd.active == 0) {
       st.unchanged++;
       continue;

@@ -31,6 +31,10 @@ bool cpu_has_vbmi2();  // AVX-512 VBMI2: faster run flattening inside the avx512
 // Compare pass at a given level (all levels fill PageDiff identically).
 void diff_page(Level l, const uint8_t* old_page, const uint8_t* new_page, PageDiff* pd);
 
+// diff_page that also leaves a copy of the new page in snap (64-byte aligned); the PageDiff
+// describes snap exactly, whatever happens to the new page meanwhile.
+void diff_page_snap(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap, PageDiff* pd);
+
 // Turns a PageDiff into XBZRLE bytes. Returns the length (0 = unchanged) or -1 when QEMU's
 // encoder (dlen = 4096) would report overflow. dst needs kDeltaCap bytes.
 int encode_from_diff(const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
@@ -38,14 +42,7 @@ int encode_from_diff(const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
 // encode_from_diff with early rejection of too-dirty pages and a check-free fast path.
 int encode_diff(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
 
-// Single-pass AVX-512 VBMI2 encoder (has_fused): compare, flatten and emit per block. Copies
-// the new page to snap (64-byte aligned) and emits from that copy. Fills pd (bitmap only when
-// the page is not rejected; active, new_zero always). Same results as the other levels.
-bool has_fused(Level l);
-int encode_page_fused(const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap, uint8_t* dst,
-                      PageDiff* pd);
-
-// diff_page + encode_diff (or the fused encoder when the level has it).
+// diff_page + encode_diff.
 int encode_page(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* dst);
 
 // Word-at-a-time encoder structured like QEMU's C encoder (the benchmark's baseline and an

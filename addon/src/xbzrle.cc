@@ -148,6 +148,31 @@ __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512(con
   pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
 }
 
+// diff_avx512 that also stores the new page to snap (64-byte aligned) from the same registers
+// it compared, so the bitmap and the snapshot describe the same contents.
+__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_snap_avx512(const uint8_t* o,
+                                                                                     const uint8_t* n,
+                                                                                     uint8_t* snap,
+                                                                                     PageDiff* pd) {
+  __m512i zor = _mm512_setzero_si512();
+  for (int w = 0; w < 64; w++) {
+    __m512i a = _mm512_loadu_si512(o + 64 * w);
+    __m512i b = _mm512_loadu_si512(n + 64 * w);
+    _mm512_store_si512(snap + 64 * w, b);
+    zor = _mm512_or_si512(zor, b);
+    pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
+  }
+  uint64_t nz = 0, top = 0;
+  const __m512i zero = _mm512_setzero_si512();
+  for (int w = 0; w < 64; w += 8) {
+    __m512i v = _mm512_loadu_si512(pd->neq + w);
+    nz |= uint64_t(_mm512_test_epi64_mask(v, v)) << w;
+    top |= uint64_t(_mm512_cmplt_epi64_mask(v, zero)) << w;
+  }
+  pd->active = nz | (top << 1);
+  pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
+}
+
 __attribute__((target("avx512f,avx512bw"))) int floor_avx512(const uint8_t* a, const uint8_t* b) {
   __m512i acc = _mm512_setzero_si512();
   for (int w = 0; w < 64; w++)
@@ -209,6 +234,15 @@ inline uint32_t next_clear(const uint64_t* bm, uint32_t i) {
 }
 
 }  // namespace
+
+void diff_page_snap(Level l, const uint8_t* o, const uint8_t* n, uint8_t* snap, PageDiff* pd) {
+#ifdef MIGSAFE_X86
+  if (l == Level::Avx512) return diff_snap_avx512(o, n, snap, pd);
+#endif
+  // Other levels: copy first, then compare against the copy (same guarantee, one more pass).
+  memcpy(snap, n, kPage);
+  diff_page(l, o, snap, pd);
+}
 
 void diff_page(Level l, const uint8_t* o, const uint8_t* n, PageDiff* pd) {
 #ifdef MIGSAFE_X86
@@ -403,68 +437,6 @@ int emit_avx512(const uint16_t* b, uint32_t nb, const uint8_t* nw, uint8_t* dst,
   return st.d;
 }
 
-// One pass for AVX-512 VBMI2: compare, boundary flattening and emission interleaved per
-// 64-byte block, so the work on runs overlaps the loads of the page instead of following them.
-// Every block's new bytes are stored to snap and all output is taken from snap, so payload
-// and snap agree even if the new page changes meanwhile. Pages too dirty for a delta are
-// dropped as soon as the lower bound (changed bytes + 2 per run) passes a page; the rest of
-// the page is then only copied to snap. pd receives the bitmap (complete unless rejected),
-// active words and new_zero (always).
-__attribute__((target("avx512f,avx512bw,avx512vbmi2,bmi,bmi2,popcnt")))
-int encode_fused(const uint8_t* o, const uint8_t* nw, uint8_t* snap, uint8_t* dst, PageDiff* pd) {
-  const __m512i lo = _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
-                                      15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(32));
-  uint16_t b[kPage + 2 + 64];
-  uint32_t nb = 0, changed = 0, emitted = 0;
-  uint64_t carry = 0, active = 0;
-  __m512i zor = _mm512_setzero_si512();
-  EmitState st;
-  uint32_t w = 0;
-  for (; w < 64; w++) {
-    __m512i a = _mm512_loadu_si512(o + 64 * w);
-    __m512i v = _mm512_loadu_si512(nw + 64 * w);
-    _mm512_store_si512(snap + 64 * w, v);
-    zor = _mm512_or_si512(zor, v);
-    uint64_t m = _mm512_cmpneq_epi8_mask(a, v);
-    pd->neq[w] = m;
-    uint64_t t = m ^ ((m << 1) | carry);
-    carry = m >> 63;
-    active |= uint64_t((m | t) != 0) << w;  // words blend_changed must visit
-    if (!t) continue;  // most blocks of a sparse page: nothing else to do
-    __m512i base = _mm512_set1_epi16(short(w << 6));
-    __mmask32 t0 = __mmask32(t), t1 = __mmask32(t >> 32);
-    _mm512_storeu_si512(b + nb, _mm512_maskz_compress_epi16(t0, _mm512_add_epi16(lo, base)));
-    nb += uint32_t(__builtin_popcount(t0));
-    _mm512_storeu_si512(b + nb, _mm512_maskz_compress_epi16(t1, _mm512_add_epi16(hi, base)));
-    nb += uint32_t(__builtin_popcount(t1));
-    changed += uint32_t(__builtin_popcountll(m));
-    if (__builtin_expect(changed + (nb + 1) / 2 * 2 > kPage, 0)) break;
-    if (nb / 2 - emitted >= 16) {  // 16 complete runs: their bytes are all in snap already
-      emit16(b, emitted, 16, snap, dst, st);
-      emitted += 16;
-    }
-  }
-  if (w < 64) {  // rejected: finish the copy and the zero test only
-    for (w++; w < 64; w++) {
-      __m512i v = _mm512_loadu_si512(nw + 64 * w);
-      _mm512_store_si512(snap + 64 * w, v);
-      zor = _mm512_or_si512(zor, v);
-    }
-    pd->active = ~0ULL;
-    pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
-    return -1;
-  }
-  pd->active = active;
-  pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
-  if (nb == 0) return 0;
-  bool trailing = !(nb & 1);
-  if (!trailing) b[nb++] = uint16_t(kPage);
-  for (uint32_t k0 = emitted; k0 < nb / 2; k0 += 16) emit16(b, k0, nb / 2 - k0 < 16 ? nb / 2 - k0 : 16, snap, dst, st);
-  constexpr int kMax = int(kPage);
-  if (st.dz + 2 > kMax || st.d > kMax || (trailing && st.d + 2 > kMax)) return -1;
-  return st.d;
-}
 #endif
 
 }  // namespace
@@ -511,28 +483,9 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   return d;
 }
 
-bool has_fused(Level l) {
-#ifdef MIGSAFE_X86
-  return l == Level::Avx512 && cpu_has_vbmi2();
-#else
-  (void)l;
-  return false;
-#endif
-}
-
-int encode_page_fused(const uint8_t* o, const uint8_t* n, uint8_t* snap, uint8_t* dst, PageDiff* pd) {
-#ifdef MIGSAFE_X86
-  return encode_fused(o, n, snap, dst, pd);
-#else
-  (void)o; (void)n; (void)snap; (void)dst; (void)pd;
-  return -2;
-#endif
-}
-
 int encode_page(Level l, const uint8_t* o, const uint8_t* n, uint8_t* dst) {
-  // Two passes measured faster than the fused encoder here: the fused one pays a store per
-  // block for its snapshot and a branch per active block. The batch, which needs a snapshot
-  // anyway, uses the fused encoder.
+  // Two passes (compare, then walk the bitmap) measured faster here than a fused single pass
+  // that walks runs while loading: that one pays a branch per block with a run boundary.
   PageDiff pd;
   diff_page(l, o, n, &pd);
   return encode_diff(l, pd, n, dst);
