@@ -59,6 +59,8 @@ export class Lease {
   token = 0;
   /** performance.now() of the last successful acquire/renew. */
   lastRenewed = 0;
+  /** A renewal found another holder: this side lost the lease. */
+  lost = false;
 
   constructor(
     private readonly redis: Redis,
@@ -69,6 +71,24 @@ export class Lease {
     this.k = leaseKeys(vm);
   }
 
+  /** Every store call gives up after ttl/3: an unreachable store must not stall the fencing. */
+  private eval(script: string, keys: number, ...args: string[]): Promise<unknown> {
+    const limit = Math.max(200, Math.floor(this.ttlMs / 3));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the store did not answer in ${limit} ms`)), limit);
+      this.redis.eval(script, keys, ...args).then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (e: Error) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+    });
+  }
+
   get value(): string {
     return `${this.host}|${this.token}`;
   }
@@ -76,8 +96,9 @@ export class Lease {
   /** Takes the lease if it is free (or already ours). */
   async acquire(): Promise<boolean> {
     const t = performance.now();
-    const r = (await this.redis.eval(ACQUIRE, 2, this.k.owner, this.k.epoch, this.host, String(this.ttlMs))) as number | null;
+    const r = (await this.eval(ACQUIRE, 2, this.k.owner, this.k.epoch, this.host, String(this.ttlMs))) as number | null;
     if (r === null) return false;
+    this.lost = false;
     this.token = Number(r);
     this.lastRenewed = t;
     return true;
@@ -86,18 +107,19 @@ export class Lease {
   async renew(): Promise<boolean> {
     if (!this.token) return false;
     const t = performance.now();
-    const r = Number(await this.redis.eval(RENEW, 1, this.k.owner, this.value, String(this.ttlMs)));
+    const r = Number(await this.eval(RENEW, 1, this.k.owner, this.value, String(this.ttlMs)));
     if (r === 1) {
       this.lastRenewed = t;
       return true;
     }
     this.token = 0;
+    this.lost = true;
     return false;
   }
 
   /** Gives the lease to `to` (this side must hold it). Returns the new token or 0. */
   async handOver(to: string): Promise<number> {
-    const r = (await this.redis.eval(HANDOVER, 2, this.k.owner, this.k.epoch, this.value, to, String(this.ttlMs))) as
+    const r = (await this.eval(HANDOVER, 2, this.k.owner, this.k.epoch, this.value, to, String(this.ttlMs))) as
       | number
       | null;
     if (r === null) return 0;
@@ -107,12 +129,13 @@ export class Lease {
 
   async release(): Promise<void> {
     if (!this.token) return;
-    await this.redis.eval(RELEASE, 1, this.k.owner, this.value).catch(() => {});
+    await this.eval(RELEASE, 1, this.k.owner, this.value).catch(() => {});
     this.token = 0;
   }
 
   /** Adopts a lease handed to this side (its token). */
   adopt(token: number): void {
+    this.lost = false;
     this.token = token;
     this.lastRenewed = performance.now();
   }

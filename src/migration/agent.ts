@@ -266,20 +266,23 @@ export class Agent {
 
   // ------------------------------------------------------------------ the lease
 
+  private renewing = new Set<string>();
+
   private async tickLeases(): Promise<void> {
     for (const r of this.vms.values()) {
-      if (!r.lease.token) continue;
-      let ok = false;
-      let lost = false;
-      try {
-        ok = await r.lease.renew();
-        lost = !ok;
-      } catch {
-        /* store unreachable: ok stays false */
+      if (r.lease.token && !this.renewing.has(r.vm)) {
+        // Not awaited: a store that does not answer must not delay the fencing check below.
+        this.renewing.add(r.vm);
+        void r.lease
+          .renew()
+          .catch(() => false)
+          .finally(() => this.renewing.delete(r.vm));
       }
       const running = r.qemu && ['owner', 'postcopy-dst', 'migrating-src'].includes(r.role);
-      if (running && (lost || !r.lease.safe(Math.max(500, this.o.leaseTtlMs / 3)))) {
-        this.fence(r, lost ? 'the lease is held by another host' : 'cannot reach the store to renew the lease');
+      if (!running) continue;
+      if (r.lease.lost) this.fence(r, 'the lease is held by another host');
+      else if (r.lease.token && !r.lease.safe(Math.max(500, this.o.leaseTtlMs / 3))) {
+        this.fence(r, 'cannot reach the store to renew the lease');
       }
     }
   }
