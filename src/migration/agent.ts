@@ -524,6 +524,9 @@ export class Agent {
     if (!vm) throw new Error(`no VM ${req.vm} in the store`);
     r.ramBytes = vm.ramBytes;
     r.mode = req.mode;
+    r.finalVersion = undefined;
+    r.migrationDone = false;
+    r.dirty = undefined;
     r.paths = vmPaths(this.o.runDir, `${req.vm}.${this.o.host}.in${Date.now()}`);
     createRamFile(r.paths.ram, vm.ramBytes);
     r.qemu = launchQemu({ argv: [...vm.argv, '-incoming', 'defer'], ramBytes: vm.ramBytes, paths: r.paths, logFd: this.qemuLog(req.vm), cwd: vm.cwd });

@@ -1,0 +1,158 @@
+// `npm run bench:migration`: live migration with and without FIC/RIC, side by side in one run.
+// Two clusters of three hosts (network namespaces) run the same guest and workload at the same
+// time; one has checkpointing off (`migsafe agent --no-checkpoint`), the other FIC/RIC with
+// output commit on. Their migrations alternate (never two at once), ping-pong between the
+// two hosts: pre-copy, then post-copy, N times each. Reported: total migration time and
+// downtime (QEMU's own), with/without ratio; RIC's pause per round and replication time; the
+// final FIC checkpoint's pause. Recovery times per failure scenario come from the fault matrix
+// (npm run test:faults), whose table is printed here when it exists.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../test/helpers/guest.js';
+import { appendSerial, createCluster, PEER_PORT, type Cluster, type HostName } from '../test/helpers/hosts.js';
+import { gateNetdev } from '../src/ha/gate.js';
+
+const N = Number(process.env.MIGSAFE_BENCH_RUNS ?? 3);
+const BW = Number(process.env.MIGSAFE_BENCH_BANDWIDTH ?? 16); // MiB/s, both modes
+const json = process.argv.includes('--json');
+
+function note(s: string): void {
+  process.stderr.write(`${s}\n`);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)]! : NaN;
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(s.length * p))]! : NaN;
+}
+
+async function waitFor<T>(what: string, ms: number, f: () => T | undefined): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+interface Side {
+  name: 'without' | 'with';
+  c: Cluster;
+  owner: HostName;
+  results: { mode: string; totalMs: number; downtimeMs: number; finalPauseMs?: number }[];
+}
+
+async function setUp(name: Side['name']): Promise<Side> {
+  const c = await createCluster();
+  const serial = join(c.dir, 'serial.log');
+  const extra = name === 'without' ? ['--no-checkpoint'] : ['--interval', '1000', '--max-time', '200', '--fic-bandwidth', '8'];
+  const argv = appendSerial(
+    guestQemuArgs({
+      workload: 'wset',
+      workloadMiB: 16,
+      rate: 100000,
+      memMiB: 128,
+      serialLog: serial,
+      netdev: { netdev: gateNetdev(), ip: '192.168.77.2/24', gw: '192.168.77.1', peer: `${c.hosts.sto.ip}:${PEER_PORT}` },
+    }),
+  );
+  c.startAgent('dst', extra);
+  c.startAgent('src', [...extra, '--vm', 'b1', '--', ...argv]);
+  await waitForConsole(serial, (p) => p.verifiedCount >= 2, 180_000);
+  return { name, c, owner: 'src', results: [] };
+}
+
+async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void> {
+  const to: HostName = s.owner === 'src' ? 'dst' : 'src';
+  if (s.name === 'with') {
+    await waitFor('a committed checkpoint at the owner', 60_000, () => ((s.c.status(s.owner)?.vms[0]?.head ?? 0) > 0 ? true : undefined));
+  }
+  const r = await s.c.cli(s.owner, [
+    'migrate', '--vm', 'b1', '--to', s.c.agents[to]!.addr, '--redis', s.c.redisUrl, '--mode', mode,
+    '--bandwidth', String(BW), '--postcopy-bandwidth', String(BW),
+  ]);
+  const res = JSON.parse(r.stdout.trim().split('\n').pop() || '{}') as {
+    status?: string;
+    totalMs: number;
+    downtimeMs: number;
+    finalFicPauseMs?: number;
+  };
+  if (res.status !== 'completed') throw new Error(`${s.name}: ${mode} migration did not complete: ${r.stderr.slice(-500)}`);
+  s.results.push({ mode, totalMs: res.totalMs, downtimeMs: res.downtimeMs, finalPauseMs: res.finalFicPauseMs });
+  note(`  ${s.name.padEnd(7)} ${mode.padEnd(8)} ${s.owner}→${to}: total ${res.totalMs.toFixed(0)} ms, downtime ${res.downtimeMs} ms`);
+  await waitFor(`${to} to own the VM`, 60_000, () => (s.c.status(to)?.vms[0]?.role === 'owner' ? true : undefined));
+  s.owner = to;
+  await sleep(2000);
+}
+
+async function main(): Promise<void> {
+  ensureGuestBuilt();
+  note(`bench:migration — ${N}× pre-copy and ${N}× post-copy per side, ${BW} MiB/s, guest 128 MiB, wset 16 MiB @ 100k writes/s`);
+  const sides: Side[] = [];
+  try {
+    sides.push(await setUp('without'));
+    sides.push(await setUp('with'));
+    for (let i = 0; i < N; i++) {
+      for (const mode of ['precopy', 'postcopy'] as const) {
+        // Alternate which side goes first.
+        const order = i % 2 === 0 ? sides : [...sides].reverse();
+        for (const s of order) await migrateOnce(s, mode);
+      }
+    }
+    const ric = (['src', 'dst'] as const)
+      .flatMap((h) => sides[1]!.c.status(h)?.vms.flatMap((v) => v.rounds) ?? [])
+      .filter((r) => r.kind === 'ric');
+    const rows = (['precopy', 'postcopy'] as const).map((mode) => {
+      const w = sides[0]!.results.filter((r) => r.mode === mode);
+      const f = sides[1]!.results.filter((r) => r.mode === mode);
+      const tw = median(w.map((r) => r.totalMs));
+      const tf = median(f.map((r) => r.totalMs));
+      return {
+        mode,
+        totalWithoutMs: tw,
+        totalWithMs: tf,
+        totalRatio: tf / tw,
+        downtimeWithoutMs: median(w.map((r) => r.downtimeMs)),
+        downtimeWithMs: median(f.map((r) => r.downtimeMs)),
+        finalFicPauseMs: median(f.map((r) => r.finalPauseMs ?? NaN)),
+      };
+    });
+    const ricStats = {
+      rounds: ric.length,
+      pauseMedianMs: median(ric.map((r) => r.pauseMs)),
+      pauseP90Ms: pct(ric.map((r) => r.pauseMs), 0.9),
+      replicationMedianMs: median(ric.map((r) => r.replicationMs)),
+      replicationP90Ms: pct(ric.map((r) => r.replicationMs), 0.9),
+    };
+    const tablePath = process.env.MIGSAFE_FAULT_TABLE ?? '/tmp/migsafe-fault-table.md';
+    const faults = existsSync(tablePath) ? readFileSync(tablePath, 'utf8') : null;
+    if (json) {
+      process.stdout.write(JSON.stringify({ runs: N, bandwidthMiBs: BW, migration: rows, ric: ricStats, faultTable: faults }) + '\n');
+      return;
+    }
+    const out: string[] = [];
+    out.push('', `migration (median of ${N}; same guest and workload, run side by side)`, '');
+    out.push('| mode | total without | total with FIC/RIC | with/without | downtime without | downtime with | final FIC pause |');
+    out.push('|---|---|---|---|---|---|---|');
+    for (const r of rows) {
+      out.push(
+        `| ${r.mode} | ${r.totalWithoutMs.toFixed(0)} ms | ${r.totalWithMs.toFixed(0)} ms | ${((r.totalRatio - 1) * 100).toFixed(1)} % | ` +
+          `${r.downtimeWithoutMs} ms | ${r.downtimeWithMs} ms | ${r.finalFicPauseMs.toFixed(0)} ms |`,
+      );
+    }
+    out.push('', `RIC at the post-copy destination: ${ricStats.rounds} rounds; pause per round median ${ricStats.pauseMedianMs.toFixed(0)} ms ` +
+      `(p90 ${ricStats.pauseP90Ms.toFixed(0)}), replication time median ${ricStats.replicationMedianMs.toFixed(0)} ms (p90 ${ricStats.replicationP90Ms.toFixed(0)})`);
+    out.push('', faults ? `recovery per scenario (last npm run test:faults, ${tablePath}):\n\n${faults}` : `recovery per scenario: run \`npm run test:faults\` (its table lands in ${tablePath})`);
+    process.stdout.write(out.join('\n') + '\n');
+  } finally {
+    for (const s of sides) await s.c.teardown();
+  }
+}
+
+await main();
