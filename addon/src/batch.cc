@@ -138,19 +138,31 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
 bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint32_t* pages,
                   size_t count, const BatchOptions& opt, Bytes& out, std::string& err,
                   BatchStats* stats) {
+  std::vector<uint32_t> unique;
   if (pages) {
+    // Candidates are a set: a repeated index is dropped (a page twice in one batch could not
+    // be applied, and two threads would race on its shadow page).
     std::vector<uint64_t> seen((npages + 63) / 64, 0);
+    bool repeated = false;
     for (size_t k = 0; k < count; k++) {
       uint32_t p = pages[k];
       if (p >= npages) {
         err = "page index " + std::to_string(p) + " out of range (" + std::to_string(npages) + " pages)";
         return false;
       }
-      if (seen[p >> 6] >> (p & 63) & 1) {
-        err = "page index " + std::to_string(p) + " listed twice";
-        return false;
-      }
+      if (seen[p >> 6] >> (p & 63) & 1) repeated = true;
       seen[p >> 6] |= 1ULL << (p & 63);
+    }
+    if (repeated) {
+      for (size_t k = 0; k < count; k++) {
+        uint32_t p = pages[k];
+        if (seen[p >> 6] >> (p & 63) & 1) {
+          unique.push_back(p);
+          seen[p >> 6] &= ~(1ULL << (p & 63));
+        }
+      }
+      pages = unique.data();
+      count = unique.size();
     }
   } else {
     count = npages;

@@ -50,8 +50,8 @@ struct BatchStats {
   size_t zero = 0, delta = 0, full = 0, planes = 0, unchanged = 0;
 };
 
-// ram and shadow hold npages pages each. pages == nullptr: every page. Returns false with err
-// on an out-of-range or repeated page index (nothing is encoded then).
+// ram and shadow hold npages pages each. pages == nullptr: every page; repeated indexes count
+// once. Returns false with err on an out-of-range page index (nothing is encoded then).
 bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint32_t* pages,
                   size_t count, const BatchOptions& opt, Bytes& out, std::string& err,
                   BatchStats* stats = nullptr);

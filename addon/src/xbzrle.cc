@@ -1,6 +1,8 @@
 // GCC 12 reports its own AVX-512 intrinsics (_mm512_undefined_*) as (maybe-)uninitialized.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 // XBZRLE page delta (format of QEMU's migration/xbzrle.c, implemented independently):
 //   page  = zrun nzrun | zrun nzrun page      (trailing unchanged run omitted)
 //   zrun  = uleb128 length of an unchanged run (only the first may be 0)

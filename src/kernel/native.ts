@@ -83,7 +83,8 @@ export interface NativeAddon {
 
   /**
    * Encodes the pages of `ram` that differ from `shadow` into one buffer of records.
-   * `pages` lists candidate page indexes; null scans every page. Unchanged pages give no record.
+   * `pages` lists candidate page indexes (a set: repeats count once; out of range throws); null
+   * scans every page. Unchanged pages give no record.
    * Records: u32 page, u8 kind, u8 0, u16 0, u32 length, u32 crc32c(new page), payload.
    */
   encodeBatch(ram: Uint8Array, shadow: Uint8Array, pages: Uint32Array | null, opts?: EncodeBatchOptions): Buffer;
