@@ -4,7 +4,7 @@
 import t, { type Test } from 'tap';
 import { createSocket } from 'node:dgram';
 import { closeSync, copyFileSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import { QmpClient } from '../../src/qemu/qmp.js';
 import {
   ensureGuestBuilt,
@@ -119,6 +119,15 @@ async function bootAndCheck(t: Test, workload: GuestWorkload, extra: Partial<Par
   return { g, q, c: c2, rec: rec! };
 }
 
+/** A TCP port free on 127.0.0.1 right now. */
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', () => res()));
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise<void>((res) => srv.close(() => res()));
+  return port;
+}
+
 /** A UDP socket on 127.0.0.1 (slirp's 10.0.2.2) collecting the guest's datagram counters. */
 async function udpSink(t: Test, workload: string): Promise<{ port: number; got: number[] }> {
   const sock = createSocket('udp4');
@@ -206,6 +215,30 @@ t.test('workloads boot, progress, verify, record matches console', { jobs: 2 }, 
     t.ok(consecutive(rc.counters), 'and keeps counting');
     t.ok(rc.progress[0]!.ops >= opsAtCheckpoint, 'its work continues (ops not reset)');
     t.notOk(/MIGSAFE (boot|ready)/.test(readFileSync(r.serialLog, 'latin1')), 'no reboot, no re-initialisation');
+  });
+  t.test('wset (16 MiB) across a live migration of stock QEMU: goes on, memory verified', async (t) => {
+    const port = await freePort();
+    const src = startTestGuest({ workload: 'wset', workloadMiB: 16, t });
+    const dst = startTestGuest({ workload: 'wset', workloadMiB: 16, t, incoming: `tcp:127.0.0.1:${port}` });
+    const q1 = await qmpOf(t, src);
+    await waitForConsole(src.serialLog, (c) => c.verifiedCount >= 2 || c.errors.length > 0, BOOT_TIMEOUT_MS, { child: src.child });
+    await q1.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
+    const deadline = Date.now() + 60_000;
+    let status = '';
+    while (Date.now() < deadline) {
+      status = (await q1.execute<{ status: string }>('query-migrate')).status;
+      if (status === 'completed' || status === 'failed') break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    t.equal(status, 'completed', 'migration completed');
+    const last = parseConsole(readFileSync(src.serialLog, 'latin1')).lastCounter!;
+    const c = await waitForConsole(dst.serialLog, (c) => c.progress.length >= 3 || c.errors.length > 0 || c.died, 30_000, {
+      child: dst.child,
+    });
+    t.same(c.errors, [], 'destination verifies its memory');
+    t.notOk(c.died, 'destination guest alive');
+    t.ok(c.counters[0] === last || c.counters[0] === last + 1, `destination goes on from ${last}: ${c.counters.join(',')}`);
+    t.equal(c.verifiedCount, c.progress.length, 'every tick verified');
   });
   t.test('udp over virtio-net (slirp), datagrams carry the counter', async (t) => {
     const { port, got } = await udpSink(t, 'udp');
