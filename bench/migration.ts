@@ -14,7 +14,7 @@ import { appendSerial, createCluster, PEER_PORT, type Cluster, type HostName } f
 import { gateNetdev } from '../src/ha/gate.js';
 
 const N = Number(process.env.MIGSAFE_BENCH_RUNS ?? 3);
-const BW = Number(process.env.MIGSAFE_BENCH_BANDWIDTH ?? 16); // MiB/s, both modes
+const BW = Number(process.env.MIGSAFE_BENCH_BANDWIDTH ?? 32); // MiB/s, both modes
 const json = process.argv.includes('--json');
 
 function note(s: string): void {
@@ -56,7 +56,7 @@ async function setUp(name: Side['name']): Promise<Side> {
     guestQemuArgs({
       workload: 'wset',
       workloadMiB: 16,
-      rate: 100000,
+      rate: 1000,
       memMiB: 128,
       serialLog: serial,
       netdev: { netdev: gateNetdev(), ip: '192.168.77.2/24', gw: '192.168.77.1', peer: `${c.hosts.sto.ip}:${PEER_PORT}` },
@@ -80,12 +80,14 @@ async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void>
   const res = JSON.parse(r.stdout.trim().split('\n').pop() || '{}') as {
     status?: string;
     totalMs: number;
+    qemuTotalMs: number;
     downtimeMs: number;
     finalFicPauseMs?: number;
   };
   if (res.status !== 'completed') throw new Error(`${s.name}: ${mode} migration did not complete: ${r.stderr.slice(-500)}`);
-  s.results.push({ mode, totalMs: res.totalMs, downtimeMs: res.downtimeMs, finalPauseMs: res.finalFicPauseMs });
-  note(`  ${s.name.padEnd(7)} ${mode.padEnd(8)} ${s.owner}→${to}: total ${res.totalMs.toFixed(0)} ms, downtime ${res.downtimeMs} ms`);
+  // QEMU's total-time: from `migrate` to completion (the agents' set-up is not part of it).
+  s.results.push({ mode, totalMs: res.qemuTotalMs, downtimeMs: res.downtimeMs, finalPauseMs: res.finalFicPauseMs });
+  note(`  ${s.name.padEnd(7)} ${mode.padEnd(8)} ${s.owner}→${to}: total ${res.qemuTotalMs} ms (with set-up ${res.totalMs.toFixed(0)} ms), downtime ${res.downtimeMs} ms`);
   await waitFor(`${to} to own the VM`, 60_000, () => (s.c.status(to)?.vms[0]?.role === 'owner' ? true : undefined));
   s.owner = to;
   await sleep(2000);
@@ -93,7 +95,7 @@ async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void>
 
 async function main(): Promise<void> {
   ensureGuestBuilt();
-  note(`bench:migration — ${N}× pre-copy and ${N}× post-copy per side, ${BW} MiB/s, guest 128 MiB, wset 16 MiB @ 100k writes/s`);
+  note(`bench:migration — ${N}× pre-copy and ${N}× post-copy per side, ${BW} MiB/s, guest 128 MiB, wset 16 MiB @ 1000 writes/s`);
   const sides: Side[] = [];
   try {
     sides.push(await setUp('without'));

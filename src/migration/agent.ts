@@ -98,6 +98,8 @@ export interface MigrateResult {
   status: 'completed' | 'failed' | 'cancelled' | 'recovered-at-source';
   totalMs: number;
   downtimeMs?: number;
+  /** QEMU's own total-time of the migration. */
+  qemuTotalMs?: number;
   finalFicVersion?: number;
   finalFicPauseMs?: number;
   error?: string;
@@ -447,7 +449,9 @@ export class Agent {
         }
       };
       const onCompleted = async () => {
-        const info = await qmp.execute<{ downtime?: number }>('query-migrate').catch(() => ({}) as { downtime?: number });
+        const info = await qmp
+          .execute<{ downtime?: number; 'total-time'?: number }>('query-migrate')
+          .catch(() => ({}) as { downtime?: number; 'total-time'?: number });
         await r.ckpt?.stop().catch(() => {});
         r.ckpt = undefined;
         settled = true;
@@ -458,7 +462,7 @@ export class Agent {
         settled = false;
         r.qemu = undefined;
         this.setRole(r, 'none', 'migration completed; the VM runs at the destination');
-        finish({ status: 'completed', downtimeMs: info.downtime });
+        finish({ status: 'completed', downtimeMs: info.downtime, qemuTotalMs: info['total-time'] });
       };
       const onFailed = async (status: string) => {
         if (settled) return;

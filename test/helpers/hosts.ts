@@ -93,6 +93,15 @@ export function removeStaleHosts(): void {
     const m = new RegExp(`^${PREFIX}(\\d+)x[a-z0-9]+-`).exec(ns);
     if (m && !alive(Number(m[1]))) removeNs(ns);
   }
+  // Run directories of agents of dead runs (guest RAM files in /dev/shm).
+  try {
+    for (const f of readdirSync('/dev/shm')) {
+      const m = new RegExp(`^${PREFIX}(\\d+)x[a-z0-9]+-`).exec(f);
+      if (m && !alive(Number(m[1]))) rmSync(join('/dev/shm', f), { recursive: true, force: true });
+    }
+  } catch {
+    /* no /dev/shm */
+  }
 }
 
 const live = new Set<Hosts>();
@@ -168,7 +177,7 @@ export function createHosts(opts: { t?: { teardown(fn: () => unknown): void } } 
 
 // ---------------------------------------------------------------- a migration cluster
 
-import { mkdtempSync, mkdirSync, openSync, readFileSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, openSync, readFileSync, readdirSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -2,6 +2,7 @@
 import type { CommandModule } from 'yargs';
 import { agentCommand } from './agent.js';
 import { migrateCommand } from './migrate.js';
+import { demoMigrateCommand } from './demo-migrate.js';
 import { attachCommand } from './attach.js';
 import { benchCommand } from './bench.js';
 import { deleteCommand } from './delete.js';
@@ -23,4 +24,5 @@ export const commands: CommandModule<any, any>[] = [
   demoCommand,
   agentCommand,
   migrateCommand,
+  demoMigrateCommand,
 ];
