@@ -53,6 +53,7 @@ case "$mode" in
   tree)    [ -n "$series" ] || die "--tree needs --series DIR" ;;
 esac
 [ -d "$series" ] || die "no series directory $series"
+series="$(cd "$series" && pwd)"
 mkdir -p "$workdir" "$prefix"
 workdir="$(cd "$workdir" && pwd)"; prefix="$(cd "$prefix" && pwd)"
 
