@@ -38,6 +38,53 @@ ZstdCtx& zstd_ctx() {
 
 int zlib_bits(Codec c) { return c == Codec::Gzip ? 15 + 16 : -15; }
 
+// zlib streams are expensive to set up (hundreds of KB of state): one deflate and one inflate
+// stream per thread, reset between calls and re-created only when the framing or level changes.
+struct ZlibCtx {
+  z_stream d{}, i{};
+  int d_bits = 0, d_level = -1, d_mem = 0, i_bits = 0;
+  ~ZlibCtx() {
+    if (d_level >= 0) deflateEnd(&d);
+    if (i_bits) inflateEnd(&i);
+  }
+  // deflateReset clears a hash table of 2^(memLevel+8) bytes: for page-sized inputs a smaller
+  // window and table make the set-up cheap (any inflater with a 32 KiB window reads them).
+  z_stream* deflater(int bits, int level, int mem) {
+    if (d_level >= 0 && (bits != d_bits || level != d_level || mem != d_mem)) {
+      deflateEnd(&d);
+      d_level = -1;
+    }
+    if (d_level < 0) {
+      memset(&d, 0, sizeof d);
+      if (deflateInit2(&d, level, Z_DEFLATED, bits, mem, Z_DEFAULT_STRATEGY) != Z_OK) return nullptr;
+      d_bits = bits;
+      d_level = level;
+      d_mem = mem;
+    } else if (deflateReset(&d) != Z_OK) {
+      return nullptr;
+    }
+    return &d;
+  }
+  z_stream* inflater(int bits) {
+    if (i_bits && bits != i_bits) {
+      inflateEnd(&i);
+      i_bits = 0;
+    }
+    if (!i_bits) {
+      memset(&i, 0, sizeof i);
+      if (inflateInit2(&i, bits) != Z_OK) return nullptr;
+      i_bits = bits;
+    } else if (inflateReset(&i) != Z_OK) {
+      return nullptr;
+    }
+    return &i;
+  }
+};
+ZlibCtx& zlib_ctx() {
+  thread_local ZlibCtx z;
+  return z;
+}
+
 }  // namespace
 
 bool compress(Codec c, int level, const uint8_t* src, size_t n, ByteVec& out,
@@ -67,12 +114,12 @@ bool compress(Codec c, int level, const uint8_t* src, size_t n, ByteVec& out,
     case Codec::Gzip:
     case Codec::Deflate: {
       if (level < 0 || level > 9) { err = "gzip/deflate level must be 0..9"; return false; }
-      z_stream s;
-      memset(&s, 0, sizeof s);
-      if (deflateInit2(&s, level, Z_DEFLATED, zlib_bits(c), 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-        err = "zlib: deflateInit2 failed";
-        return false;
-      }
+      int w = 9;
+      while (w < 15 && (size_t(1) << w) < n) w++;
+      int bits = c == Codec::Gzip ? w + 16 : -w;
+      z_stream* zs = zlib_ctx().deflater(bits, level, w - 6 < 1 ? 1 : w - 6 > 8 ? 8 : w - 6);
+      if (!zs) { err = "zlib: deflateInit2 failed"; return false; }
+      z_stream& s = *zs;
       out.resize(deflateBound(&s, uLong(n)) + 32);
       s.next_in = const_cast<Bytef*>(src);
       s.avail_in = uInt(n);
@@ -80,7 +127,6 @@ bool compress(Codec c, int level, const uint8_t* src, size_t n, ByteVec& out,
       s.avail_out = uInt(out.size());
       int r = deflate(&s, Z_FINISH);
       size_t produced = s.total_out;
-      deflateEnd(&s);
       if (r != Z_STREAM_END) { err = "zlib: deflate did not finish"; return false; }
       out.resize(produced);
       return true;
@@ -118,9 +164,9 @@ bool decompress(Codec c, const uint8_t* src, size_t n, uint8_t* dst, size_t raw_
     }
     case Codec::Gzip:
     case Codec::Deflate: {
-      z_stream s;
-      memset(&s, 0, sizeof s);
-      if (inflateInit2(&s, zlib_bits(c)) != Z_OK) { err = "zlib: inflateInit2 failed"; return false; }
+      z_stream* zs = zlib_ctx().inflater(zlib_bits(c));
+      if (!zs) { err = "zlib: inflateInit2 failed"; return false; }
+      z_stream& s = *zs;
       // One spare byte of room: zlib wants some output space even to finish an empty stream,
       // and it turns "longer than rawLength" into a detectable extra byte.
       ByteVec tmp;
@@ -135,7 +181,6 @@ bool decompress(Codec c, const uint8_t* src, size_t n, uint8_t* dst, size_t raw_
       s.avail_out = uInt(raw_len ? raw_len : 1);
       int r = inflate(&s, Z_FINISH);
       size_t produced = s.total_out, left = s.avail_in;
-      inflateEnd(&s);
       if (r != Z_STREAM_END) {
         err = r == Z_BUF_ERROR && produced == raw_len ? "zlib: output longer than rawLength"
                                                       : "zlib: corrupt or truncated input";
