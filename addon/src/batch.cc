@@ -72,8 +72,12 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
     uint8_t* payload = h + kRecordHeader;
     // The guest may write the page while we work (stage 1 runs live): everything below reads
     // one private copy (snap), so payload, shadow and CRC all describe the same contents.
-    diff_page_snap(opt.level, sh, nw, snap, &pd);
+    uint32_t snap_crc = 0;
+    bool have_crc = diff_page_snap_crc(opt.level, sh, nw, snap, &pd, &snap_crc);
     int n = pd.active != 0 && !pd.new_zero ? encode_diff(opt.level, pd, snap, payload) : 0;
+    // After any record the page equals snap (a blend of the changed bytes into the old page
+    // gives snap: the other bytes were equal in the same registers).
+    auto page_crc = [&] { return have_crc ? snap_crc : crc32c(snap, kPage); };
     if (pd.active == 0) {
       st.unchanged++;
       continue;
@@ -100,7 +104,7 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
         len = uint32_t(planes);
         memcpy(payload, lz, len);
         if (opt.update_shadow) memcpy(sh, snap, kPage);
-        crc = crc32c(snap, kPage);
+        crc = page_crc();
         st.planes++;
       } else if (n > 0) {
         kind = kDelta;
@@ -112,14 +116,14 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
           base = scratch;
         }
         blend_changed(opt.level, pd, snap, base);
-        crc = crc32c(base, kPage);
+        crc = page_crc();
         st.delta++;
       } else {
         kind = kFull;
         len = kPage;
         memcpy(payload, snap, kPage);
         if (opt.update_shadow) memcpy(sh, snap, kPage);
-        crc = crc32c(snap, kPage);
+        crc = page_crc();
         st.full++;
       }
     }

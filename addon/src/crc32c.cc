@@ -16,6 +16,7 @@
 #define MIGSAFE_CRC_HW 1
 #endif
 
+#include "crc_fold.h"
 #include "kernel.h"
 
 namespace migsafe {
@@ -30,9 +31,11 @@ struct Tables {
   uint32_t shift[4][256];  // state -> state after kBlock zero bytes, by byte of the state
   bool hw = false;
   bool vpclmul = false;
-  // Folding constants for the VPCLMULQDQ path, per distance D in bits: {x^(D+63), x^(D-1)}
-  // mod P, bit-reflected into the top of a 64-bit word (see fold_lanes).
-  uint64_t k2048[2], k512[2], k384[2], k256[2], k128[2];
+#ifdef MIGSAFE_CRC_HW
+  // Per distance D in bits: {x^(D+63), x^(D-1)} mod P, bit-reflected into the top of a 64-bit
+  // word (see crc_fold.h).
+  FoldConstants fold;
+#endif
 };
 
 // x^n mod P, P = CRC32C's polynomial in normal (non-reflected) order, x^32 implicit.
@@ -104,11 +107,11 @@ const Tables& tables() {
     t.hw = __builtin_cpu_supports("sse4.2");
     t.vpclmul = t.hw && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq") &&
                 __builtin_cpu_supports("pclmul");
-    fold_constants(t.k2048, 2048);
-    fold_constants(t.k512, 512);
-    fold_constants(t.k384, 384);
-    fold_constants(t.k256, 256);
-    fold_constants(t.k128, 128);
+    fold_constants(t.fold.k2048, 2048);
+    fold_constants(t.fold.k512, 512);
+    fold_constants(t.fold.k384, 384);
+    fold_constants(t.fold.k256, 256);
+    fold_constants(t.fold.k128, 128);
 #endif
   });
   return t;
@@ -153,47 +156,21 @@ __attribute__((target("sse4.2"))) uint32_t hw_update(const Tables& t, uint32_t c
   return c32;
 }
 
-#define MIGSAFE_FOLD_TARGET __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
-MIGSAFE_FOLD_TARGET inline __m512i k4(const uint64_t* k) {
-  return _mm512_broadcast_i32x4(_mm_set_epi64x((long long)(k[1]), (long long)(k[0])));
-}
-MIGSAFE_FOLD_TARGET inline __m512i fold(__m512i x, __m512i k, __m512i next) {
-  return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x, k, 0x00), _mm512_clmulepi64_epi128(x, k, 0x11), next, 0x96);
-}
-MIGSAFE_FOLD_TARGET inline __m128i fold128(__m128i x, const uint64_t* k, __m128i acc) {
-  __m128i kk = _mm_set_epi64x((long long)(k[1]), (long long)(k[0]));
-  return _mm_xor_si128(acc, _mm_xor_si128(_mm_clmulepi64_si128(x, kk, 0x00), _mm_clmulepi64_si128(x, kk, 0x11)));
-}
-
-// Carry-less folding, four 64-byte accumulators 256 bytes apart, for buffers of 256 bytes or
-// more. A 128-bit lane loaded little-endian holds bit i of the stream as the coefficient of
-// x^(127-i), so its low qword is the high-degree half H and its high qword the low half L.
-// Moving a lane forward by D bits is X*x^D = H*x^(D+64) + L*x^D; with the constants stored as
-// x^(D+63) and x^(D-1) (bit c at bit 63-c) the 64x64 carry-less products land exactly in lane
-// order. What is left at the end is one 16-byte chunk congruent to the whole buffer, finished
-// with the crc32 instruction. Processes the largest multiple of 256 bytes; returns the state.
+// Four 64-byte accumulators 256 bytes apart (crc_fold.h); the largest multiple of 256 bytes
+// is folded, the rest goes through the crc32 instruction. Returns the raw state.
 __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t vpclmul_update(
     const Tables& t, uint32_t state, const uint8_t* p, size_t n) {
-  const __m512i K2048 = k4(t.k2048), K512 = k4(t.k512);
+  const __m512i K2048 = fold_k4(t.fold.k2048);
   __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_castsi128_si512(_mm_cvtsi32_si128(int(state))));
   __m512i x1 = _mm512_loadu_si512(p + 64), x2 = _mm512_loadu_si512(p + 128), x3 = _mm512_loadu_si512(p + 192);
   size_t off = 256;
   for (; off + 256 <= n; off += 256) {
-    x0 = fold(x0, K2048, _mm512_loadu_si512(p + off));
-    x1 = fold(x1, K2048, _mm512_loadu_si512(p + off + 64));
-    x2 = fold(x2, K2048, _mm512_loadu_si512(p + off + 128));
-    x3 = fold(x3, K2048, _mm512_loadu_si512(p + off + 192));
+    x0 = fold512(x0, K2048, _mm512_loadu_si512(p + off));
+    x1 = fold512(x1, K2048, _mm512_loadu_si512(p + off + 64));
+    x2 = fold512(x2, K2048, _mm512_loadu_si512(p + off + 128));
+    x3 = fold512(x3, K2048, _mm512_loadu_si512(p + off + 192));
   }
-  x1 = fold(x0, K512, x1);
-  x2 = fold(x1, K512, x2);
-  x3 = fold(x2, K512, x3);
-  __m128i r = _mm512_extracti32x4_epi32(x3, 3);
-  r = fold128(_mm512_extracti32x4_epi32(x3, 0), t.k384, r);
-  r = fold128(_mm512_extracti32x4_epi32(x3, 1), t.k256, r);
-  r = fold128(_mm512_extracti32x4_epi32(x3, 2), t.k128, r);
-  uint64_t c = _mm_crc32_u64(0, uint64_t(_mm_cvtsi128_si64(r)));
-  c = _mm_crc32_u64(c, uint64_t(_mm_extract_epi64(r, 1)));
-  uint32_t s = uint32_t(c);
+  uint32_t s = fold_finish(t.fold, x0, x1, x2, x3);
   // The rest (under 256 bytes) with the crc32 instruction.
   return off < n ? hw_update(t, s, p + off, n - off) : s;
 }
@@ -202,6 +179,13 @@ __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t vpclmul_upd
 }  // namespace
 
 bool crc32c_hw() { return tables().hw; }
+
+#ifdef MIGSAFE_CRC_HW
+const FoldConstants* crc32c_fold_constants() {
+  const Tables& t = tables();
+  return t.vpclmul ? &t.fold : nullptr;
+}
+#endif
 
 uint32_t crc32c(const uint8_t* data, size_t len, uint32_t seed) {
   const Tables& t = tables();

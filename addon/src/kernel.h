@@ -35,6 +35,11 @@ void diff_page(Level l, const uint8_t* old_page, const uint8_t* new_page, PageDi
 // describes snap exactly, whatever happens to the new page meanwhile.
 void diff_page_snap(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap, PageDiff* pd);
 
+// diff_page_snap that, where the CPU allows (AVX-512 VPCLMULQDQ at the avx512bw level), also
+// computes crc32c(snap) in the same pass; returns whether it did.
+bool diff_page_snap_crc(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap,
+                        PageDiff* pd, uint32_t* crc);
+
 // Turns a PageDiff into XBZRLE bytes. Returns the length (0 = unchanged) or -1 when QEMU's
 // encoder (dlen = 4096) would report overflow. dst needs kDeltaCap bytes.
 int encode_from_diff(const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);

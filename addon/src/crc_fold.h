@@ -1,0 +1,58 @@
+// CRC32C by carry-less folding (AVX-512 VPCLMULQDQ), shared by crc32c.cc and the batch's
+// compare pass, which folds each block of the page while it has it in a register.
+//
+// A 128-bit lane loaded little-endian holds bit i of the stream as the coefficient of
+// x^(127-i), so its low qword is the high-degree half H and its high qword the low half L.
+// Moving a lane forward by D bits is X*x^D = H*x^(D+64) + L*x^D; with the constants stored as
+// x^(D+63) and x^(D-1) mod P (bit c at bit 63-c) the 64x64 carry-less products land exactly in
+// lane order. What is left at the end is one 16-byte chunk congruent to the whole buffer,
+// finished with the crc32 instruction.
+#pragma once
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace migsafe {
+
+struct FoldConstants {
+  uint64_t k2048[2], k512[2], k384[2], k256[2], k128[2];
+};
+
+// Null when the CPU lacks AVX-512 VPCLMULQDQ (or SSE4.2).
+const FoldConstants* crc32c_fold_constants();
+
+#define MIGSAFE_FOLD_TARGET __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
+
+MIGSAFE_FOLD_TARGET inline __m512i fold_k4(const uint64_t* k) {
+  return _mm512_broadcast_i32x4(_mm_set_epi64x((long long)(k[1]), (long long)(k[0])));
+}
+
+// x moved forward by the constants' distance, xor next.
+MIGSAFE_FOLD_TARGET inline __m512i fold512(__m512i x, __m512i k, __m512i next) {
+  return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x, k, 0x00), _mm512_clmulepi64_epi128(x, k, 0x11),
+                                   next, 0x96);
+}
+
+MIGSAFE_FOLD_TARGET inline __m128i fold128(__m128i x, const uint64_t* k, __m128i acc) {
+  __m128i kk = _mm_set_epi64x((long long)(k[1]), (long long)(k[0]));
+  return _mm_xor_si128(acc, _mm_xor_si128(_mm_clmulepi64_si128(x, kk, 0x00), _mm_clmulepi64_si128(x, kk, 0x11)));
+}
+
+// Four accumulators holding the last 256 bytes (x0 first) -> raw CRC state after them.
+MIGSAFE_FOLD_TARGET inline uint32_t fold_finish(const FoldConstants& t, __m512i x0, __m512i x1, __m512i x2,
+                                                __m512i x3) {
+  const __m512i K512 = fold_k4(t.k512);
+  x1 = fold512(x0, K512, x1);
+  x2 = fold512(x1, K512, x2);
+  x3 = fold512(x2, K512, x3);
+  __m128i r = _mm512_extracti32x4_epi32(x3, 3);
+  r = fold128(_mm512_extracti32x4_epi32(x3, 0), t.k384, r);
+  r = fold128(_mm512_extracti32x4_epi32(x3, 1), t.k256, r);
+  r = fold128(_mm512_extracti32x4_epi32(x3, 2), t.k128, r);
+  uint64_t c = _mm_crc32_u64(0, uint64_t(_mm_cvtsi128_si64(r)));
+  return uint32_t(_mm_crc32_u64(c, uint64_t(_mm_extract_epi64(r, 1))));
+}
+
+}  // namespace migsafe
+#endif
