@@ -3,6 +3,8 @@
 //   mode 1: apply_batch on arbitrary bytes (record parser, deltas, LZ4 planes, CRC)
 //   mode 2: encoders on arbitrary page pairs: every level must give the same bytes as the
 //           wordwise encoder, and a delta must decode back to the new page
+//   mode 3: encode_batch (every level, dense or not) on 4 pages edited by the input: the
+//           shadow must equal the new RAM and apply_batch must rebuild it from the old one
 // Built as a libFuzzer target (clang -fsanitize=fuzzer) or, with -DSTANDALONE, as a driver
 // that feeds random and mutated inputs by itself. scripts/fuzz.sh builds and runs both.
 #include <cstdio>
@@ -26,7 +28,7 @@ static void check(bool ok, const char* what) {
 
 static void run_one(const uint8_t* data, size_t size) {
   if (size == 0) return;
-  uint8_t mode = data[0] % 3;
+  uint8_t mode = data[0] % 4;
   data++;
   size--;
   // Exact-size heap copies, so any read or write past an end is an ASan report.
@@ -49,6 +51,36 @@ static void run_one(const uint8_t* data, size_t size) {
     std::string err;
     bool ok = apply_batch(image.get(), kPages, in.get(), size, &applied, err);
     if (!ok) check(memcmp(image.get(), before.get(), kPages * kPage) == 0, "refused batch left the image untouched");
+  } else if (mode == 3) {
+    constexpr size_t kPages = 4;
+    std::unique_ptr<uint8_t[]> old(new uint8_t[kPages * kPage]), ram(new uint8_t[kPages * kPage]);
+    for (size_t i = 0; i < kPages * kPage; i++) old[i] = uint8_t(i * 13 + (i >> 12));
+    memcpy(ram.get(), old.get(), kPages * kPage);
+    // Edits: (position hi, position lo + length, value); value 0 with a long length zeroes.
+    for (size_t i = 0; i + 3 <= size; i += 3) {
+      size_t at = (size_t(in[i]) << 6 | in[i + 1] >> 2) % (kPages * kPage);
+      size_t len = 1 + (in[i + 1] & 3) * 300;
+      for (size_t k = at; k < at + len && k < kPages * kPage; k++) ram[k] = in[i + 2] ? uint8_t(ram[k] + in[i + 2]) : 0;
+    }
+    Level levels[3];
+    int nl = available_levels(levels);
+    for (int li = 0; li < nl; li++) {
+      for (int dense = 0; dense < 2; dense++) {
+        std::unique_ptr<uint8_t[]> shadow(new uint8_t[kPages * kPage]), image(new uint8_t[kPages * kPage]);
+        memcpy(shadow.get(), old.get(), kPages * kPage);
+        memcpy(image.get(), old.get(), kPages * kPage);
+        BatchOptions bo;
+        bo.level = levels[li];
+        bo.dense = dense;
+        Bytes rec;
+        std::string err;
+        check(encode_batch(ram.get(), shadow.get(), kPages, nullptr, 0, bo, rec, err), "encode_batch");
+        check(memcmp(shadow.get(), ram.get(), kPages * kPage) == 0, "shadow equals ram");
+        size_t applied = 0;
+        check(apply_batch(image.get(), kPages, rec.data, rec.size, &applied, err), "own batch applies");
+        check(memcmp(image.get(), ram.get(), kPages * kPage) == 0, "applied image equals ram");
+      }
+    }
   } else {
     std::unique_ptr<uint8_t[]> o(new uint8_t[kPage]), n(new uint8_t[kPage]);
     // The input describes the new page as edits of a patterned old page, so both near-equal
@@ -144,7 +176,7 @@ int main(int argc, char** argv) {
     } else if (r % 4 == 3) {
       buf.resize(1 + next() % 300);
       for (auto& c : buf) c = uint8_t(next());
-      buf[0] = 2;
+      buf[0] = uint8_t(2 + (next() & 1));  // encoders, or a whole batch round trip
     } else {
       buf = seeds[next() % seeds.size()];
       int muts = 1 + int(next() % 4);
