@@ -76,7 +76,11 @@ interface VmRuntime {
   finalVersion?: number;
   /** The source said the migration completed: its going away is no failure. */
   migrationDone?: boolean;
+  /** Incoming migrations so far: a late notice of an old one must not touch the current one. */
+  gen?: number;
   events: string[];
+  /** Statistics of every checkpoint round this host took for the VM. */
+  rounds: import('./checkpointer.js').RoundStat[];
   recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
 }
 
@@ -149,7 +153,7 @@ export class Agent {
         pid: r.qemu?.pid ?? 0,
         head: r.ckpt?.head ?? 0,
         ckpt: r.ckpt?.kind ?? null,
-        rounds: r.ckpt?.rounds ?? [],
+        rounds: r.rounds,
         failures: r.ckpt?.failures ?? 0,
         leaseToken: r.lease.token,
         events: r.events,
@@ -183,6 +187,7 @@ export class Agent {
         ramBytes: 0,
         role: 'none',
         events: [],
+        rounds: [],
         recoveries: [],
       };
       this.vms.set(vm, r);
@@ -262,6 +267,7 @@ export class Agent {
       resumeFrom,
       log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
       onRound: () => this.writeStatus(),
+      rounds: r.rounds,
     });
     r.ckpt.start();
   }
@@ -394,6 +400,7 @@ export class Agent {
     let finalVersion: number | undefined;
     let finalPause: number | undefined;
     let settled = false;
+    let completed = false;
     return await new Promise<MigrateResult>((resolve) => {
       const finish = (res: Omit<MigrateResult, 'vm' | 'mode' | 'totalMs'>) => {
         if (settled) return;
@@ -449,17 +456,16 @@ export class Agent {
         }
       };
       const onCompleted = async () => {
+        completed = true;
         const info = await qmp
           .execute<{ downtime?: number; 'total-time'?: number }>('query-migrate')
           .catch(() => ({}) as { downtime?: number; 'total-time'?: number });
         await r.ckpt?.stop().catch(() => {});
         r.ckpt = undefined;
-        settled = true;
         peer.notify('done');
         setTimeout(() => peer.close(), 2000);
         r.peer = undefined;
         await qmp.execute('quit').catch(() => {});
-        settled = false;
         r.qemu = undefined;
         this.setRole(r, 'none', 'migration completed; the VM runs at the destination');
         finish({ status: 'completed', downtimeMs: info.downtime, qemuTotalMs: info['total-time'] });
@@ -483,7 +489,7 @@ export class Agent {
         }
       };
       const onPeerLost = async (why: string) => {
-        if (settled) return;
+        if (settled || completed) return;
         if (!switchedOver) {
           this.note(r, `destination lost (${why}) during pre-copy: cancelling, the VM keeps running here`);
           await qmp.execute('migrate_cancel').catch(() => {});
@@ -494,6 +500,7 @@ export class Agent {
         // Post-copy (or the end of pre-copy): the VM may only run where the lease is.
         this.note(r, `destination lost (${why}) after switchover: waiting for the lease`);
         const got = await this.takeLease(r, this.o.leaseTtlMs * 3 + 2000);
+        if (settled || completed) return;
         if (!got) {
           if (r.qemu) killPid(r.qemu.pid);
           r.qemu = undefined;
@@ -593,7 +600,10 @@ export class Agent {
       this.setRole(r, 'owner', `migration completed; ${r.ckpt ? 'FIC' : 'no checkpointing'} here`);
     };
     qmp.on('event', onEvent);
-    p.once('suspect', (why: string) => void this.onSourceLost(r, String(why)));
+    const gen = (r.gen = (r.gen ?? 0) + 1);
+    p.once('suspect', (why: string) => {
+      if (r.gen === gen) void this.onSourceLost(r, String(why));
+    });
     return { uri, host: this.o.host };
   }
 
@@ -632,6 +642,7 @@ export class Agent {
       reloadOnFailure: true,
       log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
       onRound: () => this.writeStatus(),
+      rounds: r.rounds,
     });
     r.ckpt.start();
   }

@@ -44,6 +44,8 @@ export interface CheckpointerOptions {
   reloadOnFailure?: boolean;
   log: (msg: string) => void;
   onRound?: (m: VersionMeta) => void;
+  /** Where round statistics go (kept by the caller across checkpointers); default: a new array. */
+  rounds?: RoundStat[];
 }
 
 export interface RoundStat {
@@ -64,12 +66,13 @@ export class Checkpointer {
   private current: Promise<unknown> = Promise.resolve();
   private wakeUp?: () => void;
   private loopDone: Promise<void> = Promise.resolve();
-  readonly rounds: RoundStat[] = [];
+  readonly rounds: RoundStat[];
   failures = 0;
   kind: 'fic' | 'ric';
 
   constructor(private readonly o: CheckpointerOptions) {
     this.kind = o.kind;
+    this.rounds = o.rounds ?? [];
     this.ram = native().mapFile(o.ramPath, o.ramBytes, false);
     this.engine = this.makeEngine(o.resumeFrom);
     o.gate?.on?.('frame', () => {

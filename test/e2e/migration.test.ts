@@ -33,7 +33,7 @@ async function waitFor<T>(what: string, ms: number, f: () => T | undefined | Pro
   }
 }
 
-for (const mode of ['precopy', 'postcopy'] as const) {
+for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
   t.test(`${mode}: the VM moves to the destination and goes on; checkpoints and packets follow it`, async (t) => {
     const c = await createCluster({ t });
     const serial = join(c.dir, 'serial.log');
@@ -43,7 +43,9 @@ for (const mode of ['precopy', 'postcopy'] as const) {
     await waitFor('a committed FIC version', 60_000, () => ((c.status('src')?.vms[0]?.head ?? 0) > 0 ? true : undefined));
     const r = await c.cli('src', [
       'migrate', '--vm', 'm1', '--to', c.agents.dst!.addr, '--redis', c.redisUrl, '--mode', mode,
-      '--bandwidth', '16', ...(mode === 'postcopy' ? ['--postcopy-bandwidth', '8'] : []),
+      '--bandwidth', '16', ...(mode !== 'precopy' ? ['--postcopy-bandwidth', '8'] : []),
+      // hybrid: pre-copy first, post-copy after 800 ms
+      ...(mode === 'hybrid' ? ['--postcopy-after', '800'] : []),
     ]);
     t.equal(r.code, 0, `migrate exits 0: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
     const res = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { status: string; finalFicVersion: number };
@@ -56,7 +58,7 @@ for (const mode of ['precopy', 'postcopy'] as const) {
     const after = await waitForConsole(serial, (_p, text) => parseConsole(text.slice(mark)).verifiedCount >= 3, 120_000);
     t.same(after.errors.map((e) => e.raw), [], 'the guest finds its memory intact');
     const st = c.status('dst')!.vms[0]!;
-    if (mode === 'postcopy') t.ok(st.rounds.some((x) => x.kind === 'ric'), `RIC rounds at the destination: ${st.rounds.length}`);
+    if (mode !== 'precopy') t.ok(st.rounds.some((x) => x.kind === 'ric'), `RIC rounds at the destination: ${st.rounds.length}`);
     t.ok(st.head > res.finalFicVersion, `the destination checkpoints on (head ${st.head})`);
     const got = peerDatagrams(c.peerLog);
     t.ok(got.length > 10, `the peer got ${got.length} datagrams`);

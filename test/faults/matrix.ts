@@ -4,10 +4,12 @@
 // own memory, and the UDP stream the guest sends to a peer on the store host must hold no
 // datagram that the recovered VM's state does not explain (output commit).
 //
-// MIGSAFE_FAULT_RUNS=N runs each scenario N times (default 2); MIGSAFE_FAULT_SCENARIOS=a,b
-// picks scenarios. The table is printed at the end (and written to $MIGSAFE_FAULT_TABLE).
+// One test file per scenario (test/faults/<scenario>.test.ts, so that each stays well inside
+// tap's per-file timeout); MIGSAFE_FAULT_RUNS=N runs each scenario N times (default 2). Each
+// run's result is appended to $MIGSAFE_FAULT_RESULTS (default /tmp/migsafe-fault-results.jsonl);
+// test/faults/table.ts prints the table (npm run test:faults does).
 import t, { type Test } from 'tap';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureGuestBuilt, findProgressInImage, guestQemuArgs, parseConsole, waitForConsole } from '../helpers/guest.js';
@@ -19,13 +21,12 @@ import { loadImage, planRestore } from '../../src/store/reader.js';
 
 ensureGuestBuilt();
 
-type Scenario = 'source-precopy' | 'source-postcopy' | 'destination-postcopy' | 'network-postcopy' | 'redis-restart' | 'destination-precopy';
-const ALL: Scenario[] = ['source-precopy', 'source-postcopy', 'destination-postcopy', 'network-postcopy', 'redis-restart', 'destination-precopy'];
+export type Scenario = 'source-precopy' | 'source-postcopy' | 'destination-postcopy' | 'network-postcopy' | 'redis-restart' | 'destination-precopy';
+export const SCENARIOS: Scenario[] = ['source-precopy', 'source-postcopy', 'destination-postcopy', 'network-postcopy', 'redis-restart', 'destination-precopy'];
 const RUNS = Number(process.env.MIGSAFE_FAULT_RUNS ?? 2);
-const PICK = process.env.MIGSAFE_FAULT_SCENARIOS?.split(',') as Scenario[] | undefined;
-const SCENARIOS = PICK ?? ALL;
+export const RESULTS_FILE = process.env.MIGSAFE_FAULT_RESULTS ?? '/tmp/migsafe-fault-results.jsonl';
 
-interface RunResult {
+export interface RunResult {
   scenario: Scenario;
   recovered: boolean;
   recoveryMs: number | null;
@@ -35,7 +36,6 @@ interface RunResult {
   rolledBack: number;
   where: string;
 }
-const results: RunResult[] = [];
 
 function guest(c: Cluster, serial: string): string[] {
   return appendSerial(
@@ -168,44 +168,25 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       redis.disconnect();
     }
   }
-  results.push({ scenario, recovered: true, recoveryMs, unexplained, rolledBack, where: survivor });
+  record({ scenario, recovered: t.passing(), recoveryMs, unexplained, rolledBack, where: survivor });
 }
 
 
-for (const scenario of SCENARIOS) {
+function record(r: RunResult): void {
+  appendFileSync(RESULTS_FILE, JSON.stringify(r) + '\n');
+}
+
+/** Registers RUNS runs of one scenario as tap subtests. */
+export function scenarioTests(scenario: Scenario): void {
   for (let run = 1; run <= RUNS; run++) {
     t.test(`${scenario}, run ${run}`, async (t) => {
-      const before = results.length;
+      let done = false;
       try {
         await oneRun(t, scenario, run);
+        done = true;
       } finally {
-        if (results.length === before) results.push({ scenario, recovered: false, recoveryMs: null, unexplained: NaN, rolledBack: NaN, where: '-' });
+        if (!done) record({ scenario, recovered: false, recoveryMs: null, unexplained: -1, rolledBack: -1, where: '-' });
       }
     });
   }
 }
-
-t.teardown(() => {
-  const rows = SCENARIOS.map((s) => {
-    const rs = results.filter((r) => r.scenario === s);
-    const ok = rs.filter((r) => r.recovered);
-    const times = ok.map((r) => r.recoveryMs).filter((x): x is number => x !== null);
-    const lost = ok.reduce((a, r) => a + (Number.isNaN(r.unexplained) ? 0 : r.unexplained), 0);
-    const rb = ok.map((r) => r.rolledBack);
-    return [
-      s,
-      String(rs.length),
-      `${ok.length}/${rs.length}`,
-      times.length ? `${(Math.min(...times) / 1000).toFixed(1)}–${(Math.max(...times) / 1000).toFixed(1)} s` : 'n/a (no recovery needed)',
-      `${lost} datagrams${rb.length ? ` (state rolled back ${Math.min(...rb)}–${Math.max(...rb)}, never seen outside)` : ''}`,
-    ];
-  });
-  const head = ['scenario', 'runs', 'recovered', 'recovery time', 'data lost'];
-  const table = [
-    `| ${head.join(' | ')} |`,
-    `|${head.map(() => '---').join('|')}|`,
-    ...rows.map((r) => `| ${r.join(' | ')} |`),
-  ].join('\n');
-  process.stderr.write(`\nfault matrix:\n${table}\n`);
-  if (process.env.MIGSAFE_FAULT_TABLE) writeFileSync(process.env.MIGSAFE_FAULT_TABLE, table + '\n');
-});

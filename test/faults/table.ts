@@ -1,0 +1,30 @@
+// Prints the fault matrix table from the results the scenario files appended
+// ($MIGSAFE_FAULT_RESULTS, default /tmp/migsafe-fault-results.jsonl). Also writes it to
+// $MIGSAFE_FAULT_TABLE when set.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { RESULTS_FILE, SCENARIOS, type RunResult } from './matrix.js';
+
+const results: RunResult[] = existsSync(RESULTS_FILE)
+  ? readFileSync(RESULTS_FILE, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as RunResult)
+  : [];
+const rows = SCENARIOS.filter((s) => results.some((r) => r.scenario === s)).map((s) => {
+  const rs = results.filter((r) => r.scenario === s);
+  const ok = rs.filter((r) => r.recovered);
+  const times = ok.map((r) => r.recoveryMs).filter((x): x is number => x !== null);
+  const lost = ok.reduce((a, r) => a + Math.max(0, r.unexplained), 0);
+  const rb = ok.map((r) => r.rolledBack).filter((x) => x >= 0);
+  return [
+    s,
+    String(rs.length),
+    `${ok.length}/${rs.length}`,
+    times.length ? `${(Math.min(...times) / 1000).toFixed(1)}–${(Math.max(...times) / 1000).toFixed(1)} s` : 'none needed (VM kept running)',
+    `${lost} datagrams` + (rb.length && times.length ? ` (rolled back ${Math.min(...rb)}–${Math.max(...rb)} unreleased)` : ''),
+  ];
+});
+const head = ['scenario', 'runs', 'recovered', 'recovery time', 'data lost'];
+const table = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+process.stdout.write(`${table}\n`);
+if (process.env.MIGSAFE_FAULT_TABLE) writeFileSync(process.env.MIGSAFE_FAULT_TABLE, table + '\n');
