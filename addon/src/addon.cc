@@ -444,13 +444,6 @@ Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
           int len = encode_page(l, oldp(i), newp(i), buf);
           pass_bytes += len < 0 ? double(kPage) : double(len);
         }
-      } else if (op == "encode-2pass") {
-        for (size_t i = 0; i < n; i++) {
-          PageDiff pd;
-          diff_page(l, oldp(i), newp(i), &pd);
-          int len = encode_diff(l, pd, newp(i), buf);
-          pass_bytes += len < 0 ? double(kPage) : double(len);
-        }
       } else if (op == "wordwise") {
         for (size_t i = 0; i < n; i++) {
           int len = encode_page_wordwise(oldp(i), newp(i), buf);
