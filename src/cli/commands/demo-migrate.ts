@@ -70,7 +70,7 @@ export const demoMigrateCommand: CommandModule<object, DemoMigrateArgs> = {
       if (a.mode === 'postcopy') {
         await waitFor('post-copy', 60_000, () => (c.status('dst')?.vms[0]?.role === 'postcopy-dst' ? true : undefined));
         await sleep(2000);
-        process.stdout.write(`the VM runs at the destination, part of its memory still at the source; RIC version ${c.status('dst')!.vms[0]!.head}\n`);
+        process.stdout.write(`the VM runs at the destination, part of its memory still at the source; RIC rounds committed: ${c.status("dst")!.vms[0]!.rounds.filter((r) => r.kind === "ric").length}\n`);
       } else {
         await waitFor('pre-copy', 60_000, () => (c.status('src')?.vms[0]?.events.some((e) => e.includes('status active')) ? true : undefined));
         await sleep(1500);
