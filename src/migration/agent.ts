@@ -44,6 +44,8 @@ export interface AgentOptions {
   codec: CodecChoice;
   /** FIC bandwidth budget, bytes/s (0: none). */
   ficBandwidth: number;
+  /** Fold old versions into the base once more than 2×K are stored (0: never). */
+  compactEvery?: number;
   ricIntervalMs: number;
   ricEvent: boolean;
   hbIntervalMs: number;
@@ -265,6 +267,7 @@ export class Agent {
       bandwidth: this.o.ficBandwidth,
       gate: this.gate,
       resumeFrom,
+      compactEvery: this.o.compactEvery ?? 0,
       log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
       onRound: () => this.writeStatus(),
       rounds: r.rounds,
@@ -382,6 +385,7 @@ export class Agent {
     r.peer = peer;
     r.mode = mode;
     const qmp = r.qmp;
+    if (r.ckpt) r.ckpt.compactionPaused = true;
     peer.startHeartbeat({ intervalMs: this.o.hbIntervalMs, timeoutMs: this.o.hbTimeoutMs });
     const prep = await peer.request<{ uri: string; host: string }>('prepare', { vm: r.vm, mode, from: this.o.host }, 60_000);
     this.setRole(r, 'migrating-src', `migrating to ${prep.host} (${mode}) via ${prep.uri}`);
@@ -477,6 +481,7 @@ export class Agent {
           const st = await qmp.execute<{ status: string }>('query-status').catch(() => ({ status: '?' }));
           if (st.status !== 'running') await qmp.execute('cont').catch(() => {});
           r.ckpt?.resume();
+          if (r.ckpt) r.ckpt.compactionPaused = false;
           peer.close();
           r.peer = undefined;
           this.setRole(r, 'owner', `migration ${status}: the VM keeps running here`);

@@ -15,6 +15,7 @@ import type { QmpClient } from '../qemu/qmp.js';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
 import type { CodecChoice } from '../store/frame.js';
 import { loadImage, planRestore } from '../store/reader.js';
+import { compact } from '../store/compaction.js';
 import type { VersionMeta } from '../store/version-meta.js';
 import type { OutputGate } from '../ha/gate.js';
 
@@ -44,6 +45,8 @@ export interface CheckpointerOptions {
   reloadOnFailure?: boolean;
   log: (msg: string) => void;
   onRound?: (m: VersionMeta) => void;
+  /** FIC outside a migration: fold old versions into the base once more than 2×K are stored (0: never). */
+  compactEvery?: number;
   /** Where round statistics go (kept by the caller across checkpointers); default: a new array. */
   rounds?: RoundStat[];
 }
@@ -69,6 +72,8 @@ export class Checkpointer {
   readonly rounds: RoundStat[];
   failures = 0;
   kind: 'fic' | 'ric';
+  /** Set while a migration runs: a compaction must not delay the switchover. */
+  compactionPaused = false;
 
   constructor(private readonly o: CheckpointerOptions) {
     this.kind = o.kind;
@@ -163,6 +168,7 @@ export class Checkpointer {
       if (!this.paused) {
         try {
           stored = (await this.roundNow()).bytesStored;
+          await this.maybeCompact();
         } catch {
           /* logged */
         }
@@ -176,6 +182,22 @@ export class Checkpointer {
         wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));
       }
       if (wait > 0) await this.sleepOrWake(wait);
+    }
+  }
+
+  private async maybeCompact(): Promise<void> {
+    const k = this.o.compactEvery ?? 0;
+    if (!k || this.kind !== 'fic' || this.paused || this.compactionPaused) return;
+    const committed = await this.o.store.committed();
+    if (committed.length <= 2 * k) return;
+    const upTo = committed[committed.length - k]!;
+    const p = this.current.then(() => compact(this.o.store, upTo, this.o.codec));
+    this.current = p.catch(() => {});
+    try {
+      const r = await p;
+      this.o.log(`compacted ${r.dropped.length} old versions into the base at version ${r.base}`);
+    } catch (e) {
+      this.o.log(`compaction failed: ${(e as Error).message}`);
     }
   }
 

@@ -38,7 +38,9 @@ for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
     const c = await createCluster({ t });
     const serial = join(c.dir, 'serial.log');
     c.startAgent('dst');
-    c.startAgent('src', ['--interval', '700', '--vm', 'm1', '--', ...migrationGuest(c, serial)]);
+    // Pre-copy also migrates a VM whose older versions were compacted into a base image.
+    const compact = mode === 'precopy' ? ['--compact-every', '3'] : [];
+    c.startAgent('src', ['--interval', '700', ...compact, '--vm', 'm1', '--', ...migrationGuest(c, serial)]);
     await waitForConsole(serial, (p) => p.verifiedCount >= 3, 120_000);
     await waitFor('a committed FIC version', 60_000, () => ((c.status('src')?.vms[0]?.head ?? 0) > 0 ? true : undefined));
     const r = await c.cli('src', [
@@ -51,6 +53,7 @@ for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
     const res = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { status: string; finalFicVersion: number };
     t.equal(res.status, 'completed');
     t.ok(res.finalFicVersion > 0, `final FIC version ${res.finalFicVersion}`);
+    if (mode === 'precopy') t.match(readFileSync(c.agents.src!.log, 'utf8'), /compacted \d+ old versions into the base/, 'the source compacted before migrating');
     const mark = readFileSync(serial, 'latin1').length;
     await waitFor('the destination to own the VM', 60_000, () => (c.status('dst')?.vms[0]?.role === 'owner' ? true : undefined));
     t.same(qemuPidsIn(c.hosts.src), [], 'no QEMU left at the source');

@@ -16,6 +16,7 @@ interface AgentArgs {
   'max-time': number;
   codec: string;
   'fic-bandwidth': number;
+  'compact-every': number;
   'ric-interval': number;
   'ric-event': boolean;
   'hb-interval': number;
@@ -41,6 +42,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('max-time', { type: 'number', default: 0, describe: 'FIC: T, longest live stage, ms' })
       .option('codec', { type: 'string', default: 'zstd:1' })
       .option('fic-bandwidth', { type: 'number', default: 0, describe: 'FIC: average MiB/s the checkpoint stream may use (0: no limit)' })
+      .option('compact-every', { type: 'number', default: 100, describe: 'FIC: fold old versions into the base once more than 2×K are stored (0: never)' })
       .option('ric-interval', { type: 'number', default: 500, describe: 'RIC: ms between rounds' })
       .option('ric-event', { type: 'boolean', default: true, describe: 'RIC: also start a round when the guest sends a packet' })
       .option('hb-interval', { type: 'number', default: 200, describe: 'heartbeat interval, ms' })
@@ -60,6 +62,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       maxTimeMs: a['max-time'],
       codec: parseCodec(a.codec),
       ficBandwidth: a['fic-bandwidth'] * 2 ** 20,
+      compactEvery: a['compact-every'],
       ricIntervalMs: a['ric-interval'],
       ricEvent: a['ric-event'],
       hbIntervalMs: a['hb-interval'],
