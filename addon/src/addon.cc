@@ -497,7 +497,14 @@ Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
   return res;
 }
 
+}  // namespace
+
+void InitFdPass(Napi::Env env, Napi::Object exports);  // fdpass.cc: the patched QEMU's socket
+
+namespace {
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InitFdPass(env, exports);
   exports.Set("cpuLevel", Napi::Function::New(env, CpuLevel));
   exports.Set("levels", Napi::Function::New(env, Levels));
   exports.Set("crc32cHardware", Napi::Function::New(env, Crc32cHardware));

@@ -103,11 +103,13 @@ export class CheckpointEngine {
     }
   }
 
-  private async stage1(pending: PendingVersion): Promise<{ pages: number; leftover: Uint32Array | null }> {
+  private async stage1(pending: PendingVersion): Promise<{ pages: number; leftover: Uint32Array }> {
     const o = this.o;
     const t0 = performance.now();
     const harvested = await o.dirty.harvest();
-    const candidates = harvested ?? this.n.scanDirty(o.ram, this.shadow, o.level);
+    // A dirty log says what changed since the shadow was right; a zero shadow (first round,
+    // or after a failed one) needs the compare of all RAM.
+    const candidates = harvested && this.parent !== 0 ? harvested : this.n.scanDirty(o.ram, this.shadow, o.level);
     let pages = 0;
     let at = 0;
     while (at < candidates.length) {
@@ -122,13 +124,12 @@ export class CheckpointEngine {
       pages += st.records;
       pending.addChunk(await encodeFrame('pages', raw, st.records, o.codec));
     }
-    // With a dirty log, pages not reached in stage 1 must be looked at in stage 2;
-    // the scan source compares everything in stage 2 anyway.
-    const leftover = harvested ? candidates.subarray(at) : null;
-    return { pages, leftover };
+    // Pages not reached in stage 1 must be looked at in stage 2 (the scan source compares
+    // everything there anyway; a dirty log would not name them again).
+    return { pages, leftover: candidates.subarray(at) };
   }
 
-  private async stage2(leftover: Uint32Array | null): Promise<{ records: Buffer; device: Buffer; pauseMs: number }> {
+  private async stage2(leftover: Uint32Array): Promise<{ records: Buffer; device: Buffer; pauseMs: number }> {
     const o = this.o;
     const t0 = performance.now();
     await o.qmp.execute('stop');
@@ -138,11 +139,7 @@ export class CheckpointEngine {
       const harvested = await o.dirty.harvest();
       // Without a dirty log, a compare of all RAM finds what changed since stage 1: the
       // compare alone is cheaper than running the encoder over every page.
-      const candidates = harvested
-        ? leftover
-          ? mergePages(harvested, leftover)
-          : harvested
-        : this.n.scanDirty(o.ram, this.shadow, o.level);
+      const candidates = harvested ? mergePages(harvested, leftover) : this.n.scanDirty(o.ram, this.shadow, o.level);
       records = await this.n.encodeBatchAsync(o.ram, this.shadow, candidates, { threads: o.threads, level: o.level });
       await o.qmp.execute('xen-save-devices-state', { filename: o.deviceStatePath, live: false });
       device = await readFile(o.deviceStatePath);

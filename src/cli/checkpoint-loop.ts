@@ -3,6 +3,7 @@ import { native } from '../kernel/native.js';
 import { CheckpointEngine } from '../checkpoint/engine.js';
 import { runFic } from '../checkpoint/fic.js';
 import { ScanDirtySource } from '../qemu/dirty-source.js';
+import { BitmapDirtySource } from '../qemu/dirty-bitmap.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
 import type { CodecChoice } from '../store/frame.js';
@@ -26,16 +27,20 @@ export interface CheckpointLoopOptions {
   resumeFrom?: { image: Buffer; version: number };
   /** Quit QEMU when migsafe is told to stop (run), or leave it alone (attach). */
   quitVmOnStop: boolean;
+  /** The patched QEMU's migsafe-ft socket: dirty pages from its bitmap instead of a scan. */
+  ftSocket?: string;
 }
 
 /** Returns the process exit code: 0 stopped or guest shut down, 3 QEMU died. */
 export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> {
   const ram = native().mapFile(o.ramPath, o.ramBytes, false);
+  const dirty = o.ftSocket ? await BitmapDirtySource.connect(o.ftSocket, o.ramBytes) : new ScanDirtySource();
+  log(`${o.vm}: dirty pages from ${dirty.kind === 'bitmap' ? "QEMU's fault-tolerance dirty bitmap" : 'a compare of all guest RAM'}`);
   const engine = new CheckpointEngine({
     store: o.store,
     qmp: o.qmp,
     ram,
-    dirty: new ScanDirtySource(),
+    dirty,
     codec: o.codec,
     deviceStatePath: o.deviceStatePath,
     maxPages: o.maxPages,
@@ -71,6 +76,7 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
     onError: (e) => log(`${o.vm}: round failed: ${e.message}`),
     onCompact: (base, dropped) => log(`${o.vm}: compacted ${dropped} old versions into the base at version ${base}`),
   });
+  await dirty.close();
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
   if (stop.signal.aborted) {

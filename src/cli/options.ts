@@ -2,6 +2,7 @@
 import type { Argv } from 'yargs';
 import { parseCodec } from '../store/frame.js';
 import { checkVmId } from '../store/keys.js';
+import { qemuHasFt } from '../qemu/dirty-bitmap.js';
 
 export function withStore<T>(y: Argv<T>) {
   return y
@@ -27,6 +28,11 @@ export function withCheckpointing<T>(y: Argv<T>) {
       describe: 'compression of page records: none, gzip[:level], lz4, zstd[:level]',
     })
     .option('threads', { type: 'number', default: 1, describe: 'encoder threads' })
+    .option('dirty-source', {
+      choices: ['auto', 'bitmap', 'scan'] as const,
+      default: 'auto' as const,
+      describe: "where dirty pages come from: the patched QEMU's dirty bitmap, or a compare of all RAM (auto: bitmap when QEMU has it)",
+    })
     .option('compact-every', {
       type: 'number',
       default: 20,
@@ -54,6 +60,20 @@ export interface CheckpointArgs {
   codec: string;
   threads: number;
   'compact-every': number;
+  'dirty-source': 'auto' | 'bitmap' | 'scan';
+}
+
+/** Whether to give QEMU the migsafe-ft object (the `bitmap` dirty source). */
+export function wantsFt(a: CheckpointArgs, qemuBinary: string): boolean {
+  if (a['dirty-source'] === 'scan') return false;
+  const has = qemuHasFt(qemuBinary);
+  if (a['dirty-source'] === 'bitmap' && !has) {
+    throw new Error(
+      `--dirty-source bitmap: ${qemuBinary} has no migsafe-ft object; build the patched QEMU ` +
+        '(qemu-patches/build.sh) and run that binary, or use --dirty-source scan',
+    );
+  }
+  return has;
 }
 
 export function loopSettings(a: CheckpointArgs) {

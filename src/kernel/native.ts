@@ -130,6 +130,21 @@ export interface NativeAddon {
    */
   mapFile(path: string, size: number, writable: boolean): Buffer;
 
+  // The patched QEMU's migsafe-ft socket (qemu-patches/PROTOCOL.md), addon/src/fdpass.cc.
+  /** Connects a SOCK_SEQPACKET unix socket; returns its fd. */
+  ftConnect(path: string): number;
+  /** Sends one message, with one fd as SCM_RIGHTS if given. */
+  ftSend(fd: number, message: string, sendFd?: number): void;
+  /** Receives one message and the fds that came with it; throws after timeoutMs. */
+  ftRecv(fd: number, timeoutMs: number): { message: string; fds: number[] };
+  /** Adds 1 to an eventfd. */
+  eventfdSignal(fd: number): void;
+  /** Waits (off the event loop) for an eventfd; resolves with its counter, 0 on timeout. */
+  eventfdWaitAsync(fd: number, timeoutMs: number): Promise<number>;
+  /** mmap(MAP_SHARED) of an fd; the Buffer aliases the mapping. */
+  mapFd(fd: number, length: number, offset: number, writable: boolean): Buffer;
+  closeFd(fd: number): void;
+
   /**
    * Runs a kernel loop over page pairs (8192-byte records: old page, new page) inside the
    * addon. Returns the wall and thread-CPU time of each repeat (seconds for `inner` passes;

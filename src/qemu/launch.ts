@@ -46,6 +46,8 @@ export interface VmPaths {
   qmp: string;
   /** Scratch file for device state. */
   deviceState: string;
+  /** The patched QEMU's migsafe-ft socket. */
+  ft: string;
 }
 
 export function vmPaths(runDir: string, vmId: string): VmPaths {
@@ -53,6 +55,7 @@ export function vmPaths(runDir: string, vmId: string): VmPaths {
     ram: join(runDir, `${vmId}.ram`),
     qmp: join(runDir, `${vmId}.qmp`),
     deviceState: join(runDir, `${vmId}.devstate`),
+    ft: join(runDir, `${vmId}.ft`),
   };
 }
 
@@ -76,6 +79,8 @@ export interface LaunchOptions {
   logFd?: number;
   /** Working directory of QEMU (the recorded one, on recovery). */
   cwd?: string;
+  /** Add the patched QEMU's migsafe-ft object (dirty bitmap) on paths.ft. */
+  ft?: boolean;
 }
 
 /** The full QEMU argv: the user's plus RAM in the shared file and migsafe's QMP socket. */
@@ -91,6 +96,7 @@ export function qemuArgv(opts: LaunchOptions): string[] {
     '-qmp',
     `unix:${opts.paths.qmp},server=on,wait=off`,
   ];
+  if (opts.ft) args.push('-object', `migsafe-ft,id=migsafe-ft,path=${opts.paths.ft}`);
   if (opts.incoming) {
     // The device-state stream from xen-save-devices-state has no configuration section and no vmdesc.
     args.push('-machine', 'suppress-vmdesc=on', '-global', 'migration.send-configuration=off', '-incoming', 'defer');

@@ -18,12 +18,16 @@ export interface RecoverOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Replace the recorded QEMU binary (e.g. the patched build). */
   qemuBinary?: string;
+  /** Decides, given the QEMU binary, whether to add the migsafe-ft object. */
+  ft?: (qemuBinary: string) => boolean;
 }
 
 export interface Recovered {
   plan: RestorePlan;
   qemu: LaunchedQemu;
   qmp: QmpClient;
+  /** QEMU was started with the migsafe-ft object (socket at paths.ft). */
+  ft: boolean;
   /** The RAM image as restored: the checkpoint engine's starting shadow. */
   image: Buffer;
   pagesApplied: number;
@@ -43,7 +47,8 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
 
   const argv = [...plan.vm.argv];
   if (o.qemuBinary) argv[0] = o.qemuBinary;
-  const qemu = launchQemu({ argv, ramBytes: plan.vm.ramBytes, paths: o.paths, incoming: true, logFd: o.logFd, cwd: plan.vm.cwd });
+  const ft = o.ft?.(argv[0]!) ?? false;
+  const qemu = launchQemu({ argv, ramBytes: plan.vm.ramBytes, paths: o.paths, incoming: true, logFd: o.logFd, cwd: plan.vm.cwd, ft });
   let qmp: QmpClient;
   try {
     qmp = await Promise.race([
@@ -79,6 +84,7 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
     plan,
     qemu,
     qmp,
+    ft,
     image: loaded.image,
     pagesApplied: loaded.pagesApplied,
     timings: { loadMs: t1 - t0, startMs: t2 - t1, totalMs: t2 - t0 },

@@ -12,6 +12,7 @@ interface AttachArgs extends CheckpointArgs {
   qmp: string;
   ram: string;
   pid?: number;
+  ft?: string;
 }
 
 export const attachCommand: CommandModule<object, AttachArgs> = {
@@ -21,6 +22,7 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
     withCheckpointing(withStore(y))
       .option('qmp', { type: 'string', demandOption: true, describe: "path of the QEMU's QMP unix socket" })
       .option('ram', { type: 'string', demandOption: true, describe: 'the guest RAM file (mem-path of the backend)' })
+      .option('ft', { type: 'string', describe: "the patched QEMU's migsafe-ft socket: use its dirty bitmap" })
       .option('pid', {
         type: 'number',
         describe: "QEMU's process id: its command line is recorded so that `migsafe recover` can restart it",
@@ -57,6 +59,7 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
         ramBytes,
         deviceStatePath: join(runDir(), `${a.vm}.attach.devstate`),
         quitVmOnStop: false,
+        ftSocket: a.ft,
         ...loopSettings(a),
       });
     } finally {

@@ -6,7 +6,7 @@ import { vmPaths } from '../../qemu/launch.js';
 import { recoverVm } from '../../recovery/recover.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
 import { fmtBytes, log, openStore, runDir } from '../context.js';
-import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { loopSettings, wantsFt, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { ProgressBar } from '../progress-bar.js';
 
 export interface RecoverArgs extends CheckpointArgs {
@@ -29,6 +29,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       paths,
       logFd: openSync(logFile, 'a'),
       qemuBinary: a['qemu-binary'],
+      ft: (bin) => wantsFt(a, bin),
       onPlan: (p) =>
         log(
           `${a.vm}: restoring version ${p.target.version}` +
@@ -70,6 +71,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       deviceStatePath: paths.deviceState,
       qemuExited: r.qemu.exited,
       quitVmOnStop: true,
+      ftSocket: r.ft ? paths.ft : undefined,
       resumeFrom: { image: r.image, version: r.plan.target.version },
       ...loopSettings(a),
     });

@@ -6,7 +6,7 @@ import { checkUserArgv, launchQemu, ramBytesFromArgv, vmPaths, createRamFile } f
 import { QmpClient } from '../../qemu/qmp.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
 import { log, openStore, runDir } from '../context.js';
-import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { loopSettings, wantsFt, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 
 export interface RunArgs extends CheckpointArgs {
   pidfile?: string;
@@ -26,7 +26,8 @@ export async function runHandler(a: RunArgs): Promise<number> {
     const paths = vmPaths(runDir(), a.vm);
     createRamFile(paths.ram, ramBytes);
     const logFile = join(runDir(), `${a.vm}.qemu.log`);
-    const qemu = launchQemu({ argv, ramBytes, paths, logFd: openSync(logFile, 'a') });
+    const ft = wantsFt(a, argv[0]!);
+    const qemu = launchQemu({ argv, ramBytes, paths, logFd: openSync(logFile, 'a'), ft });
     if (a.pidfile) writeFileSync(a.pidfile, `${qemu.pid}\n`);
     log(`${a.vm}: QEMU started (pid ${qemu.pid}), RAM ${ramBytes >> 20} MiB in ${paths.ram}, store ${h.url}, QEMU log ${logFile}`);
     const qmp = await Promise.race([
@@ -44,6 +45,7 @@ export async function runHandler(a: RunArgs): Promise<number> {
       deviceStatePath: paths.deviceState,
       qemuExited: qemu.exited,
       quitVmOnStop: true,
+      ftSocket: ft ? paths.ft : undefined,
       ...loopSettings(a),
     });
   } finally {
