@@ -11,16 +11,27 @@ PACKAGES=(
   qemu-system-x86 qemu-utils                  # stock QEMU 7.2: the scan dirty source
   busybox-static cpio kmod gcc libc6-dev      # the test guest (test/guest/build.sh)
   iproute2 socat
+  # the patched QEMU (qemu-patches/build.sh --debian)
+  ninja-build meson python3-venv flex bison libglib2.0-dev libpixman-1-dev libfdt-dev
+  libslirp-dev dpkg-dev xz-utils qemu-system-data seabios ipxe-qemu
 )
 want=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || want+=("$p")
 done
-if ((${#want[@]})); then
+# `apt-get source qemu` needs a deb-src entry next to Debian's deb one.
+if [ -f /etc/apt/sources.list.d/debian.sources ] && ! grep -q 'deb-src' /etc/apt/sources.list.d/debian.sources; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO sed -i 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources
+  need_update=1
+fi
+if ((${#want[@]})) || [ -n "${need_update:-}" ]; then
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "setup: installing ${want[*]}"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${want[@]}"
+  if ((${#want[@]})); then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${want[@]}"
+  fi
 fi
 
 # The distribution's redis-server service is not needed: migsafe and the tests start their own.
@@ -35,3 +46,6 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 npm run build
 bash test/guest/build.sh
+# QEMU with the fault-tolerance dirty bitmap, from Debian's source package (cached: a second
+# run takes a second). Installed under .cache/qemu; stock QEMU stays the default binary.
+bash qemu-patches/build.sh --debian >/dev/null
