@@ -148,7 +148,16 @@ function redisBenchmark(sock: string, valueBytes: number, requests: number): num
   return Number(m[1]);
 }
 
-async function guestRun(url: string) {
+interface GuestSpec {
+  label: string;
+  qemu: string;
+  dirtySource: 'scan' | 'bitmap';
+  memMiB: number;
+  mib: number;
+  rate: number;
+}
+
+async function guestRun(url: string, g: GuestSpec) {
   const kernel = join(ROOT, 'test', 'guest', 'out', 'vmlinuz');
   const initrd = join(ROOT, 'test', 'guest', 'out', 'initrd.img');
   if (!existsSync(kernel)) throw new Error('the test guest is not built: run `bash test/guest/build.sh`');
@@ -158,12 +167,13 @@ async function guestRun(url: string) {
   const main = join(ROOT, 'dist', 'src', 'cli', 'main.js');
   const pidfile = join(work, 'qemu.pid');
   const qemu = [
-    'qemu-system-x86_64', '-accel', 'tcg', '-machine', 'pc', '-nodefaults', '-m', '256M', '-display', 'none',
+    g.qemu, '-accel', 'tcg', '-machine', 'pc', '-nodefaults', '-m', `${g.memMiB}M`, '-display', 'none',
     '-serial', `file:${join(work, 'console')}`, '-no-reboot', '-kernel', kernel, '-initrd', initrd,
-    '-append', 'console=ttyS0 quiet panic=-1 migsafe.workload=wset migsafe.mib=64 migsafe.rate=20000',
+    '-append', `console=ttyS0 quiet panic=-1 migsafe.workload=wset migsafe.mib=${g.mib} migsafe.rate=${g.rate}`,
   ];
-  const vm = 'bench-wset';
-  const sidecar = spawn(process.execPath, [main, 'run', '--vm', vm, '--redis', url, '--interval', '1000', '--pidfile', pidfile, '--', ...qemu], {
+  const vm = `bench-${g.label}`;
+  const args = ['run', '--vm', vm, '--redis', url, '--interval', '1000', '--dirty-source', g.dirtySource, '--pidfile', pidfile];
+  const sidecar = spawn(process.execPath, [main, ...args, '--', ...qemu], {
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -197,6 +207,7 @@ async function guestRun(url: string) {
   rmSync(run, { recursive: true, force: true });
   const pages = steady.reduce((a, v) => a + v.pages, 0);
   return {
+    ...g,
     rounds: inspect.versions.length,
     pauseMsMedian: median(steady.map((v) => v.pauseMs)),
     pauseMsMax: Math.max(...steady.map((v) => v.pauseMs)),
@@ -223,9 +234,22 @@ async function main() {
       const rb = (rps * r.frameBytes) / 1e6;
       results.push({ ...r, redisBenchMBps: rb, fraction: r.redisMBps / rb });
     }
-    const guest = skipGuest ? null : (note('real guest: wset under migsafe run, then kill -9 and recover'), await guestRun(srv.url));
+    const patched = join(process.env.MIGSAFE_QEMU_PREFIX ?? join(ROOT, '.cache', 'qemu'), 'bin', 'qemu-system-x86_64');
+    const specs: GuestSpec[] = [
+      { label: 'wset-256M', qemu: 'qemu-system-x86_64', dirtySource: 'scan', memMiB: 256, mib: 64, rate: 20000 },
+      // The bitmap's case: a large guest with a small working set, scan and bitmap side by side.
+      { label: '1G-scan', qemu: existsSync(patched) ? patched : 'qemu-system-x86_64', dirtySource: 'scan', memMiB: 1024, mib: 8, rate: 5000 },
+      ...(existsSync(patched)
+        ? [{ label: '1G-bitmap', qemu: patched, dirtySource: 'bitmap' as const, memMiB: 1024, mib: 8, rate: 5000 }]
+        : []),
+    ];
+    const guests = [];
+    for (const g of skipGuest ? [] : specs) {
+      note(`real guest ${g.label}: wset under migsafe run (${g.dirtySource}), then kill -9 and recover`);
+      guests.push(await guestRun(srv.url, g));
+    }
     if (json) {
-      process.stdout.write(JSON.stringify({ corpus: img.files, dirtyPages: img.dirty, pipeline: results, guest }, null, 2) + '\n');
+      process.stdout.write(JSON.stringify({ corpus: img.files, dirtyPages: img.dirty, pipeline: results, guests }, null, 2) + '\n');
       return;
     }
     process.stdout.write(`\nPipeline: detect → encode → compress → Redis commit, ${img.dirty} real dirty pages in 256 MiB (${img.files.join(', ')})\n`);
@@ -237,12 +261,20 @@ async function main() {
       );
     }
     process.stdout.write('fraction = Redis phase MB/s ÷ redis-benchmark pipelined SET MB/s at the same value size, same server, same run\n');
-    if (guest) {
-      process.stdout.write('\nReal guest (wset, 64 MiB region, 20k writes/s, 256 MiB RAM, TCG), steady rounds:\n');
-      process.stdout.write(`  rounds ${guest.rounds}, dirty pages/round ${guest.dirtyPagesPerRound.toFixed(0)}, ` +
-        `bytes stored per re-dirtied page ${guest.bytesPerDirtyPage.toFixed(1)} (thesis: 54.47)\n`);
-      process.stdout.write(`  stage-2 pause: median ${guest.pauseMsMedian.toFixed(1)} ms, max ${guest.pauseMsMax.toFixed(1)} ms; device state ${guest.deviceStateBytes} B\n`);
-      process.stdout.write(`  recovery of the 256 MiB guest: ${guest.recoveryMs} ms (read+verify+QEMU start+device load), ${guest.pagesApplied} records applied\n`);
+    if (guests.length) {
+      process.stdout.write('\nReal guests under migsafe run (wset workload, TCG), steady rounds (versions 6 on):\n');
+      process.stdout.write('guest       source  RAM MiB  region MiB  pages/round  B/page  pause median ms  pause max ms  recovery ms\n');
+      for (const g of guests) {
+        process.stdout.write(
+          `${g.label.padEnd(11)} ${g.dirtySource.padEnd(7)} ${String(g.memMiB).padStart(7)} ${String(g.mib).padStart(11)} ` +
+            `${g.dirtyPagesPerRound.toFixed(0).padStart(12)} ${g.bytesPerDirtyPage.toFixed(1).padStart(7)} ${g.pauseMsMedian.toFixed(1).padStart(16)} ` +
+            `${g.pauseMsMax.toFixed(1).padStart(13)} ${String(g.recoveryMs).padStart(12)}\n`,
+        );
+      }
+      const scan = guests.find((g) => g.label === '1G-scan');
+      const bm = guests.find((g) => g.label === '1G-bitmap');
+      if (scan && bm) process.stdout.write(`stage-2 pause, 1 GiB guest: scan ÷ bitmap = ${(scan.pauseMsMedian / bm.pauseMsMedian).toFixed(1)}× (median)\n`);
+      process.stdout.write('B/page: bytes stored per re-dirtied page (thesis: 54.47 B for its working-set workload)\n');
     }
   } finally {
     await srv.stop();
