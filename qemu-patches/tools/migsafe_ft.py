@@ -217,7 +217,8 @@ def console_lines(serial: str) -> list[dict]:
         text = open(serial, "rb").read().decode("utf-8", "replace")
     except FileNotFoundError:
         return out
-    for line in text.replace("\r", "").split("\n"):
+    # The guest may be writing right now: the last line counts only once it is complete.
+    for line in text.replace("\r", "").split("\n")[:-1]:
         i = line.find("MIGSAFE ")
         if i < 0:
             continue
