@@ -305,6 +305,8 @@ export class Agent {
     const dropped = this.gate?.discard() ?? 0;
     void r.ckpt?.stop();
     r.ckpt = undefined;
+    void r.dirty?.close();
+    r.dirty = undefined;
     r.qemu = undefined;
     r.lease.token = 0;
     this.setRole(r, 'fenced', `${why}: QEMU ${pid} killed, ${dropped} held packet(s) dropped`);
@@ -332,6 +334,8 @@ export class Agent {
     if (r.qemu) killPid(r.qemu.pid);
     await r.ckpt?.stop().catch(() => {});
     r.ckpt = undefined;
+    void r.dirty?.close();
+    r.dirty = undefined;
     r.qmp?.close();
     r.qemu = undefined;
     r.peer?.close();

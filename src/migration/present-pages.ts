@@ -13,7 +13,7 @@
 // Node has no SEEK_DATA, so a 40-line C helper does the walk; it is compiled with the system
 // C compiler on first use and cached. When the patched QEMU's bitmap source is available
 // (qemu-patches/), it replaces this class behind the same DirtySource interface.
-import { execFileSync, execFile } from 'node:child_process';
+import { execFileSync, execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
@@ -29,28 +29,42 @@ const HELPER_C = String.raw`
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
-/* Writes the indexes of the 4 KiB pages of FILE that hold data (not holes), u32 LE, to stdout. */
-int main(int argc, char **argv) {
-  if (argc != 2) { fprintf(stderr, "usage: %s FILE\n", argv[0]); return 2; }
-  int fd = open(argv[1], O_RDONLY);
-  if (fd < 0) { perror(argv[1]); return 1; }
-  off_t end = lseek(fd, 0, SEEK_END);
-  static uint32_t buf[65536];
-  size_t n = 0;
-  off_t pos = 0;
+/* Indexes of the 4 KiB pages of a file that hold data (not holes), as u32 LE.
+   present FILE          : once: the indexes, to stdout
+   present --serve FILE  : for every line read on stdin: u32 count, then the indexes */
+static uint32_t *pages;
+static size_t n, cap;
+static void walk(int fd) {
+  off_t end = lseek(fd, 0, SEEK_END), pos = 0;
+  n = 0;
   while (pos < end) {
     off_t d = lseek(fd, pos, SEEK_DATA);
     if (d < 0) break;
     off_t h = lseek(fd, d, SEEK_HOLE);
     if (h < 0) h = end;
     for (off_t p = d & ~(off_t)4095; p < h; p += 4096) {
-      buf[n++] = (uint32_t)(p >> 12);
-      if (n == 65536) { fwrite(buf, 4, n, stdout); n = 0; }
+      if (n == cap) { cap = cap ? cap * 2 : 65536; pages = realloc(pages, cap * 4); if (!pages) exit(3); }
+      pages[n++] = (uint32_t)(p >> 12);
     }
     pos = h;
   }
-  if (n) fwrite(buf, 4, n, stdout);
+}
+int main(int argc, char **argv) {
+  int serve = argc == 3 && strcmp(argv[1], "--serve") == 0;
+  if (argc != 2 && !serve) { fprintf(stderr, "usage: %s [--serve] FILE\n", argv[0]); return 2; }
+  int fd = open(argv[argc - 1], O_RDONLY);
+  if (fd < 0) { perror(argv[argc - 1]); return 1; }
+  if (!serve) { walk(fd); fwrite(pages, 4, n, stdout); return 0; }
+  char line[64];
+  while (fgets(line, sizeof line, stdin)) {
+    walk(fd);
+    uint32_t count = (uint32_t)n;
+    fwrite(&count, 4, 1, stdout);
+    fwrite(pages, 4, n, stdout);
+    fflush(stdout);
+  }
   return 0;
 }
 `;
@@ -87,12 +101,60 @@ export async function presentPages(file: string): Promise<Uint32Array> {
   return out;
 }
 
+/** The helper kept running: a harvest is one line written and one reply read (no fork/exec
+ * while a RIC round's stage 2 holds the VM paused). One request at a time. */
+class PresentPagesServer {
+  private child: ChildProcess;
+  private buf: Buffer = Buffer.alloc(0);
+  private reply?: { resolve: (a: Uint32Array) => void; reject: (e: Error) => void };
+  private dead?: Error;
+
+  constructor(file: string) {
+    this.child = spawn(presentPagesHelper(), ['--serve', file], { stdio: ['pipe', 'pipe', 'ignore'] });
+    this.child.stdout!.on('data', (d: Buffer) => {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : Buffer.from(d);
+      this.settle();
+    });
+    this.child.on('exit', () => {
+      this.dead = new Error('the SEEK_DATA helper exited');
+      this.reply?.reject(this.dead);
+      this.reply = undefined;
+    });
+    this.child.stdin!.on('error', () => {});
+  }
+
+  private settle(): void {
+    if (!this.reply || this.buf.length < 4) return;
+    const count = this.buf.readUInt32LE(0);
+    if (this.buf.length < 4 + count * 4) return;
+    const out = new Uint32Array(count); // x86: the helper's u32s are already little-endian
+    Buffer.from(out.buffer).set(this.buf.subarray(4, 4 + count * 4));
+    this.buf = this.buf.subarray(4 + count * 4);
+    const r = this.reply;
+    this.reply = undefined;
+    r.resolve(out);
+  }
+
+  harvest(): Promise<Uint32Array> {
+    if (this.dead) return Promise.reject(this.dead);
+    return new Promise((resolve, reject) => {
+      this.reply = { resolve, reject };
+      this.child.stdin!.write('\n');
+    });
+  }
+
+  close(): void {
+    this.child.kill('SIGKILL');
+  }
+}
+
 /**
  * Post-copy destination: candidates are the present pages of the RAM file. Once the migration
  * has completed (every page present) `allPresent()` switches it to a full scan.
  */
 export class PresentPagesDirtySource implements DirtySource {
   private full = false;
+  private server?: PresentPagesServer;
   constructor(private readonly ramPath: string) {}
 
   get kind(): DirtySourceKind {
@@ -101,12 +163,17 @@ export class PresentPagesDirtySource implements DirtySource {
 
   allPresent(): void {
     this.full = true;
+    this.server?.close();
+    this.server = undefined;
   }
 
   async harvest(): Promise<Uint32Array | null> {
     if (this.full) return null;
-    return presentPages(this.ramPath);
+    this.server ??= new PresentPagesServer(this.ramPath);
+    return this.server.harvest();
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    this.server?.close();
+  }
 }
