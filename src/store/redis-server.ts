@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { processAlive } from '../util/process.js';
 
 export interface RedisServerOptions {
   dir: string;
@@ -46,15 +47,6 @@ function redisServerBinary(): string {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Starts a redis-server that outlives this process (checkpoints must survive the sidecar). */
 export async function startRedisServer(opts: RedisServerOptions): Promise<RedisServerHandle> {
   mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
@@ -87,7 +79,7 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
   const url = port ? `redis://${opts.bind ?? '127.0.0.1'}:${port}` : sock;
   const deadline = Date.now() + 10_000;
   for (;;) {
-    if (!alive(pid)) {
+    if (!processAlive(pid)) {
       let log = '';
       try {
         log = readFileSync(join(opts.dir, 'redis.log'), 'utf8').split('\n').slice(-5).join('\n');
@@ -123,7 +115,7 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
       } catch {
         return;
       }
-      for (let i = 0; i < 500 && alive(pid); i++) await sleep(10);
+      for (let i = 0; i < 500 && processAlive(pid); i++) await sleep(10);
     },
   };
 }
@@ -135,7 +127,7 @@ export async function ensureLocalRedis(stateDir: string): Promise<string> {
   const pidfile = join(dir, 'redis.pid');
   if (existsSync(pidfile) && existsSync(sock)) {
     const pid = Number(readFileSync(pidfile, 'utf8').trim());
-    if (pid > 0 && alive(pid)) return sock;
+    if (pid > 0 && processAlive(pid)) return sock;
   }
   return (await startRedisServer({ dir })).url;
 }

@@ -4,34 +4,11 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { ensureGuestBuilt, guestQemuArgs, parseConsole, waitForConsole } from '../helpers/guest.js';
-import { appendSerial, createCluster, peerDatagrams, qemuPidsIn, PEER_PORT, type Cluster } from '../helpers/hosts.js';
-import { gateNetdev } from '../../src/ha/gate.js';
+import { waitFor } from '../helpers/wait.js';
+import { ensureGuestBuilt, parseConsole, waitForConsole } from '../helpers/guest.js';
+import { udpGuestArgs, createCluster, peerDatagrams, qemuPidsIn, type Cluster } from '../helpers/hosts.js';
 
 ensureGuestBuilt();
-
-export function migrationGuest(c: Cluster, serial: string): string[] {
-  return appendSerial(
-    guestQemuArgs({
-      workload: 'udp',
-      memMiB: 128,
-      serialLog: serial,
-      extraAppend: 'migsafe.pps=20',
-      netdev: { netdev: gateNetdev(), ip: '192.168.77.2/24', gw: '192.168.77.1', peer: `${c.hosts.sto.ip}:${PEER_PORT}` },
-    }),
-  );
-}
-
-async function waitFor<T>(what: string, ms: number, f: () => T | undefined | Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(200);
-  }
-}
 
 for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
   t.test(`${mode}: the VM moves to the destination and goes on; checkpoints and packets follow it`, async (t) => {
@@ -40,7 +17,7 @@ for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
     c.startAgent('dst');
     // Pre-copy also migrates a VM whose older versions were compacted into a base image.
     const compact = mode === 'precopy' ? ['--compact-every', '3'] : [];
-    c.startAgent('src', ['--interval', '700', ...compact, '--vm', 'm1', '--', ...migrationGuest(c, serial)]);
+    c.startAgent('src', ['--interval', '700', ...compact, '--vm', 'm1', '--', ...udpGuestArgs(c, serial)]);
     await waitForConsole(serial, (p) => p.verifiedCount >= 3, 120_000);
     await waitFor('a committed FIC version', 60_000, () => ((c.status('src')?.vms[0]?.head ?? 0) > 0 ? true : undefined));
     const r = await c.cli('src', [

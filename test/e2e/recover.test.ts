@@ -5,7 +5,7 @@ import t from 'tap';
 import { copyFileSync, readFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from '../helpers/wait.js';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import { startRedisServer } from '../../src/store/redis-server.js';
 import { loadImage, planRestore } from '../../src/store/reader.js';
@@ -22,16 +22,6 @@ const WORKLOADS: { wl: GuestWorkload; mib: number; rate?: number; compactEvery?:
   { wl: 'qsort', mib: 2 },
   { wl: 'kv', mib: 0, rate: 50000 },
 ];
-
-async function waitFor<T>(what: string, timeoutMs: number, f: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(200);
-  }
-}
 
 for (const { wl, mib, rate, compactEvery } of WORKLOADS) {
   t.test(`${wl}: kill -9 QEMU, recover, the guest continues from the last committed version`, async (t) => {

@@ -12,9 +12,9 @@ import t, { type Test } from 'tap';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ensureGuestBuilt, findProgressInImage, guestQemuArgs, parseConsole, waitForConsole } from '../helpers/guest.js';
-import { appendSerial, createCluster, peerDatagrams, qemuPidsIn, PEER_PORT, type Cluster, type HostName } from '../helpers/hosts.js';
-import { gateNetdev } from '../../src/ha/gate.js';
+import { waitFor as waitForValue } from '../helpers/wait.js';
+import { ensureGuestBuilt, findProgressInImage, parseConsole, waitForConsole } from '../helpers/guest.js';
+import { udpGuestArgs, createCluster, peerDatagrams, qemuPidsIn, type Cluster, type HostName } from '../helpers/hosts.js';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import { connectRedis } from '../../src/store/redis-server.js';
 import { loadImage, planRestore } from '../../src/store/reader.js';
@@ -24,6 +24,8 @@ ensureGuestBuilt();
 export type Scenario = 'source-precopy' | 'source-postcopy' | 'destination-postcopy' | 'network-postcopy' | 'redis-restart' | 'destination-precopy';
 export const SCENARIOS: Scenario[] = ['source-precopy', 'source-postcopy', 'destination-postcopy', 'network-postcopy', 'redis-restart', 'destination-precopy'];
 const RUNS = Number(process.env.MIGSAFE_FAULT_RUNS ?? 2);
+const waitFor = <T>(what: string, ms: number, f: () => T | undefined | Promise<T | undefined>) => waitForValue(what, ms, f, 100);
+
 export const RESULTS_FILE = process.env.MIGSAFE_FAULT_RESULTS ?? '/tmp/migsafe-fault-results.jsonl';
 
 export interface RunResult {
@@ -35,28 +37,6 @@ export interface RunResult {
   /** Progress the guest had made past the state it resumed from (rolled back, never seen outside). */
   rolledBack: number;
   where: string;
-}
-
-function guest(c: Cluster, serial: string): string[] {
-  return appendSerial(
-    guestQemuArgs({
-      workload: 'udp',
-      memMiB: 128,
-      serialLog: serial,
-      extraAppend: 'migsafe.pps=20',
-      netdev: { netdev: gateNetdev(), ip: '192.168.77.2/24', gw: '192.168.77.1', peer: `${c.hosts.sto.ip}:${PEER_PORT}` },
-    }),
-  );
-}
-
-async function waitFor<T>(what: string, ms: number, f: () => T | undefined | Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 const rnd = (lo: number, hi: number) => Math.round(lo + Math.random() * (hi - lo));
@@ -79,7 +59,7 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   const serial = join(c.dir, 'serial.log');
   const mode = scenario.endsWith('postcopy') ? 'postcopy' : 'precopy';
   c.startAgent('dst');
-  c.startAgent('src', ['--interval', '600', '--vm', 'f1', '--', ...guest(c, serial)]);
+  c.startAgent('src', ['--interval', '600', '--vm', 'f1', '--', ...udpGuestArgs(c, serial)]);
   await waitForConsole(serial, (p) => p.verifiedCount >= 2, 120_000);
   await waitFor('a committed FIC version', 60_000, () => ((c.status('src')?.vms[0]?.head ?? 0) > 0 ? true : undefined));
   const mig = c.cli('src', [

@@ -55,11 +55,4 @@ export function killQuietly(pid: number | undefined, signal: NodeJS.Signals = 'S
   }
 }
 
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+export { processAlive as alive } from '../../src/util/process.js';

@@ -4,6 +4,9 @@
 // unique per run (prefix + pid + random) so a crashed run never blocks the next one, and
 // teardown removes everything even when the test failed.
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { processAlive } from '../../src/util/process.js';
+import { gateNetdev } from '../../src/ha/gate.js';
+import { guestQemuArgs } from './guest.js';
 
 export type HostName = 'src' | 'dst' | 'sto';
 export const HOSTS: readonly HostName[] = ['src', 'dst', 'sto'];
@@ -45,15 +48,6 @@ function ip(args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function pidsIn(ns: string): number[] {
   try {
     return ip(['netns', 'pids', ns])
@@ -91,13 +85,13 @@ export function removeStaleHosts(): void {
   for (const line of list.split('\n')) {
     const ns = line.split(' ')[0] ?? '';
     const m = new RegExp(`^${PREFIX}(\\d+)x[a-z0-9]+-`).exec(ns);
-    if (m && !alive(Number(m[1]))) removeNs(ns);
+    if (m && !processAlive(Number(m[1]))) removeNs(ns);
   }
   // Run directories of agents of dead runs (guest RAM files in /dev/shm).
   try {
     for (const f of readdirSync('/dev/shm')) {
       const m = new RegExp(`^${PREFIX}(\\d+)x[a-z0-9]+-`).exec(f);
-      if (m && !alive(Number(m[1]))) rmSync(join('/dev/shm', f), { recursive: true, force: true });
+      if (m && !processAlive(Number(m[1]))) rmSync(join('/dev/shm', f), { recursive: true, force: true });
     }
   } catch {
     /* no /dev/shm */
@@ -298,7 +292,7 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
       } catch {
         /* gone */
       }
-      for (let i = 0; i < 200 && alive(redis.pid); i++) await new Promise((r) => setTimeout(r, 10));
+      for (let i = 0; i < 200 && processAlive(redis.pid); i++) await new Promise((r) => setTimeout(r, 10));
       redis = await startRedisServer({ dir: redisDir, port: redisPort, bind: hosts.sto.ip, appendfsync: 'always', wrap: hosts.exec('sto') });
       c.redis = redis;
     },
@@ -374,4 +368,17 @@ export function peerDatagrams(file: string): { at: number; counter: number }[] {
     if (m) out.push({ at: Number(m[1]), counter: Number(m[2]) });
   }
   return out;
+}
+
+/** The guest of the migration tests: the `udp` workload, its NIC behind the agent's output gate. */
+export function udpGuestArgs(c: Cluster, serial: string): string[] {
+  return appendSerial(
+    guestQemuArgs({
+      workload: 'udp',
+      memMiB: 128,
+      serialLog: serial,
+      extraAppend: 'migsafe.pps=20',
+      netdev: { netdev: gateNetdev(), ip: '192.168.77.2/24', gw: '192.168.77.1', peer: `${c.hosts.sto.ip}:${PEER_PORT}` },
+    }),
+  );
 }
