@@ -158,6 +158,8 @@ BatchArgs batch_args(const Napi::CallbackInfo& info) {
 }
 
 bool run_batch(BatchArgs& a, Bytes& out, std::string& err) {
+  // An empty list is no pages; encode_batch reads a null list as "every page".
+  if (!a.all && a.pages.empty()) return true;
   return encode_batch(a.ram.p, a.shadow.p, a.npages, a.all ? nullptr : a.pages.data(),
                       a.all ? 0 : a.pages.size(), a.opt, out, err);
 }

@@ -106,6 +106,8 @@ t.test('page list, duplicates and range', async (t) => {
   t.same([...batchRecords(rec)].map((r) => r.page), [2, 3, 6], 'unchanged page 4 gives no record');
   const dup = encodeBatch(ram, Buffer.from(shadow), Uint32Array.from([2, 3, 2, 6, 3]), { threads: 2 });
   t.same([...batchRecords(dup)].map((r) => r.page), [2, 3, 6], 'a repeated index gives one record');
+  t.equal(encodeBatch(ram, Buffer.from(shadow), new Uint32Array(0)).length, 0, 'an empty list is no pages, not every page');
+  t.equal((await encodeBatchAsync(ram, Buffer.from(shadow), new Uint32Array(0))).length, 0, 'likewise off the event loop');
   t.throws(() => encodeBatch(ram, shadow, Uint32Array.from([256])), /out of range/);
   t.throws(() => encodeBatch(ram, shadow.subarray(0, P), null), /differ in size/);
   t.throws(() => encodeBatch(ram, shadow, null, { threads: 0 }), /threads/);
