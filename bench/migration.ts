@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../test/helpers/guest.js';
 import { appendSerial, createCluster, PEER_PORT, type Cluster, type HostName } from '../test/helpers/hosts.js';
 import { gateNetdev } from '../src/ha/gate.js';
+import { waitFor } from '../src/util/wait.js';
 
 const N = Number(process.env.MIGSAFE_BENCH_RUNS ?? 3);
 const BW = Number(process.env.MIGSAFE_BENCH_BANDWIDTH ?? 32); // MiB/s, both modes
@@ -29,16 +30,6 @@ function median(xs: number[]): number {
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? s[Math.min(s.length - 1, Math.floor(s.length * p))]! : NaN;
-}
-
-async function waitFor<T>(what: string, ms: number, f: () => T | undefined): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(200);
-  }
 }
 
 interface Side {

@@ -11,6 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { gateNetdev } from '../../ha/gate.js';
+import { waitFor } from '../../util/wait.js';
 
 interface DemoMigrateArgs {
   mode: 'precopy' | 'postcopy';
@@ -21,16 +22,6 @@ const HELPERS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 
 
 function say(s: string): void {
   process.stdout.write(`\n== ${s}\n`);
-}
-
-async function waitFor<T>(what: string, ms: number, f: () => T | undefined): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(200);
-  }
 }
 
 export const demoMigrateCommand: CommandModule<object, DemoMigrateArgs> = {
