@@ -21,8 +21,23 @@ import { loadImage, planRestore } from '../../src/store/reader.js';
 
 ensureGuestBuilt();
 
-export type Scenario = 'source-precopy' | 'source-postcopy' | 'destination-postcopy' | 'network-postcopy' | 'redis-restart' | 'destination-precopy';
-export const SCENARIOS: Scenario[] = ['source-precopy', 'source-postcopy', 'destination-postcopy', 'network-postcopy', 'redis-restart', 'destination-precopy'];
+export type Scenario =
+  | 'source-precopy'
+  | 'source-postcopy'
+  | 'destination-postcopy'
+  | 'network-postcopy'
+  | 'redis-restart'
+  | 'destination-precopy'
+  | 'network-precopy';
+export const SCENARIOS: Scenario[] = [
+  'source-precopy',
+  'source-postcopy',
+  'destination-postcopy',
+  'network-postcopy',
+  'redis-restart',
+  'destination-precopy',
+  'network-precopy',
+];
 const RUNS = Number(process.env.MIGSAFE_FAULT_RUNS ?? 2);
 const waitFor = <T>(what: string, ms: number, f: () => T | undefined | Promise<T | undefined>) => waitForValue(what, ms, f, 100);
 
@@ -95,6 +110,7 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       survivor = 'src';
       break;
     case 'network-postcopy':
+    case 'network-precopy':
       c.hosts.cut('dst');
       survivor = 'src';
       break;
@@ -103,7 +119,9 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       survivor = 'dst';
       break;
   }
-  const expectRecovery = scenario !== 'redis-restart' && scenario !== 'destination-precopy';
+  // Pre-copy losing its destination (or the network to it): the source never stopped the VM.
+  const cancelled = scenario === 'destination-precopy' || scenario === 'network-precopy';
+  const expectRecovery = scenario !== 'redis-restart' && !cancelled;
   // The outcome: the survivor owns the VM.
   const st = await waitFor(`${survivor} to own the VM`, 120_000, () => {
     const s = c.status(survivor)?.vms[0];
@@ -111,7 +129,21 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   });
   const migRes = await mig;
   if (scenario === 'redis-restart') t.equal(migRes.code, 0, `run ${run}: the migration completes across a Redis restart`);
-  if (scenario === 'destination-precopy') t.match(migRes.stdout, /"status":"(cancelled|failed)"/, `run ${run}: the migration is called off`);
+  if (cancelled) t.match(migRes.stdout, /"status":"(cancelled|failed)"/, `run ${run}: the migration is called off`);
+  if (scenario === 'network-precopy') {
+    t.equal(st.recoveries.length, 0, `run ${run}: the source ran on without a recovery`);
+    // The cut-off destination cannot reach the store: it never gets the lease, so its incoming
+    // QEMU (which never ran the guest) must go once it gives up waiting for the lease.
+    await waitFor('the cut-off destination to drop its incoming QEMU', 60_000, () =>
+      qemuPidsIn(c.hosts.dst).length === 0 && c.status('dst')?.vms[0]?.role === 'none' ? true : undefined,
+    );
+    const dstEvents = c.status('dst')?.vms[0]?.events ?? [];
+    t.notOk(
+      dstEvents.some((e) => / role (owner|postcopy-dst|recovering) /.test(e)),
+      `run ${run}: the destination never ran the VM (${dstEvents.filter((e) => / role /.test(e)).map((e) => e.split(' ').slice(1, 3).join(' ')).join(', ')})`,
+    );
+    t.equal(c.status('dst')?.vms[0]?.leaseToken ?? 0, 0, `run ${run}: the destination holds no lease`);
+  }
   // Settle: fencing and the other side's clean-up.
   await sleep(2500);
   const pids = [...qemuPidsIn(c.hosts.src), ...qemuPidsIn(c.hosts.dst)];

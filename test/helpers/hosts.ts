@@ -202,6 +202,7 @@ export interface AgentStatus {
     ckpt: string | null;
     rounds: { version: number; pauseMs: number; replicationMs: number; kind: string }[];
     failures: number;
+    leaseToken?: number;
     events: string[];
     recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
   }[];
