@@ -45,6 +45,8 @@ export class CheckpointEngine {
   /** The version the shadow equals (0: zero image). */
   private parent = 0;
   private readonly n = native();
+  /** Whether the last round's stage 1 compared all of guest RAM (no dirty log, or a zero shadow). */
+  lastRoundFull = false;
 
   constructor(private readonly o: EngineOptions) {
     if (o.resumeFrom) {
@@ -109,6 +111,7 @@ export class CheckpointEngine {
     const harvested = await o.dirty.harvest();
     // A dirty log says what changed since the shadow was right; a zero shadow (first round,
     // or after a failed one) needs the compare of all RAM.
+    this.lastRoundFull = !(harvested && this.parent !== 0);
     const candidates = harvested && this.parent !== 0 ? harvested : this.n.scanDirty(o.ram, this.shadow, o.level);
     let pages = 0;
     let at = 0;

@@ -13,13 +13,14 @@
 // and over all of it the ownership rule (src/ha/lease.ts): only the holder of the store lease
 // runs the VM; a side that cannot renew it kills its own QEMU; a side takes a lease only when
 // it is free. After a partition the side that reaches the store is the one that runs.
-import { openSync, writeFileSync, renameSync } from 'node:fs';
+import { openSync, writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Server } from 'node:net';
 import type { Redis } from 'ioredis';
-import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
+import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths, RAM_BACKEND_ID, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
-import { ScanDirtySource } from '../qemu/dirty-source.js';
+import { ScanDirtySource, type DirtySource } from '../qemu/dirty-source.js';
+import { BitmapDirtySource, qemuHasFt } from '../qemu/dirty-bitmap.js';
 import { CheckpointStore } from '../store/checkpoint-store.js';
 import { connectRedis } from '../store/redis-server.js';
 import { loadImage, planRestore } from '../store/reader.js';
@@ -48,6 +49,13 @@ export interface AgentOptions {
   compactEvery?: number;
   ricIntervalMs: number;
   ricEvent: boolean;
+  /**
+   * RIC: also start a round once this many pages were dirtied since the last harvest (0: off).
+   * Needs the patched QEMU's dirty count (bitmap source); without it rounds are periodic and on packets.
+   */
+  ricDirtyPages?: number;
+  /** Dirty pages from the patched QEMU's bitmap (`auto`: when the QEMU binary has migsafe-ft). */
+  dirtySource?: 'auto' | 'bitmap' | 'scan';
   hbIntervalMs: number;
   hbTimeoutMs: number;
   leaseTtlMs: number;
@@ -70,7 +78,10 @@ interface VmRuntime {
   paths?: VmPaths;
   ramBytes: number;
   ckpt?: Checkpointer;
-  dirty?: PresentPagesDirtySource;
+  /** RIC's dirty source at a post-copy destination (bitmap when QEMU has migsafe-ft, else SEEK_DATA). */
+  dirty?: DirtySource & { allPresent?(): void };
+  /** What RIC runs on here: source and triggers (shown in the status). */
+  ric?: { dirtySource: 'bitmap' | 'present-pages'; dirtyPagesThreshold: number | null; note?: string };
   role: Role;
   peer?: Peer;
   mode?: MigrationMode;
@@ -78,6 +89,10 @@ interface VmRuntime {
   finalVersion?: number;
   /** The source said the migration completed: its going away is no failure. */
   migrationDone?: boolean;
+  /** Incoming side: the last MIGRATION status QEMU reported here. */
+  incomingStatus?: string;
+  /** Incoming side: QEMU has migsafe-postcopy-fill (patched) and QMP runs it out of band. */
+  canFill?: boolean;
   /** Incoming migrations so far: a late notice of an old one must not touch the current one. */
   gen?: number;
   events: string[];
@@ -158,6 +173,7 @@ export class Agent {
         rounds: r.rounds,
         failures: r.ckpt?.failures ?? 0,
         leaseToken: r.lease.token,
+        ric: r.ric ?? null,
         events: r.events,
         recoveries: r.recoveries,
         gate: this.gate?.stats ?? null,
@@ -223,10 +239,10 @@ export class Agent {
     return openSync(join(this.o.runDir, `${vm}.${this.o.host}.qemu.log`), 'a');
   }
 
-  private async connectQmp(r: VmRuntime): Promise<QmpClient> {
+  private async connectQmp(r: VmRuntime, opts: { oob?: boolean } = {}): Promise<QmpClient> {
     const q = r.qemu!;
     const qmp = await Promise.race([
-      QmpClient.connect(r.paths!.qmp, 30_000),
+      QmpClient.connect(r.paths!.qmp, 30_000, opts),
       q.exited.then((c) => {
         throw new Error(`QEMU exited (${c}) at start: see ${this.o.runDir}/${r.vm}.${this.o.host}.qemu.log`);
       }),
@@ -246,7 +262,24 @@ export class Agent {
     if (r.role === 'owner') this.setRole(r, 'none', 'QEMU gone');
   }
 
-  private startFic(r: VmRuntime, resumeFrom?: { image: Buffer; version: number }): void {
+  private ftKnown = new Map<string, boolean>();
+
+  /** Whether to give this QEMU binary the migsafe-ft object (the patched QEMU's dirty bitmap). */
+  private useFt(bin: string): boolean {
+    const want = this.o.dirtySource ?? 'auto';
+    if (want === 'scan' || this.o.noCheckpoint) return false;
+    let has = this.ftKnown.get(bin);
+    if (has === undefined) {
+      has = qemuHasFt(bin);
+      this.ftKnown.set(bin, has);
+    }
+    if (want === 'bitmap' && !has) {
+      throw new Error(`--dirty-source bitmap: ${bin} has no migsafe-ft object (build the patched QEMU: qemu-patches/build.sh)`);
+    }
+    return has;
+  }
+
+  private startFic(r: VmRuntime, resumeFrom?: { image: Buffer; version: number }, dirty?: DirtySource): void {
     if (this.o.noCheckpoint) {
       if (this.gate) this.gate.holding = false;
       return;
@@ -259,7 +292,7 @@ export class Agent {
       ramPath: r.paths!.ram,
       ramBytes: r.ramBytes,
       deviceStatePath: r.paths!.deviceState,
-      dirty: new ScanDirtySource(),
+      dirty: dirty ?? new ScanDirtySource(),
       codec: this.o.codec,
       intervalMs: this.o.intervalMs,
       maxPages: this.o.maxPages,
@@ -546,12 +579,33 @@ export class Agent {
     r.mode = req.mode;
     r.finalVersion = undefined;
     r.migrationDone = false;
+    void r.dirty?.close();
     r.dirty = undefined;
+    r.ric = undefined;
     r.paths = vmPaths(this.o.runDir, `${req.vm}.${this.o.host}.in${Date.now()}`);
     createRamFile(r.paths.ram, vm.ramBytes);
-    r.qemu = launchQemu({ argv: [...vm.argv, '-incoming', 'defer'], ramBytes: vm.ramBytes, paths: r.paths, logFd: this.qemuLog(req.vm), cwd: vm.cwd });
-    r.qmp = await this.connectQmp(r);
+    const ft = this.useFt(vm.argv[0]!);
+    r.qemu = launchQemu({ argv: [...vm.argv, '-incoming', 'defer'], ramBytes: vm.ramBytes, paths: r.paths, logFd: this.qemuLog(req.vm), cwd: vm.cwd, ft });
+    // Out-of-band QMP: migsafe-postcopy-fill must run even while the main loop waits for a page
+    // the dead source will never send (a RIC round's `stop` waits for a blocked vCPU).
+    r.qmp = await this.connectQmp(r, { oob: true });
     const qmp = r.qmp;
+    r.incomingStatus = undefined;
+    r.canFill = false;
+    if (qmp.oob && req.mode !== 'precopy') {
+      const cmds = await qmp.execute<{ name: string }[]>('query-commands').catch(() => []);
+      r.canFill = cmds.some((c) => c.name === 'migsafe-postcopy-fill');
+    }
+    if (ft) {
+      // Dirty tracking from before the guest runs here: the destination starts from the final FIC
+      // image, so the bitmap names exactly the pages the guest writes here (all present: a hole is
+      // never read), and the first RIC round is incremental too.
+      try {
+        r.dirty = await BitmapDirtySource.connect(r.paths.ft, vm.ramBytes, { trackedFromStart: true });
+      } catch (e) {
+        this.note(r, `migsafe-ft unusable (${(e as Error).message}): RIC falls back to the SEEK_DATA source`);
+      }
+    }
     await qmp.execute('migrate-set-capabilities', {
       capabilities: [
         { capability: 'events', state: true },
@@ -577,6 +631,7 @@ export class Agent {
       if (e.event === 'RESUME') void onResume();
       if (e.event === 'MIGRATION') {
         const s = String(e.data?.status);
+        r.incomingStatus = s;
         this.note(r, `destination migration status ${s}`);
         if (s === 'completed') void onCompleted();
         if (s === 'failed' && r.role === 'incoming') {
@@ -600,7 +655,8 @@ export class Agent {
       p.close();
       r.peer = undefined;
       if (r.ckpt && r.dirty) {
-        r.dirty.allPresent();
+        r.dirty.allPresent?.();
+        if (r.dirty instanceof BitmapDirtySource) r.dirty.watchThreshold(0, () => {});
         r.ckpt.becomeFic();
       } else if (!r.ckpt) {
         await this.startFicFromFinal(r);
@@ -631,7 +687,17 @@ export class Agent {
     }
     if (this.gate) this.gate.holding = this.o.gate;
     const from = await this.finalImage(r);
-    r.dirty = new PresentPagesDirtySource(r.paths!.ram);
+    const bitmap = r.dirty instanceof BitmapDirtySource ? r.dirty : undefined;
+    r.dirty ??= new PresentPagesDirtySource(r.paths!.ram);
+    const threshold = this.o.ricDirtyPages ?? 0;
+    r.ric = {
+      dirtySource: bitmap ? 'bitmap' : 'present-pages',
+      dirtyPagesThreshold: bitmap && threshold > 0 ? threshold : null,
+      note:
+        !bitmap && threshold > 0
+          ? 'no dirty-page count with the SEEK_DATA source (stock QEMU): the dirty-page threshold is off, rounds are periodic and on packets'
+          : undefined,
+    };
     r.ckpt = new Checkpointer({
       kind: 'ric',
       store: r.store,
@@ -654,6 +720,15 @@ export class Agent {
       rounds: r.rounds,
     });
     r.ckpt.start();
+    const ckpt = r.ckpt;
+    if (r.ric.dirtyPagesThreshold) bitmap!.watchThreshold(r.ric.dirtyPagesThreshold, () => ckpt.wake('dirty-pages'));
+    this.note(
+      r,
+      `RIC on the ${r.ric.dirtySource} dirty source: every ${this.o.ricIntervalMs} ms` +
+        (this.o.ricEvent ? ', on outgoing packets' : '') +
+        (r.ric.dirtyPagesThreshold ? `, at ${r.ric.dirtyPagesThreshold} dirty pages` : '') +
+        (r.ric.note ? ` (${r.ric.note})` : ''),
+    );
   }
 
   private async startFicFromFinal(r: VmRuntime): Promise<void> {
@@ -662,7 +737,59 @@ export class Agent {
       return;
     }
     const from = await this.finalImage(r);
-    this.startFic(r, from);
+    // The bitmap tracked from before the guest ran here names what changed since the final image.
+    this.startFic(r, from, r.dirty);
+  }
+
+  /**
+   * V-Recover's live recovery (patched QEMU): the VM runs on HERE, same QEMU. QEMU's incoming
+   * side is postcopy-paused (the stream broke; `migrate-pause` when the source is merely silent);
+   * every page the source had not sent yet is placed from the final FIC image — the source's RAM
+   * at switchover, so exactly what it would have sent (migsafe-postcopy-fill, out of band, wakes
+   * the vCPUs waiting for them) — and the migration completes. RIC goes on as FIC (onCompleted).
+   * False, with the VM untouched, when this does not work: the caller restarts from the store.
+   */
+  private async recoverLive(r: VmRuntime, why: string): Promise<boolean> {
+    const qmp = r.qmp;
+    const qemu = r.qemu;
+    if (!qmp || !qemu || qmp.isClosed) return false;
+    const t0 = performance.now();
+    const status = () => (r.incomingStatus ?? '') as string;
+    const file = join(this.o.runDir, `${r.vm}.${this.o.host}.fill${Date.now()}`);
+    try {
+      if (status() !== 'postcopy-paused') {
+        // A source cut off (not dead) leaves the stream open: break it here.
+        await qmp.executeOob('migrate-pause').catch(() => {});
+        for (let i = 0; i < 100 && status() !== 'postcopy-paused' && status() !== 'completed'; i++) await sleepMs(50);
+      }
+      if (status() === 'completed') return true; // the last pages arrived after all
+      if (status() !== 'postcopy-paused') throw new Error(`incoming migration is ${status() || 'unknown'}, not postcopy-paused`);
+      const from = await this.finalImage(r);
+      writeFileSync(file, from.image);
+      const res = await qmp.executeOob<{ blocks: { name: string; present: number; filled: number; zeroed: number }[] }>(
+        'migsafe-postcopy-fill',
+        { path: file, block: RAM_BACKEND_ID },
+      );
+      const ms = performance.now() - t0;
+      const sum = res.blocks
+        .filter((b) => b.filled || b.zeroed)
+        .map((b) => `${b.name}: ${b.filled ? `${b.filled} from the image` : `${b.zeroed} zero`}`)
+        .join(', ');
+      r.recoveries.push({ at: Date.now(), fromVersion: from.version, ms, why: `source failed in post-copy (${why}): live, missing pages filled from version ${from.version}` });
+      this.note(r, `live recovery: QEMU pid ${qemu.pid} runs on; pages placed in ${ms.toFixed(0)} ms (${sum || 'none missing'})`);
+      for (let i = 0; i < 200 && status() !== 'completed' && r.qemu === qemu; i++) await sleepMs(50);
+      if (status() !== 'completed') this.note(r, `live recovery: incoming migration still ${status()} after the fill`);
+      return true;
+    } catch (e) {
+      this.note(r, `live recovery not possible (${(e as Error).message}): restarting from the store`);
+      return false;
+    } finally {
+      try {
+        unlinkSync(file);
+      } catch {
+        /* not written */
+      }
+    }
   }
 
   /** The source went silent (or its connection closed) while this side receives the VM. */
@@ -679,6 +806,8 @@ export class Agent {
         ok = false;
       }
       if (!ok) return this.fence(r, 'source lost and the store (lease) is out of reach');
+      if (r.canFill && (await this.recoverLive(r, why))) return;
+      if (r.migrationDone || r.role !== 'postcopy-dst') return;
       await this.recoverHere(r, `source failed in post-copy (${why})`).catch((e: Error) => this.setRole(r, 'none', `recovery failed: ${e.message}`));
       return;
     }

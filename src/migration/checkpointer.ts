@@ -59,7 +59,15 @@ export interface RoundStat {
   pages: number;
   bytesStored: number;
   kind: 'fic' | 'ric';
+  /** What started the round: the interval, an outgoing packet, the dirty-page threshold, or a caller. */
+  trigger?: RoundTrigger;
+  /** Where its dirty pages came from: `bitmap` (QEMU's dirty log) or `scan` (a compare). */
+  dirtySource?: string;
+  /** Stage 1 compared all of guest RAM (no dirty log for this round). */
+  fullCompare?: boolean;
 }
+
+export type RoundTrigger = 'periodic' | 'packet' | 'dirty-pages' | 'now';
 
 export class Checkpointer {
   private engine: CheckpointEngine;
@@ -68,6 +76,9 @@ export class Checkpointer {
   private paused = false;
   private current: Promise<unknown> = Promise.resolve();
   private wakeUp?: () => void;
+  private wokenBy?: RoundTrigger;
+  /** A failed round left the shadow behind the store: reload it before the next round. */
+  private needsReload = false;
   private loopDone: Promise<void> = Promise.resolve();
   readonly rounds: RoundStat[];
   failures = 0;
@@ -81,7 +92,8 @@ export class Checkpointer {
     this.ram = native().mapFile(o.ramPath, o.ramBytes, false);
     this.engine = this.makeEngine(o.resumeFrom);
     o.gate?.on?.('frame', () => {
-      if (this.o.eventDriven) this.wakeUp?.();
+      // While a round runs, a packet is either in it (marked in its pause) or still pending after it.
+      if (this.o.eventDriven && this.wakeUp) this.wake('packet');
     });
   }
 
@@ -109,14 +121,32 @@ export class Checkpointer {
   }
 
   /** One round now; releases the gate's frames up to the round's pause when it commits. */
-  roundNow(): Promise<VersionMeta> {
-    const p = this.current.then(() => this.doRound());
+  roundNow(trigger: RoundTrigger = 'now'): Promise<VersionMeta> {
+    const p = this.current.then(() => this.doRound(trigger));
     this.current = p.catch(() => {});
     return p;
   }
 
-  private async doRound(): Promise<VersionMeta> {
+  /** Starts the next round of the loop early (an event: a packet, the dirty-page threshold). */
+  wake(trigger: RoundTrigger): void {
+    this.wokenBy ??= trigger;
+    this.wakeUp?.();
+  }
+
+  private async reload(why: string): Promise<void> {
+    const plan = await planRestore(this.o.store);
+    const img = await loadImage(this.o.store, plan);
+    this.engine = this.makeEngine({ image: img.image, version: plan.target.version });
+    // The dirty source must now name every page that may differ from that version.
+    this.o.dirty.reset?.();
+    this.needsReload = false;
+    this.o.log(`${this.kind.toUpperCase()} ${why}; shadow reloaded from version ${plan.target.version}`);
+  }
+
+  private async doRound(trigger: RoundTrigger): Promise<VersionMeta> {
     const t0 = performance.now();
+    // Never a round on a zeroed shadow where a full compare cannot be read (RIC: holes).
+    if (this.needsReload) await this.reload('retrying the reload');
     try {
       const m = await this.engine.round();
       const released = this.o.gate ? this.o.gate.release(this.mark) : 0;
@@ -127,11 +157,15 @@ export class Checkpointer {
         pages: m.pages,
         bytesStored: m.bytesStored,
         kind: this.kind,
+        trigger,
+        dirtySource: m.dirtySource,
+        fullCompare: this.engine.lastRoundFull,
       };
       this.rounds.push(st);
       this.o.log(
         `${this.kind.toUpperCase()} version ${m.version}: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +
-          `${m.bytesStored} B, pause ${m.pauseMs.toFixed(1)} ms, replication ${st.replicationMs.toFixed(0)} ms` +
+          `${m.bytesStored} B, pause ${m.pauseMs.toFixed(1)} ms, replication ${st.replicationMs.toFixed(0)} ms, ` +
+          `${m.dirtySource} source, ${trigger}` +
           (this.o.gate ? `, ${released} packet(s) released` : ''),
       );
       this.o.onRound?.(m);
@@ -139,11 +173,9 @@ export class Checkpointer {
     } catch (e) {
       this.failures++;
       if (this.o.reloadOnFailure && !this.o.qmp.isClosed) {
+        this.needsReload = true;
         try {
-          const plan = await planRestore(this.o.store);
-          const img = await loadImage(this.o.store, plan);
-          this.engine = this.makeEngine({ image: img.image, version: plan.target.version });
-          this.o.log(`${this.kind.toUpperCase()} round failed (${(e as Error).message}); shadow reloaded from version ${plan.target.version}`);
+          await this.reload(`round failed (${(e as Error).message})`);
         } catch (e2) {
           this.o.log(`${this.kind.toUpperCase()} round failed (${(e as Error).message}); reload failed: ${(e2 as Error).message}`);
         }
@@ -166,8 +198,10 @@ export class Checkpointer {
       const t0 = performance.now();
       let stored = 0;
       if (!this.paused) {
+        const trigger = this.wokenBy ?? 'periodic';
+        this.wokenBy = undefined;
         try {
-          stored = (await this.roundNow()).bytesStored;
+          stored = (await this.roundNow(trigger)).bytesStored;
           await this.maybeCompact();
         } catch {
           /* logged */
@@ -178,9 +212,8 @@ export class Checkpointer {
       // Bandwidth budget: a round that stored B bytes buys B / bandwidth seconds.
       const budgetMs = this.o.bandwidth > 0 ? (stored / this.o.bandwidth) * 1000 : 0;
       let wait = Math.max(this.o.intervalMs, budgetMs) - elapsed;
-      if (this.o.eventDriven && this.o.gate && this.o.gate.pending > 0) {
-        wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));
-      }
+      if (this.o.eventDriven && this.o.gate && this.o.gate.pending > 0) this.wokenBy ??= 'packet';
+      if (this.wokenBy) wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));
       if (wait > 0) await this.sleepOrWake(wait);
     }
   }
@@ -222,6 +255,7 @@ export class Checkpointer {
   becomeFic(): void {
     this.kind = 'fic';
     this.o.eventDriven = false;
+    this.wokenBy = undefined;
   }
 
   async stop(): Promise<void> {

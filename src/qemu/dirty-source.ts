@@ -12,6 +12,12 @@ export interface DirtySource {
    * Called with the VM running (stage 1) and again with it paused (stage 2).
    */
   harvest(): Promise<Uint32Array | null>;
+  /**
+   * The shadow was reloaded from an older committed version (after a failed round): the next
+   * harvest must name every page that may differ from it. Sources that name all candidates on
+   * every harvest need nothing.
+   */
+  reset?(): void;
   close(): Promise<void>;
 }
 

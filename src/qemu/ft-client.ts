@@ -40,6 +40,8 @@ export class FtClient {
     private readonly headerBytes: number,
     private readonly harvestFd: number,
     private readonly doneFd: number,
+    /** QEMU writes it once the dirty count since the last harvest reaches the threshold. */
+    readonly thresholdFd: number,
     private readonly ownedFds: number[],
   ) {}
 
@@ -75,7 +77,7 @@ export class FtClient {
     }
     const bitmap = n.mapFd(fds[h['bitmap-fd']]!, h['bitmap-size'], 0, false);
     if (bitmap.readBigUInt64LE(0) !== MAGIC) throw new Error('migsafe-ft bitmap has a wrong magic number');
-    return new FtClient(sock, h.blocks, bitmap, h['bitmap-header'], fds[h['harvest-fd']]!, fds[h['done-fd']]!, fds);
+    return new FtClient(sock, h.blocks, bitmap, h['bitmap-header'], fds[h['harvest-fd']]!, fds[h['done-fd']]!, fds[h['threshold-fd']]!, fds);
   }
 
   request<T = Record<string, unknown>>(cmd: string, args: Record<string, unknown> = {}, sendFd?: number): T {
@@ -91,6 +93,14 @@ export class FtClient {
   /** Turns dirty tracking on and clears it. */
   start(): void {
     this.request('start');
+  }
+
+  /**
+   * Dirty-count threshold (0: off): every `pollMs` QEMU counts the pages dirty since the last
+   * harvest and writes the threshold eventfd once the count reaches `pages` (re-armed by a harvest).
+   */
+  setThreshold(pages: number, pollMs?: number): void {
+    this.request('threshold', pollMs === undefined ? { pages } : { pages, 'poll-ms': pollMs });
   }
 
   /** Asks QEMU to fill the bitmap and waits for it; returns how many pages it holds. */

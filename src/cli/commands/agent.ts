@@ -19,6 +19,8 @@ interface AgentArgs {
   'compact-every': number;
   'ric-interval': number;
   'ric-event': boolean;
+  'ric-dirty-pages': number;
+  'dirty-source': 'auto' | 'bitmap' | 'scan';
   'hb-interval': number;
   'hb-timeout': number;
   'lease-ttl': number;
@@ -45,6 +47,20 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('compact-every', { type: 'number', default: 100, describe: 'FIC: fold old versions into the base once more than 2×K are stored (0: never)' })
       .option('ric-interval', { type: 'number', default: 500, describe: 'RIC: ms between rounds' })
       .option('ric-event', { type: 'boolean', default: true, describe: 'RIC: also start a round when the guest sends a packet' })
+      .option('ric-dirty-pages', {
+        type: 'number',
+        default: 2048,
+        describe:
+          'RIC: also start a round once this many pages were dirtied since the last one (0: off); needs the ' +
+          "patched QEMU's dirty count (bitmap source), else off and said so in the log and status",
+      })
+      .option('dirty-source', {
+        choices: ['auto', 'bitmap', 'scan'] as const,
+        default: 'auto' as const,
+        describe:
+          "RIC's dirty pages at a post-copy destination: the patched QEMU's dirty bitmap, or SEEK_DATA + compare " +
+          '(auto: bitmap when the QEMU binary has migsafe-ft)',
+      })
       .option('hb-interval', { type: 'number', default: 200, describe: 'heartbeat interval, ms' })
       .option('hb-timeout', { type: 'number', default: 1500, describe: 'silence after which the other side is declared failed, ms' })
       .option('lease-ttl', { type: 'number', default: 3000, describe: 'ownership lease in the store, ms' })
@@ -65,6 +81,8 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       compactEvery: a['compact-every'],
       ricIntervalMs: a['ric-interval'],
       ricEvent: a['ric-event'],
+      ricDirtyPages: a['ric-dirty-pages'],
+      dirtySource: a['dirty-source'],
       hbIntervalMs: a['hb-interval'],
       hbTimeoutMs: a['hb-timeout'],
       leaseTtlMs: a['lease-ttl'],
