@@ -8,13 +8,14 @@ namespace migsafe {
 
 namespace {
 struct Cpu {
-  bool avx2 = false, avx512 = false, vbmi2 = false;
+  bool avx2 = false, avx512 = false, vbmi2 = false, vpopcntdq = false;
   Cpu() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
     avx512 = avx2 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512f");
     vbmi2 = avx512 && __builtin_cpu_supports("avx512vbmi2");
+    vpopcntdq = avx512 && __builtin_cpu_supports("avx512vpopcntdq");
 #endif
   }
 };
@@ -34,6 +35,7 @@ bool level_supported(Level l) {
 }
 
 bool cpu_has_vbmi2() { return cpu().vbmi2; }
+bool cpu_has_vpopcntdq() { return cpu().vpopcntdq; }
 
 int available_levels(Level* out) {
   int n = 0;

@@ -17,6 +17,8 @@ enum class Level : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 struct PageDiff {
   uint64_t neq[kPage / 64];
   uint64_t active;   // bit w: word w holds a run boundary (0: pages equal)
+  uint32_t changed;  // changed bytes
+  uint32_t bounds;   // run boundaries (2 per changed run, 1 for a run that reaches the end)
   bool new_zero;     // the new page is all zero bytes
 };
 
@@ -27,6 +29,7 @@ const char* level_name(Level l);
 bool parse_level(const char* s, Level* out);
 bool level_supported(Level l);
 bool cpu_has_vbmi2();  // AVX-512 VBMI2: faster run flattening inside the avx512bw level
+bool cpu_has_vpopcntdq();  // AVX-512 VPOPCNTDQ: counting changed bytes and runs
 
 // Compare pass at a given level (all levels fill PageDiff identically).
 void diff_page(Level l, const uint8_t* old_page, const uint8_t* new_page, PageDiff* pd);

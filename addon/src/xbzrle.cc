@@ -88,6 +88,21 @@ inline uint64_t active_words(const uint64_t* neq) {
   return nz | (top << 1);
 }
 
+// Changed bytes and run boundaries of a filled bitmap: enough to reject a page too dirty for
+// a delta before any run is looked at.
+inline void count_runs(PageDiff* pd) {
+  uint32_t ch = 0, nb = 0;
+  uint64_t carry = 0;
+  for (int w = 0; w < 64; w++) {
+    uint64_t m = pd->neq[w];
+    ch += uint32_t(__builtin_popcountll(m));
+    nb += uint32_t(__builtin_popcountll(m ^ (m << 1 | carry)));
+    carry = m >> 63;
+  }
+  pd->changed = ch;
+  pd->bounds = nb;
+}
+
 void diff_scalar(const uint8_t* o, const uint8_t* n, PageDiff* pd) {
   uint64_t zor = 0;
   for (int w = 0; w < 64; w++) {
@@ -101,6 +116,7 @@ void diff_scalar(const uint8_t* o, const uint8_t* n, PageDiff* pd) {
   }
   pd->active = active_words(pd->neq);
   pd->new_zero = zor == 0;
+  count_runs(pd);
 }
 
 #ifdef MIGSAFE_X86
@@ -128,6 +144,26 @@ __attribute__((target("avx2,bmi,bmi2,popcnt"))) void diff_avx2(const uint8_t* o,
   }
   pd->active = nz | (top << 1);
   pd->new_zero = _mm256_testz_si256(zor, zor);
+  count_runs(pd);
+}
+
+// count_runs on 8 words a step; VPOPCNTQ where the CPU has it.
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) void count_runs_vpopcnt(PageDiff* pd) {
+  __m512i ch = _mm512_setzero_si512(), nb = ch, prev = ch;
+  for (int w = 0; w < 64; w += 8) {
+    __m512i v = _mm512_loadu_si512(pd->neq + w);
+    __m512i carry = _mm512_srli_epi64(_mm512_alignr_epi64(v, prev, 7), 63);  // top bit of word w-1
+    ch = _mm512_add_epi64(ch, _mm512_popcnt_epi64(v));
+    nb = _mm512_add_epi64(nb, _mm512_popcnt_epi64(_mm512_xor_si512(v, _mm512_or_si512(_mm512_slli_epi64(v, 1), carry))));
+    prev = v;
+  }
+  pd->changed = uint32_t(_mm512_reduce_add_epi64(ch));
+  pd->bounds = uint32_t(_mm512_reduce_add_epi64(nb));
+}
+
+inline void count_runs_avx512(PageDiff* pd) {
+  if (cpu_has_vpopcntdq()) count_runs_vpopcnt(pd);
+  else count_runs(pd);
 }
 
 __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512(const uint8_t* o,
@@ -137,6 +173,7 @@ __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512(con
   for (int w = 0; w < 64; w++) {
     __m512i a = _mm512_loadu_si512(o + 64 * w);
     __m512i b = _mm512_loadu_si512(n + 64 * w);
+    asm("" : "+v"(b));  // keep b in a register: GCC would load it twice (3 loads a block, not 2)
     zor = _mm512_or_si512(zor, b);
     pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
   }
@@ -149,6 +186,7 @@ __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512(con
   }
   pd->active = nz | (top << 1);
   pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
+  count_runs_avx512(pd);
 }
 
 // diff_avx512 that also stores the new page to snap (64-byte aligned) from the same registers
@@ -161,6 +199,7 @@ __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_snap_avx51
   for (int w = 0; w < 64; w++) {
     __m512i a = _mm512_loadu_si512(o + 64 * w);
     __m512i b = _mm512_loadu_si512(n + 64 * w);
+    asm("" : "+v"(b));
     _mm512_store_si512(snap + 64 * w, b);
     zor = _mm512_or_si512(zor, b);
     pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
@@ -174,6 +213,7 @@ __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_snap_avx51
   }
   pd->active = nz | (top << 1);
   pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
+  count_runs_avx512(pd);
 }
 
 // diff_snap_avx512 that also folds every new block into a CRC32C (crc_fold.h), so the page's
@@ -204,6 +244,7 @@ uint32_t diff_snap_crc_avx512(const uint8_t* o, const uint8_t* n, uint8_t* snap,
   }
   pd->active = nz | (top << 1);
   pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
+  count_runs_avx512(pd);
   return ~fold_finish(fc, x[0], x[1], x[2], x[3]);
 }
 
@@ -377,26 +418,26 @@ uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
 }
 
 #ifdef MIGSAFE_X86
-// AVX-512 VBMI2: one compress per 32 bits of boundary mask turns the mask into positions.
+// AVX-512 VBMI2: one byte compress per word turns its boundary mask into positions 0..63,
+// widened to 16 bits in two halves (the second half is garbage past the count, overwritten).
 __attribute__((target("avx512f,avx512bw,avx512vbmi2,bmi,bmi2,popcnt")))
 uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
-  const __m512i lo = _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
+  const __m512i idx = _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48,
+                                      47, 46, 45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32,
+                                      31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
                                       15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(32));
-  uint32_t nb = 0, ch = 0;
+  uint32_t nb = 0;
   for (uint64_t act = pd.active; act; act &= act - 1) {
     uint32_t w = uint32_t(__builtin_ctzll(act));
     uint64_t m = pd.neq[w];
     uint64_t t = m ^ ((m << 1) | (w ? pd.neq[w - 1] >> 63 : 0));
-    ch += uint32_t(__builtin_popcountll(m));
     __m512i base = _mm512_set1_epi16(short(w << 6));
-    __mmask32 t0 = __mmask32(t), t1 = __mmask32(t >> 32);
-    _mm512_storeu_si512(b + nb, _mm512_maskz_compress_epi16(t0, _mm512_add_epi16(lo, base)));
-    nb += uint32_t(__builtin_popcount(t0));
-    _mm512_storeu_si512(b + nb, _mm512_maskz_compress_epi16(t1, _mm512_add_epi16(hi, base)));
-    nb += uint32_t(__builtin_popcount(t1));
+    __m512i pos = _mm512_maskz_compress_epi8(__mmask64(t), idx);
+    _mm512_storeu_si512(b + nb, _mm512_add_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(pos)), base));
+    _mm512_storeu_si512(b + nb + 32, _mm512_add_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(pos, 1)), base));
+    nb += uint32_t(__builtin_popcountll(t));
   }
-  *changed = ch;
+  *changed = pd.changed;
   return nb;
 }
 #endif
@@ -436,7 +477,7 @@ struct EmitState {
 // store and the copy, with no dependency from one run to the next. b must be readable for 32
 // entries from 2*k0.
 __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt")))
-inline void emit16(const uint16_t* b, uint32_t k0, uint32_t cnt, const uint8_t* nw, uint8_t* dst,
+__attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0, uint32_t cnt, const uint8_t* nw, uint8_t* dst,
                    EmitState& st) {
   // Even boundaries (run starts) to the low 16 words, odd ones (run ends) to the high 16.
   const __m512i split = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
@@ -462,14 +503,35 @@ inline void emit16(const uint16_t* b, uint32_t k0, uint32_t cnt, const uint8_t* 
   p = _mm512_add_epi32(p, _mm512_alignr_epi32(p, zero, 12));
   p = _mm512_add_epi32(p, _mm512_alignr_epi32(p, zero, 8));
   __m512i o = _mm512_add_epi32(_mm512_sub_epi32(p, len), _mm512_set1_epi32(st.d));
-  _mm512_store_si512(off, o);
-  _mm512_store_si512(doff, _mm512_add_epi32(o, _mm512_add_epi32(hz, hn)));
-  _mm512_store_si512(hdr, h);
+  __m512i dof = _mm512_add_epi32(o, _mm512_add_epi32(hz, hn));
+  _mm512_store_si512(doff, dof);
   _mm512_store_si512(ss, s);
   _mm512_store_si512(ns, n);
-  for (uint32_t j = 0; j < cnt; j++) {
-    memcpy(dst + off[j], &hdr[j], 4);  // 4 bytes: the data copy below overwrites the excess
-    copy_run(dst + doff[j], nw, ss[j], ns[j]);
+  const __m512i c32 = _mm512_set1_epi32(32), cend = _mm512_set1_epi32(int(kPage - 32));
+  if (!(_mm512_mask_cmpgt_epu32_mask(valid, n, c32) | _mm512_mask_cmpgt_epu32_mask(valid, s, cend))) {
+    // Every run fits one 32-byte move (the common case): per run two 8-byte loads, a 4-byte
+    // header store and one 32-byte move, no branch. (offset, header) and (data offset,
+    // source) are interleaved into 64-bit lanes so that each pair is one load.
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    alignas(64) uint64_t qh[16], qd[16];
+    _mm512_store_si512(qh, _mm512_permutex2var_epi32(o, lo, h));
+    _mm512_store_si512(qh + 8, _mm512_permutex2var_epi32(o, hi, h));
+    _mm512_store_si512(qd, _mm512_permutex2var_epi32(dof, lo, s));
+    _mm512_store_si512(qd + 8, _mm512_permutex2var_epi32(dof, hi, s));
+    for (uint32_t j = 0; j < cnt; j++) {
+      uint64_t a = qh[j], c = qd[j];
+      uint32_t hv = uint32_t(a >> 32);
+      memcpy(dst + uint32_t(a), &hv, 4);  // 4 bytes: the data move below overwrites the excess
+      _mm256_storeu_si256((__m256i*)(dst + uint32_t(c)), _mm256_loadu_si256((const __m256i*)(nw + (c >> 32))));
+    }
+  } else {
+    _mm512_store_si512(off, o);
+    _mm512_store_si512(hdr, h);
+    for (uint32_t j = 0; j < cnt; j++) {
+      memcpy(dst + off[j], &hdr[j], 4);
+      copy_run(dst + doff[j], nw, ss[j], ns[j]);
+    }
   }
   uint32_t last = cnt - 1;
   st.d = int(doff[last] + ns[last]);
@@ -492,6 +554,10 @@ int emit_avx512(const uint16_t* b, uint32_t nb, const uint8_t* nw, uint8_t* dst,
 int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   constexpr int kMax = int(kPage);
   if (pd.active == 0) return 0;
+  // Every changed run costs its bytes plus at least one length byte for itself and one for
+  // the unchanged run before it: beyond a page, QEMU would overflow too. The compare pass
+  // counted both, so a page too dirty for a delta is rejected before any run is looked at.
+  if (pd.changed + 2 * ((pd.bounds + 1) / 2) > kPage) return -1;
   uint16_t b[kPage + 2 + 64];  // +64: room for the flatteners' unconditional writes
   uint32_t nb, changed;
 #ifdef MIGSAFE_X86
@@ -500,10 +566,7 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
 #endif
     nb = flatten_scalar(pd, b, &changed);
   (void)l;
-  // Every changed run costs its bytes plus at least one length byte for itself and one for
-  // the unchanged run before it: beyond a page, QEMU would overflow too. Rejected here, before
-  // any byte is emitted: the cheap early exit for pages too dirty for a delta.
-  if (changed + 2 * ((nb + 1) / 2) > kPage) return -1;
+  (void)changed;
   bool trailing = !(nb & 1);  // an even count means the last run ends before the page does
   if (!trailing) b[nb++] = uint16_t(kPage);
   // No checks inside the loop: after the test above the output is at most
