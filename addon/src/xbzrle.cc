@@ -507,10 +507,13 @@ __attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0
   _mm512_store_si512(doff, dof);
   _mm512_store_si512(ss, s);
   _mm512_store_si512(ns, n);
-  const __m512i c32 = _mm512_set1_epi32(32), cend = _mm512_set1_epi32(int(kPage - 32));
-  if (!(_mm512_mask_cmpgt_epu32_mask(valid, n, c32) | _mm512_mask_cmpgt_epu32_mask(valid, s, cend))) {
-    // Every run fits one 32-byte move (the common case): per run two 8-byte loads, a 4-byte
-    // header store and one 32-byte move, no branch. (offset, header) and (data offset,
+  const __m512i c32 = _mm512_set1_epi32(32), c64 = _mm512_set1_epi32(64);
+  const __m512i cend32 = _mm512_set1_epi32(int(kPage - 32)), cend64 = _mm512_set1_epi32(int(kPage - 64));
+  __mmask16 over32 = _mm512_mask_cmpgt_epu32_mask(valid, n, c32) | _mm512_mask_cmpgt_epu32_mask(valid, s, cend32);
+  __mmask16 over64 = _mm512_mask_cmpgt_epu32_mask(valid, n, c64) | _mm512_mask_cmpgt_epu32_mask(valid, s, cend64);
+  if (!over64) {
+    // Every run fits one 32-byte (or 64-byte) move, the common case: per run two 8-byte loads,
+    // a 4-byte header store and one move, no branch. (offset, header) and (data offset,
     // source) are interleaved into 64-bit lanes so that each pair is one load.
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
@@ -519,11 +522,20 @@ __attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0
     _mm512_store_si512(qh + 8, _mm512_permutex2var_epi32(o, hi, h));
     _mm512_store_si512(qd, _mm512_permutex2var_epi32(dof, lo, s));
     _mm512_store_si512(qd + 8, _mm512_permutex2var_epi32(dof, hi, s));
-    for (uint32_t j = 0; j < cnt; j++) {
-      uint64_t a = qh[j], c = qd[j];
-      uint32_t hv = uint32_t(a >> 32);
-      memcpy(dst + uint32_t(a), &hv, 4);  // 4 bytes: the data move below overwrites the excess
-      _mm256_storeu_si256((__m256i*)(dst + uint32_t(c)), _mm256_loadu_si256((const __m256i*)(nw + (c >> 32))));
+    if (!over32) {
+      for (uint32_t j = 0; j < cnt; j++) {
+        uint64_t a = qh[j], c = qd[j];
+        uint32_t hv = uint32_t(a >> 32);
+        memcpy(dst + uint32_t(a), &hv, 4);  // 4 bytes: the data move below overwrites the excess
+        _mm256_storeu_si256((__m256i*)(dst + uint32_t(c)), _mm256_loadu_si256((const __m256i*)(nw + (c >> 32))));
+      }
+    } else {  // dense pages: runs up to 64 bytes, one 64-byte move each
+      for (uint32_t j = 0; j < cnt; j++) {
+        uint64_t a = qh[j], c = qd[j];
+        uint32_t hv = uint32_t(a >> 32);
+        memcpy(dst + uint32_t(a), &hv, 4);
+        _mm512_storeu_si512(dst + uint32_t(c), _mm512_loadu_si512(nw + (c >> 32)));
+      }
     }
   } else {
     _mm512_store_si512(off, o);
@@ -533,10 +545,12 @@ __attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0
       copy_run(dst + doff[j], nw, ss[j], ns[j]);
     }
   }
+  // The next group depends only on these two, computed without the stores above (a chain
+  // through memory would serialize the groups).
   uint32_t last = cnt - 1;
-  st.d = int(doff[last] + ns[last]);
+  st.d += _mm_extract_epi32(_mm512_extracti32x4_epi32(p, 3), 3);  // lane 15: the group's bytes
+  st.prev = b[2 * (k0 + last) + 1];
   st.dz = int(doff[last] - (ns[last] >= 128 ? 2 : 1));
-  st.prev = ss[last] + ns[last];
 }
 
 __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt")))
