@@ -13,6 +13,10 @@ devices    save-devices / load-devices round trip into a second QEMU that resume
 net        filter-migsafe: datagrams the guest sends reach the host only after the checkpoint
            that covers them is committed; the tx eventfd fires
 precopy    a long pre-copy of a write-heavy guest loses no write under TCG (patch 0006)
+fill       post-copy whose source is killed: migsafe-postcopy-fill (patch 0007, out of band)
+           refuses a wrong state and a short image, then places the missing pages from the
+           source's RAM image; the migration completes and the same destination QEMU's guest
+           goes on verifying its memory (not in `all`: run it by name)
 
 Needs the patched binary (qemu-patches/build.sh --debian) and the test guest
 (test/guest/build.sh). Exit status 0 when every selected check passed.
@@ -254,6 +258,94 @@ def test_precopy(qemu: str, wd: str, seconds: float = 40.0) -> None:
             stop_qemu(dst, dp)
 
 
+def mig_status(q) -> str:
+    return q.cmd("query-migrate").get("status", "none")
+
+
+def test_fill(qemu: str, wd: str) -> None:
+    """V-Recover's live recovery at the destination: the source dies in post-copy, the
+    destination's missing pages come from an image of the source's RAM (here: its RAM file,
+    which a killed QEMU leaves behind; migsafe uses the final FIC checkpoint)."""
+    app = "migsafe.workload=wset migsafe.mib=96 migsafe.rate=100000"
+    src, sq, sp = boot(qemu, wd, "fsrc", app, ft=False)
+    dst = dp = None
+    try:
+        wait_console(sp["serial"], lambda l: l["kind"] == "progress" and l.get("verified") == "1", 120)
+        dst, dq, dp = boot(qemu, wd, "fdst", app, ft=False, extra=["-incoming", "defer"], oob=True)
+        caps = [{"capability": "postcopy-ram", "state": True}, {"capability": "events", "state": True}]
+        sq.cmd("migrate-set-capabilities", capabilities=caps)
+        dq.cmd("migrate-set-capabilities", capabilities=caps)
+        port = free_port()
+        dq.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        # Slow: most of RAM is still at the source when it dies.
+        sq.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 20, "max-postcopy-bandwidth": 8 << 20})
+        sq.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+        time.sleep(1.0)
+        sq.cmd("migrate-start-postcopy")
+        deadline = time.time() + 60
+        while dq.cmd("query-status")["status"] != "running":
+            if time.time() > deadline:
+                raise FTError(f"the destination never ran: {mig_status(sq)} / {mig_status(dq)}")
+            time.sleep(0.1)
+        n0 = max_counter(dp["serial"])
+        time.sleep(1.5)
+        if mig_status(dq) != "postcopy-active":
+            raise FTError(f"post-copy over before the kill: {mig_status(dq)}")
+        try:
+            dq.cmd_oob("migsafe-postcopy-fill", path=sp["ram"])
+            raise FTError("migsafe-postcopy-fill accepted while postcopy-active")
+        except FTError as e:
+            if "not postcopy-paused" not in str(e):
+                raise
+        log("refused while postcopy-active: 'not postcopy-paused'")
+        image = os.path.join(wd, "image")
+        pid = dst.pid
+        src.kill()
+        src.wait()
+        shutil.copyfile(sp["ram"], image)
+        deadline = time.time() + 30
+        while mig_status(dq) != "postcopy-paused":
+            if time.time() > deadline:
+                raise FTError(f"destination not postcopy-paused after the source died: {mig_status(dq)}")
+            time.sleep(0.1)
+        short = os.path.join(wd, "short")
+        with open(short, "wb") as f:
+            f.write(b"\0" * (1 << 20))
+        try:
+            dq.cmd_oob("migsafe-postcopy-fill", path=short)
+            raise FTError("migsafe-postcopy-fill accepted a 1 MiB image")
+        except FTError as e:
+            if "too short" not in str(e):
+                raise
+        log("refused a short image: 'too short'")
+        t0 = time.time()
+        res = dq.cmd_oob("migsafe-postcopy-fill", path=image)
+        ms = (time.time() - t0) * 1000
+        mem = [b for b in res["blocks"] if b["name"] == "mem"][0]
+        log(f"filled in {ms:.0f} ms: " + ", ".join(
+            f"{b['name']} present {b['present']} filled {b['filled']} zeroed {b['zeroed']}" for b in res["blocks"]))
+        if mem["filled"] == 0:
+            raise FTError("nothing was missing at the destination: the check proved nothing")
+        deadline = time.time() + 30
+        while mig_status(dq) != "completed":
+            if time.time() > deadline:
+                raise FTError(f"migration not completed after the fill: {mig_status(dq)}")
+            time.sleep(0.1)
+        if dst.poll() is not None or dst.pid != pid:
+            raise FTError("the destination QEMU died")
+        line = wait_console(dp["serial"], lambda l: l["kind"] == "progress" and int(l["counter"]) > n0 + 3
+                            and l.get("verified") == "1", 60)
+        errs = [l for l in console_lines(dp["serial"]) if l["kind"] == "ERROR"]
+        if errs:
+            raise FTError(f"the guest found memory errors after the fill: {errs[:3]}")
+        log(f"migration completed without its source; the same QEMU's guest verifies its memory: counter {line['counter']}")
+        log("fill: PASS")
+    finally:
+        stop_qemu(src, sp)
+        if dst:
+            stop_qemu(dst, dp)
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -411,7 +503,7 @@ def main() -> int:
     ap.add_argument("tests", nargs="*", default=["all"])
     a = ap.parse_args()
     tests = {"bitmap": test_bitmap, "migration": test_migration, "devices": test_devices, "net": test_net,
-             "precopy": test_precopy}
+             "precopy": test_precopy, "fill": test_fill}
     sel = ["bitmap", "migration", "devices", "net", "precopy"] if a.tests == ["all"] else a.tests
     wd = tempfile.mkdtemp(prefix="migsafe-ft-test-")
     failed = []

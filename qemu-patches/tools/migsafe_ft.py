@@ -140,7 +140,7 @@ def wait_readable(fd: int, timeout: float) -> None:
 
 
 class QMP:
-    def __init__(self, path: str, timeout: float = 30.0):
+    def __init__(self, path: str, timeout: float = 30.0, oob: bool = False):
         deadline = time.time() + timeout
         while True:
             try:
@@ -152,17 +152,34 @@ class QMP:
                     raise
                 time.sleep(0.05)
         self.f = self.sock.makefile("rwb")
-        json.loads(self.f.readline())
-        self.cmd("qmp_capabilities")
         self.events: list[dict] = []
+        json.loads(self.f.readline())
+        if oob:
+            self.cmd("qmp_capabilities", enable=["oob"])
+        else:
+            self.cmd("qmp_capabilities")
+        self.seq = 0
 
     def cmd(self, name: str, **args) -> object:
+        """In-band command; with oob=True, cmd_oob sends exec-oob (answered by id)."""
         self.f.write(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
         self.f.flush()
+        return self._reply(name, None)
+
+    def cmd_oob(self, name: str, **args) -> object:
+        self.seq += 1
+        mid = f"oob-{self.seq}"
+        self.f.write(json.dumps({"exec-oob": name, "arguments": args, "id": mid}).encode() + b"\n")
+        self.f.flush()
+        return self._reply(name, mid)
+
+    def _reply(self, name: str, mid: str | None) -> object:
         while True:
             msg = json.loads(self.f.readline())
             if "event" in msg:
                 self.events.append(msg)
+                continue
+            if mid is not None and msg.get("id") != mid:
                 continue
             if "error" in msg:
                 raise FTError(f"QMP {name}: {msg['error']}")
@@ -179,7 +196,8 @@ def guest_paths(repo: str) -> tuple[str, str]:
 
 def launch(qemu: str, repo: str, workdir: str, name: str, *, mem_mib: int = 256,
            append: str = "", ft: bool = True, extra: list[str] | None = None,
-           ram_file: str | None = None, kernel: bool = True) -> tuple[subprocess.Popen, QMP, dict]:
+           ram_file: str | None = None, kernel: bool = True,
+           oob: bool = False) -> tuple[subprocess.Popen, QMP, dict]:
     """Start QEMU (TCG) on a shared RAM file with QMP and (optionally) migsafe-ft."""
     os.makedirs(workdir, exist_ok=True)
     paths = {
@@ -204,7 +222,7 @@ def launch(qemu: str, repo: str, workdir: str, name: str, *, mem_mib: int = 256,
     log = open(paths["log"], "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     try:
-        qmp = QMP(paths["qmp"])
+        qmp = QMP(paths["qmp"], oob=oob)
     except Exception:
         proc.kill()
         raise FTError(f"QEMU did not start: {open(paths['log']).read()}")
