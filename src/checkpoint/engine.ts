@@ -47,6 +47,12 @@ export class CheckpointEngine {
   private readonly n = native();
   /** Whether the last round's stage 1 compared all of guest RAM (no dirty log, or a zero shadow). */
   lastRoundFull = false;
+  /**
+   * The VM's run state at the end of the last round's stage 2 and whether the round resumed it:
+   * a round that found the VM stopped by a migration (finish-migrate) did not let it run again,
+   * so it is a consistent checkpoint of the VM as the migration stopped it.
+   */
+  lastRoundEnd?: { status?: string; resumed: boolean };
 
   constructor(private readonly o: EngineOptions) {
     if (o.resumeFrom) {
@@ -63,11 +69,15 @@ export class CheckpointEngine {
     return this.parent;
   }
 
-  async round(): Promise<VersionMeta> {
+  /**
+   * `vmStopped`: the VM is already stopped (a migration's switchover): no live stage, everything
+   * in stage 2 (one compare of RAM instead of two).
+   */
+  async round(opts: { vmStopped?: boolean } = {}): Promise<VersionMeta> {
     const o = this.o;
     const pending = await o.store.begin(this.parent);
     try {
-      const stage1 = await this.stage1(pending);
+      const stage1 = opts.vmStopped ? this.noStage1() : await this.stage1(pending);
       const stage2 = await this.stage2(stage1.leftover);
       let stage2Pages = 0;
       for (let at = 0; at < stage2.records.length; ) {
@@ -103,6 +113,12 @@ export class CheckpointEngine {
       }
       throw e;
     }
+  }
+
+  private noStage1(): { pages: number; leftover: Uint32Array } {
+    // A zero shadow needs every page that differs from it, whatever the dirty log says.
+    this.lastRoundFull = this.parent === 0;
+    return { pages: 0, leftover: this.parent === 0 ? this.n.scanDirty(this.o.ram, this.shadow, this.o.level) : new Uint32Array(0) };
   }
 
   private async stage1(pending: PendingVersion): Promise<{ pages: number; leftover: Uint32Array }> {
@@ -151,7 +167,9 @@ export class CheckpointEngine {
       // Never leave the guest paused, whatever failed; but a VM that a migration has stopped
       // meanwhile (finish-migrate, postmigrate) is not ours to resume.
       const st = await o.qmp.execute<{ status: string }>('query-status').catch(() => undefined);
-      if (!st || st.status === 'paused') await o.qmp.execute('cont').catch(() => {});
+      const resume = !st || st.status === 'paused';
+      this.lastRoundEnd = { status: st?.status, resumed: resume };
+      if (resume) await o.qmp.execute('cont').catch(() => {});
     }
     const pauseMs = performance.now() - t0;
     await rm(o.deviceStatePath, { force: true });
@@ -160,6 +178,9 @@ export class CheckpointEngine {
 }
 
 function mergePages(a: Uint32Array, b: Uint32Array): Uint32Array {
+  // Usual case in stage 2: stage 1 reached every candidate (nothing left over).
+  if (b.length === 0) return a;
+  if (a.length === 0) return b;
   const s = new Set<number>(a);
   for (const p of b) s.add(p);
   return Uint32Array.from(s).sort();

@@ -466,11 +466,15 @@ export class Agent {
         try {
           if (r.ckpt) {
             await r.ckpt.pause();
-            let m;
-            for (let i = 0; ; i++) {
+            // A round under way when the migration stopped the VM, which left it stopped, is
+            // already the final consistent checkpoint (its stage 2 ran with the VM stopped for good).
+            const last = r.ckpt.lastRound;
+            let m = last && last.at > t0 && !last.resumed && last.endStatus === 'finish-migrate' && last.meta.version === r.ckpt.head ? last.meta : undefined;
+            if (m) this.note(r, `the FIC round under way ended with the VM stopped by the migration: version ${m.version} is the final checkpoint`);
+            for (let i = 0; !m; i++) {
               try {
-                m = await r.ckpt.roundNow();
-                break;
+                // The VM is stopped: one stage, one compare of RAM.
+                m = await r.ckpt.roundNow('now', { vmStopped: true });
               } catch (e) {
                 if (i >= 3) throw e;
                 await sleepMs(300);
@@ -628,12 +632,14 @@ export class Agent {
       }
     };
     let resumed = false;
+    let ricStarting: Promise<void> = Promise.resolve();
     const onResume = async () => {
       if (resumed) return;
       resumed = true;
       if (req.mode === 'precopy') return; // completion follows at once
       this.setRole(r, 'postcopy-dst', 'the VM resumed here during post-copy; RIC on');
-      await this.startRic(r);
+      ricStarting = this.startRic(r).catch((e: Error) => this.note(r, `RIC could not start: ${e.message}`));
+      await ricStarting;
     };
     const onCompleted = async () => {
       r.migrationDone = true;
@@ -641,6 +647,9 @@ export class Agent {
       p.stopHeartbeat();
       p.close();
       r.peer = undefined;
+      // RIC may still be loading its shadow (a short post-copy): wait, so that one checkpoint
+      // loop runs here, never a RIC and a FIC loop side by side.
+      await ricStarting;
       if (r.ckpt && r.dirty) {
         r.dirty.allPresent?.();
         if (r.dirty instanceof BitmapDirtySource) r.dirty.watchThreshold(0, () => {});
@@ -673,7 +682,10 @@ export class Agent {
       return;
     }
     if (this.gate) this.gate.holding = this.o.gate;
+    const qmp = r.qmp;
     const from = await this.finalImage(r);
+    // Recovered or fenced meanwhile: that QEMU is gone, its successor has its own loop.
+    if (r.qmp !== qmp || !r.qemu || r.ckpt) return;
     const bitmap = r.dirty instanceof BitmapDirtySource ? r.dirty : undefined;
     r.dirty ??= new PresentPagesDirtySource(r.paths!.ram);
     const threshold = this.o.ricDirtyPages ?? 0;

@@ -121,8 +121,8 @@ export class Checkpointer {
   }
 
   /** One round now; releases the gate's frames up to the round's pause when it commits. */
-  roundNow(trigger: RoundTrigger = 'now'): Promise<VersionMeta> {
-    const p = this.current.then(() => this.doRound(trigger));
+  roundNow(trigger: RoundTrigger = 'now', opts: { vmStopped?: boolean } = {}): Promise<VersionMeta> {
+    const p = this.current.then(() => this.doRound(trigger, opts));
     this.current = p.catch(() => {});
     return p;
   }
@@ -143,12 +143,22 @@ export class Checkpointer {
     this.o.log(`${this.kind.toUpperCase()} ${why}; shadow reloaded from version ${plan.target.version}`);
   }
 
-  private async doRound(trigger: RoundTrigger): Promise<VersionMeta> {
+  /**
+   * The last round that committed, with the VM's run state at its end: a round that ended with
+   * the VM stopped by a migration (`finish-migrate`, not resumed) is already the final
+   * consistent checkpoint of that migration.
+   */
+  lastRound?: { meta: VersionMeta; endStatus?: string; resumed: boolean; at: number };
+
+  private async doRound(trigger: RoundTrigger, opts: { vmStopped?: boolean } = {}): Promise<VersionMeta> {
     const t0 = performance.now();
     // Never a round on a zeroed shadow where a full compare cannot be read (RIC: holes).
     if (this.needsReload) await this.reload('retrying the reload');
     try {
-      const m = await this.engine.round();
+      this.lastRound = undefined;
+      const m = await this.engine.round(opts);
+      const end = this.engine.lastRoundEnd;
+      this.lastRound = { meta: m, endStatus: end?.status, resumed: end?.resumed ?? true, at: performance.now() };
       const released = this.o.gate ? this.o.gate.release(this.mark) : 0;
       const st: RoundStat = {
         version: m.version,
