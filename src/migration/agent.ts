@@ -13,11 +13,11 @@
 // and over all of it the ownership rule (src/ha/lease.ts): only the holder of the store lease
 // runs the VM; a side that cannot renew it kills its own QEMU; a side takes a lease only when
 // it is free. After a partition the side that reaches the store is the one that runs.
-import { openSync, writeFileSync, renameSync } from 'node:fs';
+import { openSync, writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Server } from 'node:net';
 import type { Redis } from 'ioredis';
-import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
+import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths, RAM_BACKEND_ID, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
 import { ScanDirtySource, type DirtySource } from '../qemu/dirty-source.js';
 import { BitmapDirtySource, qemuHasFt } from '../qemu/dirty-bitmap.js';
@@ -89,6 +89,12 @@ interface VmRuntime {
   finalVersion?: number;
   /** The source said the migration completed: its going away is no failure. */
   migrationDone?: boolean;
+  /** The final FIC image, loaded once per incoming post-copy (startRic, a live recovery). */
+  finalImageLoad?: { finalVersion: number | undefined; p: Promise<{ image: Buffer; version: number }> };
+  /** Incoming side: the last MIGRATION status QEMU reported here. */
+  incomingStatus?: string;
+  /** Incoming side: QEMU has migsafe-postcopy-fill (patched) and QMP runs it out of band. */
+  canFill?: boolean;
   /** Incoming migrations so far: a late notice of an old one must not touch the current one. */
   gen?: number;
   events: string[];
@@ -235,10 +241,10 @@ export class Agent {
     return openSync(join(this.o.runDir, `${vm}.${this.o.host}.qemu.log`), 'a');
   }
 
-  private async connectQmp(r: VmRuntime): Promise<QmpClient> {
+  private async connectQmp(r: VmRuntime, opts: { oob?: boolean } = {}): Promise<QmpClient> {
     const q = r.qemu!;
     const qmp = await Promise.race([
-      QmpClient.connect(r.paths!.qmp, 30_000),
+      QmpClient.connect(r.paths!.qmp, 30_000, opts),
       q.exited.then((c) => {
         throw new Error(`QEMU exited (${c}) at start: see ${this.o.runDir}/${r.vm}.${this.o.host}.qemu.log`);
       }),
@@ -586,8 +592,17 @@ export class Agent {
     createRamFile(r.paths.ram, vm.ramBytes);
     const ft = this.useFt(vm.argv[0]!);
     r.qemu = launchQemu({ argv: [...vm.argv, '-incoming', 'defer'], ramBytes: vm.ramBytes, paths: r.paths, logFd: this.qemuLog(req.vm), cwd: vm.cwd, ft });
-    r.qmp = await this.connectQmp(r);
+    // Out-of-band QMP: migsafe-postcopy-fill must run even while the main loop waits for a page
+    // the dead source will never send (a RIC round's `stop` waits for a blocked vCPU).
+    r.qmp = await this.connectQmp(r, { oob: true });
     const qmp = r.qmp;
+    r.incomingStatus = undefined;
+    r.canFill = false;
+    r.finalImageLoad = undefined;
+    if (qmp.oob && req.mode !== 'precopy') {
+      const cmds = await qmp.execute<{ name: string }[]>('query-commands').catch(() => []);
+      r.canFill = cmds.some((c) => c.name === 'migsafe-postcopy-fill');
+    }
     if (ft) {
       // Dirty tracking from before the guest runs here: the destination starts from the final FIC
       // image, so the bitmap names exactly the pages the guest writes here (all present: a hole is
@@ -623,6 +638,7 @@ export class Agent {
       if (e.event === 'RESUME') void onResume();
       if (e.event === 'MIGRATION') {
         const s = String(e.data?.status);
+        r.incomingStatus = s;
         this.note(r, `destination migration status ${s}`);
         if (s === 'completed') void onCompleted();
         if (s === 'failed' && r.role === 'incoming') {
@@ -658,6 +674,7 @@ export class Agent {
         await this.startFicFromFinal(r);
       }
       await this.redis.set(`migsafe:{${r.vm}}:agent`, this.o.listen).catch(() => {});
+      r.finalImageLoad = undefined;
       this.setRole(r, 'owner', `migration completed; ${r.ckpt ? 'FIC' : 'no checkpointing'} here`);
     };
     qmp.on('event', onEvent);
@@ -671,9 +688,20 @@ export class Agent {
   /** Shadow = the final FIC image, which is what this destination started from. */
   private async finalImage(r: VmRuntime): Promise<{ image: Buffer; version: number }> {
     for (let i = 0; r.finalVersion === undefined && i < 50; i++) await sleepMs(20);
-    const plan = await planRestore(r.store, r.finalVersion);
-    const img = await loadImage(r.store, plan);
-    return { image: img.image, version: plan.target.version };
+    // Kept while post-copy runs here (the checkpointer copies it into its shadow): a live
+    // recovery needs exactly this image again, at once, and maybe while the first load runs.
+    if (r.finalImageLoad && r.finalImageLoad.finalVersion === r.finalVersion) return r.finalImageLoad.p;
+    const finalVersion = r.finalVersion;
+    const p = (async () => {
+      const plan = await planRestore(r.store, finalVersion);
+      const img = await loadImage(r.store, plan);
+      return { image: img.image, version: plan.target.version };
+    })();
+    r.finalImageLoad = { finalVersion, p };
+    p.catch(() => {
+      if (r.finalImageLoad?.p === p) r.finalImageLoad = undefined;
+    });
+    return p;
   }
 
   private async startRic(r: VmRuntime): Promise<void> {
@@ -740,6 +768,66 @@ export class Agent {
     this.startFic(r, from, r.dirty);
   }
 
+  /**
+   * V-Recover's live recovery (patched QEMU): the VM runs on HERE, same QEMU. QEMU's incoming
+   * side is postcopy-paused (the stream broke; `migrate-pause` when the source is merely silent);
+   * every page the source had not sent yet is placed from the final FIC image — the source's RAM
+   * at switchover, so exactly what it would have sent (migsafe-postcopy-fill, out of band, wakes
+   * the vCPUs waiting for them) — and the migration completes. RIC goes on as FIC (onCompleted).
+   * False, with the VM untouched, when this does not work: the caller restarts from the store.
+   */
+  private async recoverLive(r: VmRuntime, why: string): Promise<boolean> {
+    const qmp = r.qmp;
+    const qemu = r.qemu;
+    if (!qmp || !qemu || qmp.isClosed) return false;
+    const t0 = performance.now();
+    const status = () => (r.incomingStatus ?? '') as string;
+    const file = join(this.o.runDir, `${r.vm}.${this.o.host}.fill${Date.now()}`);
+    try {
+      if (status() !== 'postcopy-paused') {
+        // A source cut off (not dead) leaves the stream open: break it here.
+        await qmp.executeOob('migrate-pause').catch(() => {});
+        for (let i = 0; i < 100 && status() !== 'postcopy-paused' && status() !== 'completed'; i++) await sleepMs(50);
+      }
+      if (status() === 'completed') return true; // the last pages arrived after all
+      if (status() !== 'postcopy-paused') throw new Error(`incoming migration is ${status() || 'unknown'}, not postcopy-paused`);
+      const tPaused = performance.now();
+      const from = await this.finalImage(r);
+      const tLoaded = performance.now();
+      writeFileSync(file, from.image);
+      const tWritten = performance.now();
+      const res = await qmp.executeOob<{ blocks: { name: string; present: number; filled: number; zeroed: number }[] }>(
+        'migsafe-postcopy-fill',
+        { path: file, block: RAM_BACKEND_ID },
+      );
+      const ms = performance.now() - t0;
+      const sum = res.blocks
+        .filter((b) => b.filled || b.zeroed)
+        .map((b) => `${b.name}: ${b.filled ? `${b.filled} from the image` : `${b.zeroed} zero`}`)
+        .join(', ');
+      r.recoveries.push({ at: Date.now(), fromVersion: from.version, ms, why: `source failed in post-copy (${why}): live, missing pages filled from version ${from.version}` });
+      r.finalImageLoad = undefined;
+      this.note(
+        r,
+        `live recovery: QEMU pid ${qemu.pid} runs on, ${ms.toFixed(0)} ms (postcopy-paused after ${(tPaused - t0).toFixed(0)} ms, ` +
+          `final image ${(tLoaded - tPaused).toFixed(0)} ms, file ${(tWritten - tLoaded).toFixed(0)} ms, fill ${(ms - (tWritten - t0)).toFixed(0)} ms; ` +
+          `${sum || 'none missing'})`,
+      );
+      for (let i = 0; i < 200 && status() !== 'completed' && r.qemu === qemu; i++) await sleepMs(50);
+      if (status() !== 'completed') this.note(r, `live recovery: incoming migration still ${status()} after the fill`);
+      return true;
+    } catch (e) {
+      this.note(r, `live recovery not possible (${(e as Error).message}): restarting from the store`);
+      return false;
+    } finally {
+      try {
+        unlinkSync(file);
+      } catch {
+        /* not written */
+      }
+    }
+  }
+
   /** The source went silent (or its connection closed) while this side receives the VM. */
   private async onSourceLost(r: VmRuntime, why: string): Promise<void> {
     if (r.role === 'owner' || r.role === 'none' || r.role === 'fenced' || r.migrationDone) return;
@@ -754,6 +842,8 @@ export class Agent {
         ok = false;
       }
       if (!ok) return this.fence(r, 'source lost and the store (lease) is out of reach');
+      if (r.canFill && (await this.recoverLive(r, why))) return;
+      if (r.migrationDone || r.role !== 'postcopy-dst') return;
       await this.recoverHere(r, `source failed in post-copy (${why})`).catch((e: Error) => this.setRole(r, 'none', `recovery failed: ${e.message}`));
       return;
     }

@@ -1,4 +1,7 @@
-// A small QMP client: one socket, commands answered in order, events to listeners.
+// A small QMP client: one socket, commands answered in order, events to listeners; with
+// `{ oob: true }` also out-of-band commands (`exec-oob`, answered by id, run by QEMU's monitor
+// thread even while the main loop is stuck — e.g. in `stop` waiting for a vCPU blocked on a
+// post-copy page that will never come).
 import { connect, type Socket } from 'node:net';
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -29,7 +32,11 @@ export interface QmpEvent {
 export class QmpClient extends EventEmitter {
   private buf = '';
   private queue: Pending[] = [];
+  private oobPending = new Map<string, Pending>();
+  private oobSeq = 0;
   private closed = false;
+  /** QEMU offered out-of-band execution and it was enabled (connect with `{ oob: true }`). */
+  oob = false;
 
   private constructor(private readonly sock: Socket) {
     super();
@@ -42,7 +49,7 @@ export class QmpClient extends EventEmitter {
   }
 
   /** Connects to a QMP unix socket, retrying until `timeoutMs` (QEMU may still be starting). */
-  static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
+  static async connect(path: string, timeoutMs = 10_000, opts: { oob?: boolean } = {}): Promise<QmpClient> {
     const deadline = Date.now() + timeoutMs;
     let lastErr: unknown;
     while (Date.now() < deadline) {
@@ -53,8 +60,10 @@ export class QmpClient extends EventEmitter {
           s.once('error', reject);
         });
         const client = new QmpClient(sock);
-        await client.greeting();
-        await client.execute('qmp_capabilities');
+        const caps = await client.greeting();
+        const oob = !!opts.oob && caps.includes('oob');
+        await client.execute('qmp_capabilities', oob ? { enable: ['oob'] } : undefined);
+        client.oob = oob;
         return client;
       } catch (e) {
         lastErr = e;
@@ -64,9 +73,10 @@ export class QmpClient extends EventEmitter {
     throw new Error(`cannot connect to QMP socket ${path}: ${(lastErr as Error)?.message ?? 'timeout'}`);
   }
 
-  private greetingWaiter?: { resolve: () => void; reject: (e: Error) => void };
+  private greetingWaiter?: { resolve: (caps: string[]) => void; reject: (e: Error) => void };
 
-  private greeting(): Promise<void> {
+  /** Resolves with the capabilities QEMU offers in its greeting. */
+  private greeting(): Promise<string[]> {
     return new Promise((resolve, reject) => {
       this.greetingWaiter = { resolve, reject };
     });
@@ -82,6 +92,20 @@ export class QmpClient extends EventEmitter {
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ command, resolve: resolve as (v: unknown) => void, reject });
       this.sock.write(JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + '\n');
+    });
+  }
+
+  /**
+   * Runs one command out of band (`exec-oob`): QEMU runs it at once in its monitor thread,
+   * not behind in-band commands. Only for commands QEMU marks `allow-oob`; needs `oob`.
+   */
+  executeOob<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    if (this.closed) return Promise.reject(new Error(`QMP ${command}: connection to QEMU is closed`));
+    if (!this.oob) return Promise.reject(new Error(`QMP ${command}: out-of-band execution is not enabled`));
+    const id = `oob-${++this.oobSeq}`;
+    return new Promise<T>((resolve, reject) => {
+      this.oobPending.set(id, { command, resolve: resolve as (v: unknown) => void, reject });
+      this.sock.write(JSON.stringify(args ? { 'exec-oob': command, arguments: args, id } : { 'exec-oob': command, id }) + '\n');
     });
   }
 
@@ -130,10 +154,20 @@ export class QmpClient extends EventEmitter {
         continue;
       }
       if ('QMP' in msg) {
-        this.greetingWaiter?.resolve();
+        const caps = (msg.QMP as { capabilities?: unknown } | undefined)?.capabilities;
+        this.greetingWaiter?.resolve(Array.isArray(caps) ? caps.map(String) : []);
         this.greetingWaiter = undefined;
       } else if ('event' in msg) {
         this.emit('event', msg as unknown as QmpEvent);
+      } else if (('return' in msg || 'error' in msg) && typeof msg.id === 'string' && this.oobPending.has(msg.id)) {
+        const p = this.oobPending.get(msg.id)!;
+        this.oobPending.delete(msg.id);
+        if ('error' in msg) {
+          const err = msg.error as { class: string; desc: string };
+          p.reject(new QmpError(p.command, err.class, err.desc));
+        } else {
+          p.resolve(msg.return);
+        }
       } else if ('return' in msg || 'error' in msg) {
         const p = this.queue.shift();
         if (!p) continue;
@@ -153,6 +187,8 @@ export class QmpClient extends EventEmitter {
     const err = new Error('connection to QEMU (QMP) closed');
     this.greetingWaiter?.reject(err);
     for (const p of this.queue.splice(0)) p.reject(new Error(`QMP ${p.command}: ${err.message}`));
+    for (const p of this.oobPending.values()) p.reject(new Error(`QMP ${p.command}: ${err.message}`));
+    this.oobPending.clear();
     this.emit('close');
   }
 }

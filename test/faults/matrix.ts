@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { waitFor as waitForValue } from '../helpers/wait.js';
 import { ensureGuestBuilt, findProgressInImage, parseConsole, waitForConsole } from '../helpers/guest.js';
+import { patchedQemu } from '../helpers/patched-qemu.js';
 import { udpGuestArgs, createCluster, peerDatagrams, qemuPidsIn, type Cluster, type HostName } from '../helpers/hosts.js';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import { connectRedis } from '../../src/store/redis-server.js';
@@ -51,6 +52,8 @@ export interface RunResult {
   unexplained: number;
   /** Progress the guest had made past the state it resumed from (rolled back, never seen outside). */
   rolledBack: number;
+  /** The VM went on in the same QEMU (V-Recover's live recovery: missing pages filled from the store). */
+  live?: boolean;
   where: string;
 }
 
@@ -73,8 +76,10 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   const c = await createCluster({ t });
   const serial = join(c.dir, 'serial.log');
   const mode = scenario.endsWith('postcopy') ? 'postcopy' : 'precopy';
+  // Post-copy runs on the patched QEMU (migsafe-postcopy-fill: live recovery at the destination).
+  const qemu = mode === 'postcopy' ? patchedQemu() : undefined;
   c.startAgent('dst');
-  c.startAgent('src', ['--interval', '600', '--vm', 'f1', '--', ...udpGuestArgs(c, serial)]);
+  c.startAgent('src', ['--interval', '600', '--vm', 'f1', '--', ...udpGuestArgs(c, serial, qemu)]);
   await waitForConsole(serial, (p) => p.verifiedCount >= 2, 120_000);
   await waitFor('a committed FIC version', 60_000, () => ((c.status('src')?.vms[0]?.head ?? 0) > 0 ? true : undefined));
   const mig = c.cli('src', [
@@ -91,6 +96,8 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       c.status('dst')?.vms[0]?.role === 'postcopy-dst' ? true : undefined,
     );
   }
+  // The destination QEMU that runs the VM in post-copy (a live recovery must keep it).
+  const postcopyPid = mode === 'postcopy' ? (c.status('dst')?.vms[0]?.pid ?? 0) : 0;
   await sleep(rnd(300, mode === 'precopy' ? 3000 : 2500));
   const phaseStillOn =
     mode === 'precopy' ? c.status('src')?.vms[0]?.role === 'migrating-src' : c.status('dst')?.vms[0]?.role === 'postcopy-dst';
@@ -162,7 +169,43 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   let unexplained = 0;
   let rolledBack = 0;
   let recoveryMs: number | null = null;
-  if (expectRecovery) {
+  const live = scenario === 'source-postcopy';
+  if (live) {
+    // V-Recover: the VM goes on in the destination QEMU that ran post-copy; nothing rolls back.
+    const rec = st.recoveries[st.recoveries.length - 1]!;
+    recoveryMs = rec.at - failedAt;
+    t.match(rec.why, /live/, `run ${run}: the recovery was live (${rec.why})`);
+    t.ok(postcopyPid > 0, `run ${run}: the destination QEMU of post-copy is known (${postcopyPid})`);
+    t.equal(st.pid, postcopyPid, `run ${run}: the VM still runs in the destination QEMU of post-copy`);
+    t.same(qemuPidsIn(c.hosts.dst), [postcopyPid], `run ${run}: that QEMU is the only one there`);
+    const text = readFileSync(serial, 'latin1');
+    const later = text.slice(consoleBefore.length);
+    const firstAfter = Number(/MIGSAFE progress workload=udp counter=(\d+)/.exec(later)?.[1] ?? -1);
+    rolledBack = Math.max(0, lastCounter(consoleBefore) - firstAfter);
+    t.ok(firstAfter >= 0, `run ${run}: the guest reports progress after the recovery`);
+    t.equal(rolledBack, 0, `run ${run}: the guest did not roll back (counter ${lastCounter(consoleBefore)} before the kill, ${firstAfter} next)`);
+    t.notMatch(later, /MIGSAFE boot|Linux version/, `run ${run}: the guest did not reboot`);
+    // Output commit across the live recovery: what the peer has seen is explained by the newest
+    // committed version (read after the peer log), arrives once, and none is missing.
+    const seen = peerDatagrams(c.peerLog);
+    const redis = connectRedis(join(c.redisDir, 'redis.sock'));
+    let k = 0;
+    try {
+      const store = new CheckpointStore(redis, 'f1');
+      const plan = await planRestore(store);
+      k = Number(findProgressInImage((await loadImage(store, plan)).image));
+      unexplained = seen.filter((d) => d.counter > k).length;
+      t.equal(unexplained, 0, `run ${run}: every datagram the peer saw (max ${Math.max(0, ...seen.map((d) => d.counter))}) is explained by the newest version ${plan.target.version} (counter ${k})`);
+    } finally {
+      redis.disconnect();
+    }
+    const counters = seen.map((d) => d.counter);
+    const distinct = new Set(counters);
+    t.equal(distinct.size, counters.length, `run ${run}: no datagram reached the peer twice`);
+    const lo = Math.min(...counters);
+    const hi = Math.max(...counters);
+    t.equal(distinct.size, hi - lo + 1, `run ${run}: no datagram is missing between ${lo} and ${hi}`);
+  } else if (expectRecovery) {
     const rec = st.recoveries[st.recoveries.length - 1]!;
     recoveryMs = rec.at - failedAt;
     // What the recovered state says the guest had sent: counter k in its progress record.
@@ -180,7 +223,7 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       redis.disconnect();
     }
   }
-  record({ scenario, recovered: t.passing(), recoveryMs, unexplained, rolledBack, where: survivor });
+  record({ scenario, recovered: t.passing(), recoveryMs, unexplained, rolledBack, where: survivor, live });
 }
 
 

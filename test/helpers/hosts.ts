@@ -372,9 +372,10 @@ export function peerDatagrams(file: string): { at: number; counter: number }[] {
 }
 
 /** The guest of the migration tests: the `udp` workload, its NIC behind the agent's output gate. */
-export function udpGuestArgs(c: Cluster, serial: string): string[] {
+export function udpGuestArgs(c: Cluster, serial: string, qemu?: string): string[] {
   return appendSerial(
     guestQemuArgs({
+      qemu,
       workload: 'udp',
       memMiB: 128,
       serialLog: serial,
