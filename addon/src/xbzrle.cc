@@ -166,17 +166,9 @@ inline void count_runs_avx512(PageDiff* pd) {
   else count_runs(pd);
 }
 
-__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512(const uint8_t* o,
-                                                                                const uint8_t* n,
-                                                                                PageDiff* pd) {
-  __m512i zor = _mm512_setzero_si512();
-  for (int w = 0; w < 64; w++) {
-    __m512i a = _mm512_loadu_si512(o + 64 * w);
-    __m512i b = _mm512_loadu_si512(n + 64 * w);
-    asm("" : "+v"(b));  // keep b in a register: GCC would load it twice (3 loads a block, not 2)
-    zor = _mm512_or_si512(zor, b);
-    pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
-  }
+// What every AVX-512 compare pass derives from the finished bitmap: words holding a run
+// boundary, whether the new page is zero, the counts.
+__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) inline void finish_diff_avx512(PageDiff* pd, __m512i zor) {
   uint64_t nz = 0, top = 0;
   const __m512i zero = _mm512_setzero_si512();
   for (int w = 0; w < 64; w += 8) {
@@ -189,31 +181,23 @@ __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512(con
   count_runs_avx512(pd);
 }
 
-// diff_avx512 that also stores the new page to snap (64-byte aligned) from the same registers
-// it compared, so the bitmap and the snapshot describe the same contents.
-__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_snap_avx512(const uint8_t* o,
-                                                                                     const uint8_t* n,
-                                                                                     uint8_t* snap,
-                                                                                     PageDiff* pd) {
+// The compare pass; with Snap it also stores the new page to snap (64-byte aligned) from the
+// same registers it compared, so the bitmap and the snapshot describe the same contents.
+template <bool Snap>
+__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512_t(const uint8_t* o,
+                                                                                  const uint8_t* n,
+                                                                                  uint8_t* snap,
+                                                                                  PageDiff* pd) {
   __m512i zor = _mm512_setzero_si512();
   for (int w = 0; w < 64; w++) {
     __m512i a = _mm512_loadu_si512(o + 64 * w);
     __m512i b = _mm512_loadu_si512(n + 64 * w);
-    asm("" : "+v"(b));
-    _mm512_store_si512(snap + 64 * w, b);
+    asm("" : "+v"(b));  // keep b in a register: GCC would load it twice (3 loads a block, not 2)
+    if constexpr (Snap) _mm512_store_si512(snap + 64 * w, b);
     zor = _mm512_or_si512(zor, b);
     pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
   }
-  uint64_t nz = 0, top = 0;
-  const __m512i zero = _mm512_setzero_si512();
-  for (int w = 0; w < 64; w += 8) {
-    __m512i v = _mm512_loadu_si512(pd->neq + w);
-    nz |= uint64_t(_mm512_test_epi64_mask(v, v)) << w;
-    top |= uint64_t(_mm512_cmplt_epi64_mask(v, zero)) << w;
-  }
-  pd->active = nz | (top << 1);
-  pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
-  count_runs_avx512(pd);
+  finish_diff_avx512(pd, zor);
 }
 
 // diff_snap_avx512 that also folds every new block into a CRC32C (crc_fold.h), so the page's
@@ -235,16 +219,7 @@ uint32_t diff_snap_crc_avx512(const uint8_t* o, const uint8_t* n, uint8_t* snap,
       else x[j] = fold512(x[j], K, b);
     }
   }
-  uint64_t nz = 0, top = 0;
-  const __m512i zero = _mm512_setzero_si512();
-  for (int w = 0; w < 64; w += 8) {
-    __m512i v = _mm512_loadu_si512(pd->neq + w);
-    nz |= uint64_t(_mm512_test_epi64_mask(v, v)) << w;
-    top |= uint64_t(_mm512_cmplt_epi64_mask(v, zero)) << w;
-  }
-  pd->active = nz | (top << 1);
-  pd->new_zero = _mm512_test_epi64_mask(zor, zor) == 0;
-  count_runs_avx512(pd);
+  finish_diff_avx512(pd, zor);
   return ~fold_finish(fc, x[0], x[1], x[2], x[3]);
 }
 
@@ -326,7 +301,7 @@ bool diff_page_snap_crc(Level l, const uint8_t* o, const uint8_t* n, uint8_t* sn
 
 void diff_page_snap(Level l, const uint8_t* o, const uint8_t* n, uint8_t* snap, PageDiff* pd) {
 #ifdef MIGSAFE_X86
-  if (l == Level::Avx512) return diff_snap_avx512(o, n, snap, pd);
+  if (l == Level::Avx512) return diff_avx512_t<true>(o, n, snap, pd);
 #endif
   // Other levels: copy first, then compare against the copy (same guarantee, one more pass).
   memcpy(snap, n, kPage);
@@ -335,7 +310,7 @@ void diff_page_snap(Level l, const uint8_t* o, const uint8_t* n, uint8_t* snap, 
 
 void diff_page(Level l, const uint8_t* o, const uint8_t* n, PageDiff* pd) {
 #ifdef MIGSAFE_X86
-  if (l == Level::Avx512) return diff_avx512(o, n, pd);
+  if (l == Level::Avx512) return diff_avx512_t<false>(o, n, nullptr, pd);
   if (l == Level::Avx2) return diff_avx2(o, n, pd);
 #endif
   (void)l;
