@@ -177,6 +177,8 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
   if (t == 1) {
     encode_range(ram, shadow, pages, 0, count, opt, out, total);
   } else {
+    // The first range is encoded straight into out; only the others are appended after the
+    // join (copying every part into a fresh buffer cost a third of the time on dense pages).
     std::vector<Bytes> parts(t);
     std::vector<BatchStats> st(t);
     std::vector<std::thread> th;
@@ -184,14 +186,16 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
       th.emplace_back([&, i] {
         encode_range(ram, shadow, pages, count * i / t, count * (i + 1) / t, opt, parts[i], st[i]);
       });
-    encode_range(ram, shadow, pages, 0, count / t, opt, parts[0], st[0]);
+    encode_range(ram, shadow, pages, 0, count / t, opt, out, st[0]);
     for (auto& x : th) x.join();
-    size_t sum = 0;
-    for (auto& b : parts) sum += b.size;
+    size_t sum = out.size;
+    for (size_t i = 1; i < t; i++) sum += parts[i].size;
     out.reserve(sum ? sum : 1);
     for (size_t i = 0; i < t; i++) {
-      if (parts[i].size) memcpy(out.data + out.size, parts[i].data, parts[i].size);
-      out.size += parts[i].size;
+      if (i && parts[i].size) {
+        memcpy(out.data + out.size, parts[i].data, parts[i].size);
+        out.size += parts[i].size;
+      }
       total.zero += st[i].zero;
       total.delta += st[i].delta;
       total.full += st[i].full;
