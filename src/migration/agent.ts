@@ -6,8 +6,11 @@
 //   phase                      failed side      what happens
 //   pre-copy                   destination/net  the source cancels the migration and runs on
 //   pre-copy                   source           the destination recovers from the last FIC version
-//   post-copy (VM at dest.)    source           the destination recovers from the newest version
-//                                               (the last RIC one; holes come from FIC in the store)
+//   post-copy (VM at dest.)    source           patched QEMU: LIVE — the destination's QEMU gets the
+//                                               pages the source never sent from the final FIC image
+//                                               (migsafe-postcopy-fill) and runs on (recoverLive);
+//                                               stock QEMU / a failed fill: it recovers from the newest
+//                                               version (the last RIC one; holes come from FIC)
 //   post-copy                  destination/net  the source recovers from the last RIC version
 //
 // and over all of it the ownership rule (src/ha/lease.ts): only the holder of the store lease

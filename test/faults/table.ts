@@ -20,7 +20,8 @@ const rows = SCENARIOS.filter((s) => results.some((r) => r.scenario === s)).map(
     s,
     String(rs.length),
     `${ok.length}/${rs.length}`,
-    times.length ? `${(Math.min(...times) / 1000).toFixed(1)}–${(Math.max(...times) / 1000).toFixed(1)} s` : 'none needed (VM kept running)',
+    (times.length ? `${(Math.min(...times) / 1000).toFixed(1)}–${(Math.max(...times) / 1000).toFixed(1)} s` : 'none needed (VM kept running)') +
+      (ok.length && ok.every((r) => r.live) ? ' live (same QEMU)' : ''),
     `${lost} datagrams` + (rb.length && times.length ? ` (rolled back ${Math.min(...rb)}–${Math.max(...rb)} unreleased)` : ''),
   ];
 });
