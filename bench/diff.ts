@@ -121,6 +121,14 @@ function buildCases(pairs: Buffer, pages: number): Case[] {
       return { seconds: r.cpuSeconds[0]!, bytes: r.bytes };
     };
 
+  // A pass written in TypeScript, repeated `inner` times, timed in CPU time; returns the last pass's bytes.
+  const cpuPasses = (pass: () => number) => (inner: number) =>
+    timed('cpu', () => {
+      let bytes = 0;
+      for (let k = 0; k < inner; k++) bytes = pass();
+      return bytes;
+    });
+
   add({ name: `floor (${best})`, op: 'floor', threads: 1, clock: 'cpu', bytesIn: 2 * PAGE, run: kernel('floor', best) });
   add({ name: 'qemu-style wordwise', op: 'encode', threads: 1, clock: 'cpu', bytesIn: 2 * PAGE, run: kernel('wordwise') });
   for (const l of levels) {
@@ -132,19 +140,15 @@ function buildCases(pairs: Buffer, pages: number): Case[] {
     threads: 1,
     clock: 'cpu',
     bytesIn: 2 * PAGE,
-    run: (inner) =>
-      timed('cpu', () => {
-        let bytes = 0;
-        for (let k = 0; k < inner; k++) {
-          bytes = 0;
-          for (let i = 0; i < pages; i++) {
-            const o = pairs.subarray(i * 2 * PAGE, i * 2 * PAGE + PAGE);
-            const e = encodePageTs(o, pairs.subarray(i * 2 * PAGE + PAGE, (i + 1) * 2 * PAGE));
-            bytes += e === null ? PAGE : e.length;
-          }
-        }
-        return bytes;
-      }),
+    run: cpuPasses(() => {
+      let bytes = 0;
+      for (let i = 0; i < pages; i++) {
+        const o = pairs.subarray(i * 2 * PAGE, i * 2 * PAGE + PAGE);
+        const e = encodePageTs(o, pairs.subarray(i * 2 * PAGE + PAGE, (i + 1) * 2 * PAGE));
+        bytes += e === null ? PAGE : e.length;
+      }
+      return bytes;
+    }),
   });
 
   // Batch API: ram = the new pages, shadow = the old ones, reset before every pass (untimed).
@@ -201,17 +205,14 @@ function buildCases(pairs: Buffer, pages: number): Case[] {
     threads: 1,
     clock: 'cpu',
     bytesIn: PAGE,
-    run: (inner) =>
-      timed('cpu', () => {
-        let x = 0;
-        for (let k = 0; k < inner; k++) {
-          for (let i = 0; i < pages; i++) {
-            const d = deltas[i];
-            if (d) x += decodePageTs(pairs.subarray(i * 2 * PAGE, i * 2 * PAGE + PAGE), d)[0]!;
-          }
-        }
-        return x & 0;
-      }),
+    run: cpuPasses(() => {
+      let x = 0;
+      for (let i = 0; i < pages; i++) {
+        const d = deltas[i];
+        if (d) x += decodePageTs(pairs.subarray(i * 2 * PAGE, i * 2 * PAGE + PAGE), d)[0]!;
+      }
+      return x & 0;
+    }),
   });
 
   // Codecs: raw pages one by one, XBZRLE deltas as one batch frame, combined modes.
@@ -238,12 +239,7 @@ function buildCases(pairs: Buffer, pages: number): Case[] {
       threads: 1,
       clock: 'cpu',
       bytesIn: PAGE,
-      run: (inner) =>
-        timed('cpu', () => {
-          let bytes = 0;
-          for (let k = 0; k < inner; k++) bytes = compress(codec, records, level).length;
-          return bytes;
-        }),
+      run: cpuPasses(() => compress(codec, records, level).length),
     });
   }
   for (const [codec, level] of [
@@ -257,15 +253,7 @@ function buildCases(pairs: Buffer, pages: number): Case[] {
       clock: 'cpu',
       bytesIn: 2 * PAGE,
       // Encoding included: batch with the per-page choice, then packBatch.
-      run: (inner) =>
-        timed('cpu', () => {
-          let bytes = 0;
-          for (let k = 0; k < inner; k++) {
-            const rec = encodeBatch(ram, oldPages, null, { updateShadow: false, dense: true, level: best });
-            bytes = packBatch(rec, { codec, level }).length;
-          }
-          return bytes;
-        }),
+      run: cpuPasses(() => packBatch(encodeBatch(ram, oldPages, null, { updateShadow: false, dense: true, level: best }), { codec, level }).length),
     });
   }
   return cases;
