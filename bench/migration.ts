@@ -7,16 +7,24 @@
 // final FIC checkpoint's pause. Recovery times per failure scenario come from the fault matrix
 // (npm run test:faults), whose table is printed here when it exists.
 import { existsSync, readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../test/helpers/guest.js';
 import { appendSerial, createCluster, PEER_PORT, type Cluster, type HostName } from '../test/helpers/hosts.js';
 import { gateNetdev } from '../src/ha/gate.js';
 import { waitFor } from '../src/util/wait.js';
+import { patchedQemu } from '../test/helpers/patched-qemu.js';
 
 const N = Number(process.env.MIGSAFE_BENCH_RUNS ?? 3);
 const BW = Number(process.env.MIGSAFE_BENCH_BANDWIDTH ?? 32); // MiB/s, both modes
 const json = process.argv.includes('--json');
+// MIGSAFE_BENCH_QEMU=patched: both sides on the patched QEMU (RIC then uses its dirty bitmap);
+// a path: that binary; default: the system's qemu-system-x86_64.
+const QEMU = process.env.MIGSAFE_BENCH_QEMU === 'patched' ? patchedQemu() : process.env.MIGSAFE_BENCH_QEMU || undefined;
+// MIGSAFE_BENCH_MODES=postcopy (or precopy): only those modes.
+const MODES = (process.env.MIGSAFE_BENCH_MODES ?? 'precopy,postcopy').split(',').filter((m): m is 'precopy' | 'postcopy' => m === 'precopy' || m === 'postcopy');
+const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
 
 function note(s: string): void {
   process.stderr.write(`${s}\n`);
@@ -45,6 +53,7 @@ async function setUp(name: Side['name']): Promise<Side> {
   const extra = name === 'without' ? ['--no-checkpoint'] : ['--interval', '1000', '--max-time', '200', '--fic-bandwidth', '8'];
   const argv = appendSerial(
     guestQemuArgs({
+      qemu: QEMU,
       workload: 'wset',
       workloadMiB: 16,
       rate: 1000,
@@ -87,13 +96,14 @@ async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void>
 
 async function main(): Promise<void> {
   ensureGuestBuilt();
-  note(`bench:migration — ${N}× pre-copy and ${N}× post-copy per side, ${BW} MiB/s, guest 128 MiB, wset 16 MiB @ 1000 writes/s`);
+  note(`bench:migration — ${N}× pre-copy and ${N}× post-copy per side, ${BW} MiB/s, guest 128 MiB, wset 16 MiB @ 1000 writes/s, QEMU ${QEMU ?? 'qemu-system-x86_64'}`);
+  const loadBefore = load();
   const sides: Side[] = [];
   try {
     sides.push(await setUp('without'));
     sides.push(await setUp('with'));
     for (let i = 0; i < N; i++) {
-      for (const mode of ['precopy', 'postcopy'] as const) {
+      for (const mode of MODES) {
         // Alternate which side goes first.
         const order = i % 2 === 0 ? sides : [...sides].reverse();
         for (const s of order) await migrateOnce(s, mode);
@@ -102,7 +112,7 @@ async function main(): Promise<void> {
     const ric = (['src', 'dst'] as const)
       .flatMap((h) => sides[1]!.c.status(h)?.vms.flatMap((v) => v.rounds) ?? [])
       .filter((r) => r.kind === 'ric');
-    const rows = (['precopy', 'postcopy'] as const).map((mode) => {
+    const rows = MODES.map((mode) => {
       const w = sides[0]!.results.filter((r) => r.mode === mode);
       const f = sides[1]!.results.filter((r) => r.mode === mode);
       const tw = median(w.map((r) => r.totalMs));
@@ -119,6 +129,7 @@ async function main(): Promise<void> {
     });
     const ricStats = {
       rounds: ric.length,
+      dirtySources: [...new Set(ric.map((r) => (r as { dirtySource?: string }).dirtySource ?? '?'))],
       pauseMedianMs: median(ric.map((r) => r.pauseMs)),
       pauseP90Ms: pct(ric.map((r) => r.pauseMs), 0.9),
       replicationMedianMs: median(ric.map((r) => r.replicationMs)),
@@ -127,11 +138,11 @@ async function main(): Promise<void> {
     const tablePath = process.env.MIGSAFE_FAULT_TABLE ?? '/tmp/migsafe-fault-table.md';
     const faults = existsSync(tablePath) ? readFileSync(tablePath, 'utf8') : null;
     if (json) {
-      process.stdout.write(JSON.stringify({ runs: N, bandwidthMiBs: BW, migration: rows, ric: ricStats, faultTable: faults }) + '\n');
+      process.stdout.write(JSON.stringify({ runs: N, bandwidthMiBs: BW, qemu: QEMU ?? 'qemu-system-x86_64', load: { before: loadBefore, after: load() }, migration: rows, ric: ricStats, faultTable: faults }) + '\n');
       return;
     }
     const out: string[] = [];
-    out.push('', `migration (median of ${N}; same guest and workload, run side by side)`, '');
+    out.push('', `migration (median of ${N}; same guest and workload, run side by side; ${BW} MiB/s; QEMU ${QEMU ?? 'qemu-system-x86_64'}; load average ${loadBefore} before, ${load()} after)`, '');
     out.push('| mode | total without | total with FIC/RIC | with/without | downtime without | downtime with | final FIC pause |');
     out.push('|---|---|---|---|---|---|---|');
     for (const r of rows) {
@@ -140,7 +151,7 @@ async function main(): Promise<void> {
           `${r.downtimeWithoutMs} ms | ${r.downtimeWithMs} ms | ${r.finalFicPauseMs.toFixed(0)} ms |`,
       );
     }
-    out.push('', `RIC at the post-copy destination: ${ricStats.rounds} rounds; pause per round median ${ricStats.pauseMedianMs.toFixed(0)} ms ` +
+    out.push('', `RIC at the post-copy destination: ${ricStats.rounds} rounds (${ricStats.dirtySources.join(', ')} source); pause per round median ${ricStats.pauseMedianMs.toFixed(0)} ms ` +
       `(p90 ${ricStats.pauseP90Ms.toFixed(0)}), replication time median ${ricStats.replicationMedianMs.toFixed(0)} ms (p90 ${ricStats.replicationP90Ms.toFixed(0)})`);
     out.push('', faults ? `recovery per scenario (last npm run test:faults, ${tablePath}):\n\n${faults}` : `recovery per scenario: run \`npm run test:faults\` (its table lands in ${tablePath})`);
     process.stdout.write(out.join('\n') + '\n');
