@@ -332,10 +332,14 @@ Napi::Value PackBatch(const Napi::CallbackInfo& info) {
   int level = level_num(env, info[2]);
   if (!info[3].IsNumber()) throw Napi::TypeError::New(env, "smallMax must be a number");
   size_t small_max = size_t(info[3].As<Napi::Number>().Uint32Value());
-  ByteVec out;
+  Napi::Buffer<uint8_t> out;
   std::string err;
-  if (!pack_records(rec.p, rec.n, c, level, small_max, out, err)) throw Napi::RangeError::New(env, err);
-  return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
+  auto alloc = [&](size_t n) {
+    out = Napi::Buffer<uint8_t>::New(env, n);
+    return out.Data();
+  };
+  if (!pack_records(rec.p, rec.n, c, level, small_max, alloc, err)) throw Napi::RangeError::New(env, err);
+  return out;
 }
 
 Napi::Value UnpackBatch(const Napi::CallbackInfo& info) {

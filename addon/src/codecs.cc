@@ -207,10 +207,13 @@ inline void wr32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }
 }  // namespace
 
 bool pack_records(const uint8_t* rec, size_t len, Codec c, int level, size_t small_max,
-                  ByteVec& out, std::string& err) {
-  thread_local ByteVec small, large, probe;
+                  const std::function<uint8_t*(size_t)>& alloc, std::string& err) {
+  // Per-thread scratch stays warm across calls (fresh buffers cost a page fault per 4 KiB).
+  thread_local ByteVec small, probe, packed;
+  thread_local std::vector<std::pair<size_t, size_t>> stored;  // runs of stored records: offset, bytes
   small.clear();
-  large.clear();
+  stored.clear();
+  size_t stored_bytes = 0;
   for (size_t off = 0; off < len;) {
     if (len - off < 16) { err = "packBatch: truncated record header"; return false; }
     size_t plen = rd32(rec + off + 8), end = off + 16 + plen;
@@ -222,22 +225,31 @@ bool pack_records(const uint8_t* rec, size_t len, Codec c, int level, size_t sma
       int limit = int(plen - plen / 8);
       compressible = LZ4_compress_default((const char*)rec + off + 16, (char*)probe.data(), int(plen), limit) > 0;
     }
-    ByteVec& dst = compressible ? small : large;
-    dst.insert(dst.end(), rec + off, rec + end);
+    if (compressible) {
+      small.insert(small.end(), rec + off, rec + end);
+    } else {
+      if (!stored.empty() && stored.back().first + stored.back().second == off) stored.back().second += end - off;
+      else stored.push_back({off, end - off});
+      stored_bytes += end - off;
+    }
     off = end;
   }
-  thread_local ByteVec packed;
   if (!compress(c, level, small.data(), small.size(), packed, err)) return false;
-  out.resize(kPackHeader + packed.size() + large.size());
-  wr32(out.data(), kPackMagic);
+  uint8_t* out = alloc(kPackHeader + packed.size() + stored_bytes);
+  wr32(out, kPackMagic);
   out[4] = 1;
   out[5] = uint8_t(c);
   out[6] = out[7] = 0;
-  wr32(out.data() + 8, uint32_t(small.size()));
-  wr32(out.data() + 12, uint32_t(packed.size()));
-  wr32(out.data() + 16, uint32_t(large.size()));
-  if (!packed.empty()) memcpy(out.data() + kPackHeader, packed.data(), packed.size());
-  if (!large.empty()) memcpy(out.data() + kPackHeader + packed.size(), large.data(), large.size());
+  wr32(out + 8, uint32_t(small.size()));
+  wr32(out + 12, uint32_t(packed.size()));
+  wr32(out + 16, uint32_t(stored_bytes));
+  uint8_t* p = out + kPackHeader;
+  if (!packed.empty()) memcpy(p, packed.data(), packed.size());
+  p += packed.size();
+  for (auto& r : stored) {
+    memcpy(p, rec + r.first, r.second);
+    p += r.second;
+  }
   return true;
 }
 

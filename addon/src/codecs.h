@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <new>
 #include <utility>
@@ -49,8 +50,10 @@ namespace migsafe {
 // Combined mode (see src/kernel/codecs.ts packBatch): splits a record buffer into records that
 // compress (small payloads, and larger XBZRLE deltas an LZ4 probe finds compressible), packed
 // as one frame, and the rest, stored. Returns false with err on malformed framing.
+// The packed bytes go straight to alloc(size) (the caller's buffer: one copy of the stored
+// records, no intermediate buffer).
 bool pack_records(const uint8_t* rec, size_t len, Codec c, int level, size_t small_max,
-                  ByteVec& out, std::string& err);
+                  const std::function<uint8_t*(size_t)>& alloc, std::string& err);
 bool unpack_records(const uint8_t* in, size_t len, ByteVec& out, std::string& err);
 
 }  // namespace migsafe
