@@ -1,7 +1,9 @@
 // The QEMU series' own end-to-end checks (qemu-patches/tools/ft-test.py) against the patched
 // binary: bitmap exact against a full compare; FIC exact while a live migration runs;
 // device state save/load into a second QEMU with no abort; output commit releases exactly
-// what each committed checkpoint explains; pre-copy under TCG loses no write (patch 0006).
+// what each committed checkpoint explains; pre-copy under TCG loses no write (patch 0006); a
+// post-copy whose source is killed completes from an image of its RAM and the same
+// destination guest goes on (migsafe-postcopy-fill, patch 0007).
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
@@ -13,7 +15,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 ensureGuestBuilt();
 const QEMU = patchedQemu();
 
-for (const check of ['bitmap', 'migration', 'devices', 'net', 'precopy']) {
+for (const check of ['bitmap', 'migration', 'devices', 'net', 'precopy', 'fill']) {
   t.test(`ft-test.py ${check}`, async (t) => {
     const child = spawn('python3', [join(ROOT, 'qemu-patches', 'tools', 'ft-test.py'), '--qemu', QEMU, check], {
       stdio: ['ignore', 'pipe', 'pipe'],
