@@ -216,6 +216,8 @@ export class Checkpointer {
         } catch {
           /* logged */
         }
+      } else {
+        this.wokenBy = undefined; // no rounds while paused: an event now must not make the loop spin
       }
       if (!this.running) break;
       const elapsed = performance.now() - t0;
