@@ -61,7 +61,10 @@ t.test('post-copy on the patched QEMU: RIC rounds from the dirty bitmap, on the 
   for (const pid of qemuPidsIn(c.hosts.dst)) process.kill(pid, 'SIGKILL');
   await waitFor('the destination QEMU to go', 10_000, () => (qemuPidsIn(c.hosts.dst).length === 0 ? true : undefined));
   const mark2 = readFileSync(serial, 'latin1').length;
+  // Its RAM file goes where the cluster's teardown removes it.
+  process.env.MIGSAFE_RUN_DIR = c.agents.dst!.runDir;
   const rec = await c.cli('dst', ['recover', '--vm', 'b1', '--version', String(lastRic), '--redis', c.redisUrl, '--detach']);
+  delete process.env.MIGSAFE_RUN_DIR;
   t.equal(rec.code, 0, `recover version ${lastRic} exits 0: ${rec.stderr.trim().split('\n').slice(-2).join(' | ')}`);
   const back = await waitForConsole(serial, (_p, text) => {
     const q = parseConsole(text.slice(mark2));
