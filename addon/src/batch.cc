@@ -188,14 +188,32 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
       });
     encode_range(ram, shadow, pages, 0, count / t, opt, out, st[0]);
     for (auto& x : th) x.join();
-    size_t sum = out.size;
-    for (size_t i = 1; i < t; i++) sum += parts[i].size;
-    out.reserve(sum ? sum : 1);
-    for (size_t i = 0; i < t; i++) {
-      if (i && parts[i].size) {
-        memcpy(out.data + out.size, parts[i].data, parts[i].size);
-        out.size += parts[i].size;
+    size_t base = out.size, rest = 0;
+    for (size_t i = 1; i < t; i++) rest += parts[i].size;
+    out.reserve(base + rest ? base + rest : 1);
+    // The appended parts are copied by all t threads, each a slice of their concatenation
+    // (a single thread copying megabytes of dense records was the serial tail of the batch).
+    auto copy_slice = [&](size_t a, size_t b) {
+      size_t pos = 0;
+      for (size_t i = 1; i < t && a < b; i++) {
+        size_t ps = parts[i].size, lo = a > pos ? a - pos : 0, hi = b - pos < ps ? b - pos : ps;
+        if (a < pos + ps && lo < hi) {
+          memcpy(out.data + base + pos + lo, parts[i].data + lo, hi - lo);
+          a = pos + hi;
+        }
+        pos += ps;
       }
+    };
+    if (rest >= (size_t(1) << 20)) {
+      th.clear();
+      for (size_t k = 1; k < t; k++) th.emplace_back([&, k] { copy_slice(rest * k / t, rest * (k + 1) / t); });
+      copy_slice(0, rest / t);
+      for (auto& x : th) x.join();
+    } else {
+      copy_slice(0, rest);
+    }
+    out.size = base + rest;
+    for (size_t i = 0; i < t; i++) {
       total.zero += st[i].zero;
       total.delta += st[i].delta;
       total.full += st[i].full;

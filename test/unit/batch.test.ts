@@ -130,6 +130,30 @@ t.test('levels, threads and async give the same bytes', async (t) => {
   t.ok(copy.equals(shadow) && b.equals(ref), 'updateShadow: false leaves the shadow alone');
 });
 
+t.test('threads on a batch of megabytes (the parts are appended by several threads) give the same bytes and shadow', async (t) => {
+  // 1536 pages: a third unchanged, a third with a few changed bytes, a third rewritten (whole pages),
+  // so each thread's part is megabytes and parts mix record kinds at their edges.
+  const pages = 1536;
+  const r = rng(77);
+  const shadow = Buffer.alloc(pages * P);
+  for (let i = 0; i < shadow.length; i++) shadow[i] = (r() * 256) | 0;
+  const ram = Buffer.from(shadow);
+  for (let p = 0; p < pages; p++) {
+    if (p % 3 === 1) for (let k = 0; k < 8; k++) ram[p * P + ((r() * P) | 0)] ^= 0x5a;
+    if (p % 3 === 2) for (let k = 0; k < P; k++) ram[p * P + k] = (r() * 256) | 0;
+  }
+  const s1 = Buffer.from(shadow);
+  const ref = encodeBatch(ram, s1, null, { threads: 1 });
+  t.ok(ref.length > 2 * 1024 * 1024, `reference batch is ${ref.length} bytes`);
+  t.ok(s1.equals(ram), 'the shadow is brought up to date');
+  for (const threads of [2, 3]) {
+    const s = Buffer.from(shadow);
+    const b = encodeBatch(ram, s, null, { threads });
+    t.ok(b.equals(ref), `${threads} threads: same records in the same order`);
+    t.ok(s.equals(ram), `${threads} threads: same shadow`);
+  }
+});
+
 t.test('applyBatch refuses corrupt batches and leaves the image untouched', async (t) => {
   const { ram, shadow } = scene(4);
   const old = Buffer.from(shadow);
