@@ -81,7 +81,7 @@ interface VmRuntime {
   paths?: VmPaths;
   ramBytes: number;
   ckpt?: Checkpointer;
-  /** RIC's dirty source at a post-copy destination (bitmap when QEMU has migsafe-ft, else SEEK_DATA). */
+  /** The checkpoint loop's dirty source when it is not a plain compare: QEMU's bitmap (migsafe-ft), or SEEK_DATA at a post-copy destination. */
   dirty?: DirtySource & { allPresent?(): void };
   /** What RIC runs on here: source and triggers (shown in the status). */
   ric?: { dirtySource: 'bitmap' | 'present-pages'; dirtyPagesThreshold: number | null; note?: string };
@@ -234,10 +234,25 @@ export class Agent {
     r.ramBytes = ramBytes;
     r.paths = vmPaths(this.o.runDir, `${vm}.${this.o.host}`);
     createRamFile(r.paths.ram, ramBytes);
-    r.qemu = launchQemu({ argv, ramBytes, paths: r.paths, logFd: this.qemuLog(vm) });
+    const ft = this.useFt(argv[0]!);
+    r.qemu = launchQemu({ argv, ramBytes, paths: r.paths, logFd: this.qemuLog(vm), ft });
     r.qmp = await this.connectQmp(r);
-    this.startFic(r);
-    this.setRole(r, 'owner', `started QEMU pid ${r.qemu.pid}`);
+    r.dirty = ft ? await this.ficBitmap(r) : undefined;
+    this.startFic(r, undefined, r.dirty);
+    this.setRole(r, 'owner', `started QEMU pid ${r.qemu.pid}; FIC dirty pages from ${r.dirty ? "QEMU's bitmap" : 'a compare of RAM'}`);
+  }
+
+  /**
+   * FIC's dirty source on the patched QEMU: its bitmap (tracking starts now, after the guest
+   * ran: the first round compares all of RAM, then only what the bitmap names).
+   */
+  private async ficBitmap(r: VmRuntime): Promise<BitmapDirtySource | undefined> {
+    try {
+      return await BitmapDirtySource.connect(r.paths!.ft, r.ramBytes);
+    } catch (e) {
+      this.note(r, `migsafe-ft unusable (${(e as Error).message}): FIC compares all of RAM`);
+      return undefined;
+    }
   }
 
   private qemuLog(vm: string): number {
@@ -380,17 +395,18 @@ export class Agent {
     this.gate?.discard();
     await r.store.cleanupPending().catch(() => []);
     const paths = vmPaths(this.o.runDir, `${r.vm}.${this.o.host}.r${Date.now()}`);
-    const rec = await recoverVm({ store: r.store, paths, logFd: this.qemuLog(r.vm) });
+    const rec = await recoverVm({ store: r.store, paths, logFd: this.qemuLog(r.vm), ft: (bin) => this.useFt(bin) });
     r.paths = paths;
     r.qemu = rec.qemu;
     r.qmp = rec.qmp;
     r.ramBytes = rec.plan.vm.ramBytes;
+    r.dirty = rec.ft ? await this.ficBitmap(r) : undefined;
     const myQemu = rec.qemu;
     void rec.qemu.exited.then((c) => {
       if (r.qemu === myQemu) this.onQemuExit(r, c);
     });
     await this.redis.set(`migsafe:{${r.vm}}:agent`, this.o.listen).catch(() => {});
-    this.startFic(r, { image: rec.image, version: rec.plan.target.version });
+    this.startFic(r, { image: rec.image, version: rec.plan.target.version }, r.dirty);
     const ms = performance.now() - t0;
     r.recoveries.push({ at: Date.now(), fromVersion: rec.plan.target.version, ms, why });
     this.setRole(r, 'owner', `recovered from version ${rec.plan.target.version} in ${ms.toFixed(0)} ms, QEMU pid ${rec.qemu.pid}`);
@@ -512,6 +528,8 @@ export class Agent {
           .catch(() => ({}) as { downtime?: number; 'total-time'?: number });
         await r.ckpt?.stop().catch(() => {});
         r.ckpt = undefined;
+        void r.dirty?.close();
+        r.dirty = undefined;
         peer.notify('done');
         setTimeout(() => peer.close(), 2000);
         r.peer = undefined;

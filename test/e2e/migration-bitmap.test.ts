@@ -43,6 +43,10 @@ t.test('post-copy on the patched QEMU: RIC rounds from the dirty bitmap, on the 
     rounds: { version: number; kind: string; trigger?: string; dirtySource?: string; fullCompare?: boolean; pages: number }[];
   };
   const ric = st.rounds.filter((x) => x.kind === 'ric');
+  // The source ran FIC on the bitmap too: one full compare when tracking began, then only what it names.
+  const srcFic = ((c.status('src')?.vms[0]?.rounds ?? []) as unknown as typeof st.rounds).filter((x) => x.kind === 'fic');
+  t.ok(srcFic.length >= 2, `FIC rounds at the source: ${srcFic.length}`);
+  t.same(srcFic.slice(1).filter((x) => x.dirtySource !== 'bitmap' || x.fullCompare).map((x) => x.version), [], 'FIC at the source: from the bitmap after its first round');
   t.ok(ric.length >= 2, `RIC rounds at the destination: ${ric.length}`);
   t.same(st.ric, { dirtySource: 'bitmap', dirtyPagesThreshold: 512 }, 'RIC runs on the bitmap source with the dirty-page threshold');
   t.ok(st.events.some((e) => /RIC on the bitmap dirty source/.test(e)), 'the log says RIC uses the bitmap');

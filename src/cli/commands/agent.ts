@@ -58,8 +58,8 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
         choices: ['auto', 'bitmap', 'scan'] as const,
         default: 'auto' as const,
         describe:
-          "RIC's dirty pages at a post-copy destination: the patched QEMU's dirty bitmap, or SEEK_DATA + compare " +
-          '(auto: bitmap when the QEMU binary has migsafe-ft)',
+          "where FIC's and RIC's dirty pages come from: the patched QEMU's dirty bitmap, or a compare of RAM " +
+          '(at a post-copy destination: of the pages present, SEEK_DATA); auto: bitmap when the QEMU binary has migsafe-ft',
       })
       .option('hb-interval', { type: 'number', default: 200, describe: 'heartbeat interval, ms' })
       .option('hb-timeout', { type: 'number', default: 1500, describe: 'silence after which the other side is declared failed, ms' })
