@@ -13,7 +13,8 @@ devices    save-devices / load-devices round trip into a second QEMU that resume
 net        filter-migsafe: datagrams the guest sends reach the host only after the checkpoint
            that covers them is committed; the tx eventfd fires
 precopy    a long pre-copy of a write-heavy guest loses no write under TCG (patch 0006)
-fill       post-copy whose source is killed: migsafe-postcopy-fill (patch 0007, out of band)
+fill       post-copy whose source hangs (migrate-pause) and is killed: migsafe-postcopy-fill
+           (patch 0007, out of band)
            refuses a wrong state and a short image, then places the missing pages from the
            source's RAM image; the migration completes and the same destination QEMU's guest
            goes on verifying its memory (not in `all`: run it by name)
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -300,14 +302,22 @@ def test_fill(qemu: str, wd: str) -> None:
         log("refused while postcopy-active: 'not postcopy-paused'")
         image = os.path.join(wd, "image")
         pid = dst.pid
-        src.kill()
-        src.wait()
-        shutil.copyfile(sp["ram"], image)
+        # A hung source first (SIGSTOP: the stream stays open, nothing comes): the destination
+        # breaks it itself with migrate-pause, out of band as migsafe does; then it dies.
+        os.kill(src.pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        if mig_status(dq) != "postcopy-active":
+            raise FTError(f"destination left postcopy-active while the source only hung: {mig_status(dq)}")
+        dq.cmd_oob("migrate-pause")
         deadline = time.time() + 30
         while mig_status(dq) != "postcopy-paused":
             if time.time() > deadline:
-                raise FTError(f"destination not postcopy-paused after the source died: {mig_status(dq)}")
+                raise FTError(f"destination not postcopy-paused after migrate-pause: {mig_status(dq)}")
             time.sleep(0.1)
+        log("hung source: migrate-pause (exec-oob) took the destination to postcopy-paused")
+        src.kill()
+        src.wait()
+        shutil.copyfile(sp["ram"], image)
         short = os.path.join(wd, "short")
         with open(short, "wb") as f:
             f.write(b"\0" * (1 << 20))
