@@ -333,7 +333,9 @@ def test_fill(qemu: str, wd: str) -> None:
         ms = (time.time() - t0) * 1000
         mem = [b for b in res["blocks"] if b["name"] == "mem"][0]
         log(f"filled in {ms:.0f} ms: " + ", ".join(
-            f"{b['name']} present {b['present']} filled {b['filled']} zeroed {b['zeroed']}" for b in res["blocks"]))
+            f"{b['name']} present {b['present']} filled {b['filled']} restored {b.get('restored', '-')} "
+            f"zeroed {b['zeroed']}{'' if b.get('copy', True) or b['name'] == 'mem' else ' (no copy)'}"
+            for b in res["blocks"]))
         if mem["filled"] == 0:
             raise FTError("nothing was missing at the destination: the check proved nothing")
         deadline = time.time() + 30
@@ -349,6 +351,26 @@ def test_fill(qemu: str, wd: str) -> None:
         if errs:
             raise FTError(f"the guest found memory errors after the fill: {errs[:3]}")
         log(f"migration completed without its source; the same QEMU's guest verifies its memory: counter {line['counter']}")
+        # The firmware blocks (pc.bios, option ROMs, ACPI blobs) the source had not sent must be
+        # the real ones, not zeros: reset the guest and it has to boot again, from the BIOS the
+        # fill put back. (-no-reboot turns even QMP's system_reset into a shutdown: set-action
+        # makes a reset a reset again.)
+        bios = os.path.join(wd, "bios.dump")
+        dq.cmd("pmemsave", val=0xfffc0000, size=0x40000, filename=bios)
+        tail = open(bios, "rb").read()[-16:]
+        log(f"after the fill: reset vector bytes {tail.hex()}")
+        boots = len([l for l in console_lines(dp["serial"]) if l["kind"] == "boot"])
+        dq.cmd("set-action", reboot="reset")
+        dq.cmd("system_reset")
+        try:
+            line = wait_console(dp["serial"], lambda l: l["kind"] == "boot", 90) if boots == 0 else None
+        except FTError:
+            raise FTError("no boot within 90 s of system_reset after the fill: the firmware blocks "
+                          f"were not restored (reset vector {tail.hex()}; QEMU "
+                          f"{'exited ' + str(dst.poll()) if dst.poll() is not None else 'still running'})")
+        if boots:
+            raise FTError(f"{boots} boot lines on the destination's console before the reset")
+        log(f"system_reset after the fill: the guest boots again ({line.get('kernel', '?')}, uptime {line.get('uptime', '?')})")
         log("fill: PASS")
     finally:
         stop_qemu(src, sp)
