@@ -817,14 +817,21 @@ export class Agent {
       const tLoaded = performance.now();
       writeFileSync(file, from.image);
       const tWritten = performance.now();
-      const res = await qmp.executeOob<{ blocks: { name: string; present: number; filled: number; zeroed: number }[] }>(
+      // restored/copy: 0008 (the block's own contents from before the migration; older binaries: zeros)
+      const res = await qmp.executeOob<{
+        blocks: { name: string; present: number; filled: number; restored?: number; zeroed: number; copy?: boolean }[];
+      }>(
         'migsafe-postcopy-fill',
         { path: file, block: RAM_BACKEND_ID },
       );
       const ms = performance.now() - t0;
       const sum = res.blocks
-        .filter((b) => b.filled || b.zeroed)
-        .map((b) => `${b.name}: ${b.filled ? `${b.filled} from the image` : `${b.zeroed} zero`}`)
+        .filter((b) => b.filled || b.restored || b.zeroed)
+        .map((b) => {
+          if (b.filled) return `${b.name}: ${b.filled} from the image`;
+          const z = b.zeroed ? `${b.zeroed} zero${b.copy ? '' : ' (no copy)'}` : '';
+          return `${b.name}: ${b.restored ? `${b.restored} from its pre-migration copy${z ? ` + ${z}` : ''}` : z}`;
+        })
         .join(', ');
       r.recoveries.push({ at: Date.now(), fromVersion: from.version, ms, why: `source failed in post-copy (${why}): live, missing pages filled from version ${from.version}` });
       r.finalImageLoad = undefined;
