@@ -368,14 +368,13 @@ namespace {
 // the set bits of m ^ (m << 1 | carry). Only words that hold one are visited.
 // Portable: simdjson-style flattening, 8 tzcnt/blsr steps per word unconditionally (entries
 // past the count are garbage and ignored) instead of a loop whose exit mispredicts per word.
-uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
-  uint32_t nb = 0, ch = 0;
+uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b) {
+  uint32_t nb = 0;
   for (uint64_t act = pd.active; act; act &= act - 1) {
     uint32_t w = uint32_t(__builtin_ctzll(act));
     uint64_t m = pd.neq[w];
     uint64_t t = m ^ ((m << 1) | (w ? pd.neq[w - 1] >> 63 : 0));
     uint32_t cnt = uint32_t(__builtin_popcountll(t));
-    ch += uint32_t(__builtin_popcountll(m));
     uint16_t base = uint16_t(w << 6);
     uint16_t* o = b + nb;
     for (int j = 0; j < 8; j++) {  // t | top bit: ctz stays defined once t runs out
@@ -388,7 +387,6 @@ uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
     }
     nb += cnt;
   }
-  *changed = ch;
   return nb;
 }
 
@@ -396,7 +394,7 @@ uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
 // AVX-512 VBMI2: one byte compress per word turns its boundary mask into positions 0..63,
 // widened to 16 bits in two halves (the second half is garbage past the count, overwritten).
 __attribute__((target("avx512f,avx512bw,avx512vbmi2,bmi,bmi2,popcnt")))
-uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
+uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b) {
   const __m512i idx = _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48,
                                       47, 46, 45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32,
                                       31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
@@ -412,7 +410,6 @@ uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b, uint32_t* changed) {
     _mm512_storeu_si512(b + nb + 32, _mm512_add_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(pos, 1)), base));
     nb += uint32_t(__builtin_popcountll(t));
   }
-  *changed = pd.changed;
   return nb;
 }
 #endif
@@ -446,6 +443,22 @@ struct EmitState {
   int dz = 0;         // output position after the last unchanged-run header
   uint32_t prev = 0;  // end of the previous changed run
 };
+
+// The per-run loop of emit16 when every run fits one W-byte move (W = 32 or 64): qh holds
+// (output offset, header) pairs, qd (data offset, source offset) pairs.
+template <int W>
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void emit_short(
+    const uint64_t* qh, const uint64_t* qd, uint32_t cnt, const uint8_t* nw, uint8_t* dst) {
+  for (uint32_t j = 0; j < cnt; j++) {
+    uint64_t a = qh[j], c = qd[j];
+    uint32_t hv = uint32_t(a >> 32);
+    memcpy(dst + uint32_t(a), &hv, 4);  // 4 bytes: the data move below overwrites the excess
+    if constexpr (W == 32)
+      _mm256_storeu_si256((__m256i*)(dst + uint32_t(c)), _mm256_loadu_si256((const __m256i*)(nw + (c >> 32))));
+    else
+      _mm512_storeu_si512(dst + uint32_t(c), _mm512_loadu_si512(nw + (c >> 32)));
+  }
+}
 
 // Emits runs k0 .. k0+cnt-1 (cnt <= 16): lengths, ULEB128 headers and output offsets (a
 // prefix sum) are computed in 32-bit lanes, so the per-run scalar work is one 4-byte header
@@ -497,21 +510,8 @@ __attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0
     _mm512_store_si512(qh + 8, _mm512_permutex2var_epi32(o, hi, h));
     _mm512_store_si512(qd, _mm512_permutex2var_epi32(dof, lo, s));
     _mm512_store_si512(qd + 8, _mm512_permutex2var_epi32(dof, hi, s));
-    if (!over32) {
-      for (uint32_t j = 0; j < cnt; j++) {
-        uint64_t a = qh[j], c = qd[j];
-        uint32_t hv = uint32_t(a >> 32);
-        memcpy(dst + uint32_t(a), &hv, 4);  // 4 bytes: the data move below overwrites the excess
-        _mm256_storeu_si256((__m256i*)(dst + uint32_t(c)), _mm256_loadu_si256((const __m256i*)(nw + (c >> 32))));
-      }
-    } else {  // dense pages: runs up to 64 bytes, one 64-byte move each
-      for (uint32_t j = 0; j < cnt; j++) {
-        uint64_t a = qh[j], c = qd[j];
-        uint32_t hv = uint32_t(a >> 32);
-        memcpy(dst + uint32_t(a), &hv, 4);
-        _mm512_storeu_si512(dst + uint32_t(c), _mm512_loadu_si512(nw + (c >> 32)));
-      }
-    }
+    if (!over32) emit_short<32>(qh, qd, cnt, nw, dst);
+    else emit_short<64>(qh, qd, cnt, nw, dst);  // dense pages: runs up to 64 bytes
   } else {
     _mm512_store_si512(off, o);
     _mm512_store_si512(hdr, h);
@@ -548,14 +548,13 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   // counted both, so a page too dirty for a delta is rejected before any run is looked at.
   if (pd.changed + 2 * ((pd.bounds + 1) / 2) > kPage) return -1;
   uint16_t b[kPage + 2 + 64];  // +64: room for the flatteners' unconditional writes
-  uint32_t nb, changed;
+  uint32_t nb;
 #ifdef MIGSAFE_X86
-  if (l == Level::Avx512 && cpu_has_vbmi2()) nb = flatten_vbmi2(pd, b, &changed);
+  if (l == Level::Avx512 && cpu_has_vbmi2()) nb = flatten_vbmi2(pd, b);
   else
 #endif
-    nb = flatten_scalar(pd, b, &changed);
+    nb = flatten_scalar(pd, b);
   (void)l;
-  (void)changed;
   bool trailing = !(nb & 1);  // an even count means the last run ends before the page does
   if (!trailing) b[nb++] = uint16_t(kPage);
   // No checks inside the loop: after the test above the output is at most
