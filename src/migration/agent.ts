@@ -299,6 +299,11 @@ export class Agent {
     return has;
   }
 
+  /** What a checkpoint loop reads and writes for the VM: its store, QMP, RAM file and device-state file. */
+  private vmIo(r: VmRuntime) {
+    return { store: r.store, qmp: r.qmp!, ramPath: r.paths!.ram, ramBytes: r.ramBytes, deviceStatePath: r.paths!.deviceState };
+  }
+
   private startFic(r: VmRuntime, resumeFrom?: { image: Buffer; version: number }, dirty?: DirtySource): void {
     if (this.o.noCheckpoint) {
       if (this.gate) this.gate.holding = false;
@@ -307,11 +312,7 @@ export class Agent {
     if (this.gate) this.gate.holding = this.o.gate;
     r.ckpt = new Checkpointer({
       kind: 'fic',
-      store: r.store,
-      qmp: r.qmp!,
-      ramPath: r.paths!.ram,
-      ramBytes: r.ramBytes,
-      deviceStatePath: r.paths!.deviceState,
+      ...this.vmIo(r),
       dirty: dirty ?? new ScanDirtySource(),
       codec: this.o.codec,
       intervalMs: this.o.intervalMs,
@@ -748,11 +749,7 @@ export class Agent {
     };
     r.ckpt = new Checkpointer({
       kind: 'ric',
-      store: r.store,
-      qmp: r.qmp!,
-      ramPath: r.paths!.ram,
-      ramBytes: r.ramBytes,
-      deviceStatePath: r.paths!.deviceState,
+      ...this.vmIo(r),
       dirty: r.dirty,
       codec: this.o.codec,
       intervalMs: this.o.ricIntervalMs,

@@ -159,17 +159,15 @@ export class QmpClient extends EventEmitter {
         this.greetingWaiter = undefined;
       } else if ('event' in msg) {
         this.emit('event', msg as unknown as QmpEvent);
-      } else if (('return' in msg || 'error' in msg) && typeof msg.id === 'string' && this.oobPending.has(msg.id)) {
-        const p = this.oobPending.get(msg.id)!;
-        this.oobPending.delete(msg.id);
-        if ('error' in msg) {
-          const err = msg.error as { class: string; desc: string };
-          p.reject(new QmpError(p.command, err.class, err.desc));
-        } else {
-          p.resolve(msg.return);
-        }
       } else if ('return' in msg || 'error' in msg) {
-        const p = this.queue.shift();
+        // An out-of-band reply carries its id; in-band replies come in order.
+        let p: Pending | undefined;
+        if (typeof msg.id === 'string' && this.oobPending.has(msg.id)) {
+          p = this.oobPending.get(msg.id)!;
+          this.oobPending.delete(msg.id);
+        } else {
+          p = this.queue.shift();
+        }
         if (!p) continue;
         if ('error' in msg) {
           const err = msg.error as { class: string; desc: string };
