@@ -61,9 +61,12 @@ Codec codec_arg(const Napi::Env& env, const Napi::Value& v) {
 
 Napi::Buffer<uint8_t> take_bytes(Napi::Env env, Bytes& b) {
   if (b.size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
-  size_t n = b.size;
+  size_t n = b.size, cap = b.cap;
   uint8_t* p = b.release();
-  return Napi::Buffer<uint8_t>::New(env, p, n, [](Napi::Env, uint8_t* q) { free(q); });
+  // The capacity rides along as the finalizer's hint (no allocation for it).
+  return Napi::Buffer<uint8_t>::New(
+      env, p, n, [](Napi::Env, uint8_t* q, void* c) { bytes_free(q, reinterpret_cast<size_t>(c)); },
+      reinterpret_cast<void*>(cap));
 }
 
 Napi::Value CpuLevel(const Napi::CallbackInfo& info) {
