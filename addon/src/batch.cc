@@ -34,13 +34,18 @@ uint8_t* map_block(size_t cap) {
 }
 }  // namespace
 
-void bytes_free(void* p, size_t cap) {
-  if (!p) return;
+void Bytes::free_released(uint8_t* p, size_t cap) {
   if (cap >= kHuge) munmap(p, cap);
   else free(p);
 }
 
-Bytes::~Bytes() { bytes_free(data, cap); }
+void Bytes::reset() {
+  free_released(data, cap);
+  data = nullptr;
+  size = cap = 0;
+}
+
+Bytes::~Bytes() { reset(); }
 
 void Bytes::reserve(size_t n) {
   if (n <= cap) return;

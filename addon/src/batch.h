@@ -36,12 +36,11 @@ struct Bytes {
   Bytes(Bytes&& o) noexcept : data(o.data), size(o.size), cap(o.cap) { o.data = nullptr; o.size = o.cap = 0; }
   ~Bytes();
   void reserve(size_t n);
-  // Hands the memory over; give it back with bytes_free(p, capacity) (cap before release).
+  void reset();  // frees the memory
+  // Hands the memory over; it is freed later with free_released(p, cap as it was).
   uint8_t* release() { uint8_t* p = data; data = nullptr; size = cap = 0; return p; }
+  static void free_released(uint8_t* p, size_t cap);
 };
-
-// Frees memory from Bytes (capacity cap): large blocks are kept for the next batch.
-void bytes_free(void* p, size_t cap);
 
 struct BatchOptions {
   Level level = Level::Scalar;
