@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <sys/mman.h>
 #include <new>
 #include <thread>
@@ -106,26 +107,62 @@ bool high_bytes_repeat(const uint8_t* page) {
   return eq >= kPage / 16;
 }
 
+// Memory for the parts other threads encode, kept from batch to batch: fresh pages fault,
+// and faults from two threads at once wait on each other (one lock per address space).
+std::mutex scratch_mu;
+std::vector<Bytes> scratch_free;
+constexpr size_t kScratchKeep = 4, kScratchMaxBytes = size_t(64) << 20;
+
+Bytes take_scratch() {
+  std::lock_guard<std::mutex> g(scratch_mu);
+  if (scratch_free.empty()) return Bytes();
+  Bytes b = std::move(scratch_free.back());
+  scratch_free.pop_back();
+  b.size = 0;
+  return b;
+}
+
+void give_scratch(Bytes&& b) {
+  if (b.cap > kScratchMaxBytes) return;  // freed by the caller's vector: not kept
+  std::lock_guard<std::mutex> g(scratch_mu);
+  if (scratch_free.size() < kScratchKeep) scratch_free.push_back(std::move(b));
+}
+
 void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, size_t begin,
                   size_t end, const BatchOptions& opt, Bytes& out, BatchStats& st) {
   alignas(64) uint8_t scratch[kPage];
-  alignas(64) uint8_t snap[kPage];
+  alignas(64) uint8_t snaps[2][kPage];
   alignas(64) uint8_t lz[kPage];
+  PageDiff pds[2];
+  DiffCursor cur[2];
   const uint32_t zcrc = zero_page_crc();
+  auto page_at = [&](size_t k) { return pages ? size_t(pages[k]) : k; };
+  // The compare pass of page k runs mostly while page k-1's runs are emitted (DiffCursor).
+  if (begin < end) {
+    size_t p = page_at(begin);
+    diff_begin(&cur[0], opt.level, shadow + p * kPage, ram + p * kPage, snaps[0], &pds[0], true);
+  }
   out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
   for (size_t k = begin; k < end; k++) {
-    size_t p = pages ? pages[k] : k;
-    const uint8_t* nw = ram + p * kPage;
+    size_t p = page_at(k);
     uint8_t* sh = shadow + p * kPage;
-    PageDiff pd;
-    out.reserve(out.size + kRecordHeader + kDeltaCap);
-    uint8_t* h = out.data + out.size;
-    uint8_t* payload = h + kRecordHeader;
+    size_t slot = (k - begin) & 1;
+    PageDiff& pd = pds[slot];
+    uint8_t* snap = snaps[slot];
     // The guest may write the page while we work (stage 1 runs live): everything below reads
     // one private copy (snap), so payload, shadow and CRC all describe the same contents.
     uint32_t snap_crc = 0;
-    bool have_crc = diff_page_snap_crc(opt.level, sh, nw, snap, &pd, &snap_crc);
-    int n = pd.active != 0 && !pd.new_zero ? encode_diff(opt.level, pd, snap, payload) : 0;
+    bool have_crc = diff_end(&cur[slot], &snap_crc);
+    DiffCursor* next = nullptr;
+    if (k + 1 < end) {
+      size_t q = page_at(k + 1);
+      next = &cur[slot ^ 1];
+      diff_begin(next, opt.level, shadow + q * kPage, ram + q * kPage, snaps[slot ^ 1], &pds[slot ^ 1], true);
+    }
+    out.reserve(out.size + kRecordHeader + kDeltaCap);
+    uint8_t* h = out.data + out.size;
+    uint8_t* payload = h + kRecordHeader;
+    int n = pd.active != 0 && !pd.new_zero ? encode_diff_overlapped(opt.level, pd, snap, payload, next) : 0;
     // After any record the page equals snap (a blend of the changed bytes into the old page
     // gives snap: the other bytes were equal in the same registers).
     auto page_crc = [&] { return have_crc ? snap_crc : crc32c(snap, kPage); };
@@ -231,6 +268,7 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
     // The first range is encoded straight into out; only the others are appended after the
     // join (copying every part into a fresh buffer cost a third of the time on dense pages).
     std::vector<Bytes> parts(t);
+    for (size_t i = 1; i < t; i++) parts[i] = take_scratch();
     std::vector<BatchStats> st(t);
     std::vector<std::thread> th;
     for (size_t i = 1; i < t; i++)
@@ -264,6 +302,7 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
       copy_slice(0, rest);
     }
     out.size = base + rest;
+    for (size_t i = 1; i < t; i++) give_scratch(std::move(parts[i]));
     for (size_t i = 0; i < t; i++) {
       total.zero += st[i].zero;
       total.delta += st[i].delta;

@@ -34,6 +34,14 @@ struct Bytes {
   Bytes(const Bytes&) = delete;
   Bytes& operator=(const Bytes&) = delete;
   Bytes(Bytes&& o) noexcept : data(o.data), size(o.size), cap(o.cap) { o.data = nullptr; o.size = o.cap = 0; }
+  Bytes& operator=(Bytes&& o) noexcept {
+    if (this != &o) {
+      reset();
+      data = o.data, size = o.size, cap = o.cap;
+      o.data = nullptr, o.size = o.cap = 0;
+    }
+    return *this;
+  }
   ~Bytes();
   void reserve(size_t n);
   void reset();  // frees the memory

@@ -50,6 +50,30 @@ int encode_from_diff(const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
 // encode_from_diff with early rejection of too-dirty pages and a check-free fast path.
 int encode_diff(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
 
+// The compare pass of one page pair in steps, so that it can be spread over other work.
+// encode_diff_overlapped advances the next page's pass between its groups of runs: the next
+// page's loads then overlap this page's run walking. (With the pages beyond L2, as in any
+// real checkpoint, the memory stream otherwise stops for the whole walk: it is longer than
+// the out-of-order window.) Steps only at the avx512bw level; other levels do the whole pass
+// in diff_begin. snap may be null (no snapshot); the CRC needs snap and VPCLMULQDQ.
+struct alignas(64) DiffCursor {
+  uint8_t state[5 * 64];  // OR of the new blocks, four CRC lanes
+  const uint8_t* o;
+  const uint8_t* n;
+  uint8_t* snap;
+  PageDiff* pd;
+  const void* fold;  // CRC fold constants when the CRC is computed
+  int w;             // next block (64: all compared)
+  bool crc_done;
+};
+void diff_begin(DiffCursor* c, Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap,
+                PageDiff* pd, bool want_crc);
+void diff_step(DiffCursor* c);
+// Completes the pass (PageDiff filled as diff_page_snap_crc does); returns whether *crc was set.
+bool diff_end(DiffCursor* c, uint32_t* crc);
+// encode_diff that steps next (may be null) between its groups of runs.
+int encode_diff_overlapped(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* dst, DiffCursor* next);
+
 // diff_page + encode_diff.
 int encode_page(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* dst);
 

@@ -285,6 +285,112 @@ inline uint32_t next_clear(const uint64_t* bm, uint32_t i) {
 
 }  // namespace
 
+// ---- The compare pass in steps -------------------------------------------------------------
+
+namespace {
+constexpr int kStepBlocks = 8;  // 512 bytes of each page per step
+
+#ifdef MIGSAFE_X86
+// Blocks [w, w + kStepBlocks) of the pass; zor and the CRC lanes live in the cursor between
+// steps (a few L1 loads and stores a step).
+template <bool Snap>
+__attribute__((target("avx512f,avx512bw"))) void step_avx512(DiffCursor* c) {
+  __m512i zor = _mm512_load_si512(c->state);
+  for (int j = 0; j < kStepBlocks; j++) {
+    int w = c->w + j;
+    __m512i a = _mm512_loadu_si512(c->o + 64 * w);
+    __m512i b = _mm512_loadu_si512(c->n + 64 * w);
+    asm("" : "+v"(b));  // keep b in a register (see diff_avx512_t)
+    if constexpr (Snap) _mm512_store_si512(c->snap + 64 * w, b);
+    zor = _mm512_or_si512(zor, b);
+    c->pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
+  }
+  _mm512_store_si512(c->state, zor);
+  c->w += kStepBlocks;
+}
+
+// step_avx512<true> that also folds every block into its CRC lane (as diff_snap_crc_avx512).
+__attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2"))) void step_crc_avx512(DiffCursor* c) {
+  const FoldConstants& fc = *static_cast<const FoldConstants*>(c->fold);
+  const __m512i K = fold_k4(fc.k2048);
+  __m512i zor = _mm512_load_si512(c->state);
+  __m512i x[4];
+  for (int j = 0; j < 4; j++) x[j] = _mm512_load_si512(c->state + 64 * (j + 1));
+  for (int j = 0; j < kStepBlocks; j++) {
+    int w = c->w + j;
+    __m512i a = _mm512_loadu_si512(c->o + 64 * w);
+    __m512i b = _mm512_loadu_si512(c->n + 64 * w);
+    _mm512_store_si512(c->snap + 64 * w, b);
+    zor = _mm512_or_si512(zor, b);
+    c->pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
+    int lane = j & 3;  // kStepBlocks is a multiple of 4: lane = w mod 4
+    if (w < 4) x[lane] = w == 0 ? _mm512_xor_si512(b, _mm512_castsi128_si512(_mm_cvtsi32_si128(-1))) : b;
+    else x[lane] = fold512(x[lane], K, b);
+  }
+  _mm512_store_si512(c->state, zor);
+  for (int j = 0; j < 4; j++) _mm512_store_si512(c->state + 64 * (j + 1), x[j]);
+  c->w += kStepBlocks;
+}
+
+__attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2"))) uint32_t crc_end_avx512(const DiffCursor* c) {
+  const FoldConstants& fc = *static_cast<const FoldConstants*>(c->fold);
+  return ~fold_finish(fc, _mm512_load_si512(c->state + 64), _mm512_load_si512(c->state + 128),
+                      _mm512_load_si512(c->state + 192), _mm512_load_si512(c->state + 256));
+}
+
+__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void finish_cursor_avx512(DiffCursor* c) {
+  finish_diff_avx512(c->pd, _mm512_load_si512(c->state));
+}
+#endif
+}  // namespace
+
+void diff_begin(DiffCursor* c, Level l, const uint8_t* o, const uint8_t* n, uint8_t* snap, PageDiff* pd,
+                bool want_crc) {
+  c->o = o;
+  c->n = n;
+  c->snap = snap;
+  c->pd = pd;
+  c->fold = nullptr;
+  c->w = 0;
+  c->crc_done = false;
+#ifdef MIGSAFE_X86
+  if (l == Level::Avx512) {
+    memset(c->state, 0, 64);
+    if (want_crc && snap) c->fold = crc32c_fold_constants();
+    return;
+  }
+#endif
+  // Other levels: the whole pass now; steps have nothing left to do.
+  (void)want_crc;
+  if (snap) diff_page_snap(l, o, n, snap, pd);
+  else diff_page(l, o, n, pd);
+  c->w = 64;
+  c->crc_done = true;
+}
+
+void diff_step(DiffCursor* c) {
+  if (c->w >= 64) return;
+#ifdef MIGSAFE_X86
+  if (c->fold) step_crc_avx512(c);
+  else if (c->snap) step_avx512<true>(c);
+  else step_avx512<false>(c);
+#endif
+}
+
+bool diff_end(DiffCursor* c, uint32_t* crc) {
+  if (c->crc_done) return false;  // not at the avx512bw level: done in diff_begin, no CRC
+  while (c->w < 64) diff_step(c);
+  c->crc_done = true;
+#ifdef MIGSAFE_X86
+  finish_cursor_avx512(c);
+  if (c->fold) {
+    *crc = crc_end_avx512(c);
+    return true;
+  }
+#endif
+  return false;
+}
+
 bool diff_page_snap_crc(Level l, const uint8_t* o, const uint8_t* n, uint8_t* snap, PageDiff* pd,
                         uint32_t* crc) {
 #ifdef MIGSAFE_X86
@@ -393,13 +499,14 @@ uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b) {
 #ifdef MIGSAFE_X86
 // AVX-512 VBMI2: one byte compress per word turns its boundary mask into positions 0..63,
 // widened to 16 bits in two halves (the second half is garbage past the count, overwritten).
+template <class Hook>
 __attribute__((target("avx512f,avx512bw,avx512vbmi2,bmi,bmi2,popcnt")))
-uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b) {
+uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b, Hook& hook) {
   const __m512i idx = _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48,
                                       47, 46, 45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32,
                                       31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
                                       15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  uint32_t nb = 0;
+  uint32_t nb = 0, k = 0;
   for (uint64_t act = pd.active; act; act &= act - 1) {
     uint32_t w = uint32_t(__builtin_ctzll(act));
     uint64_t m = pd.neq[w];
@@ -409,6 +516,7 @@ uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b) {
     _mm512_storeu_si512(b + nb, _mm512_add_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(pos)), base));
     _mm512_storeu_si512(b + nb + 32, _mm512_add_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(pos, 1)), base));
     nb += uint32_t(__builtin_popcountll(t));
+    if ((++k & 3) == 0) hook();
   }
   return nb;
 }
@@ -528,10 +636,15 @@ __attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0
   st.dz = int(doff[last] - (ns[last] >= 128 ? 2 : 1));
 }
 
+// Hook: called between groups of runs (see encode_diff_overlapped).
+template <class Hook>
 __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt")))
-int emit_avx512(const uint16_t* b, uint32_t nb, const uint8_t* nw, uint8_t* dst, int* dz) {
+int emit_avx512(const uint16_t* b, uint32_t nb, const uint8_t* nw, uint8_t* dst, int* dz, Hook& hook) {
   EmitState st;
-  for (uint32_t k0 = 0; k0 < nb / 2; k0 += 16) emit16(b, k0, nb / 2 - k0 < 16 ? nb / 2 - k0 : 16, nw, dst, st);
+  for (uint32_t k0 = 0; k0 < nb / 2; k0 += 16) {
+    emit16(b, k0, nb / 2 - k0 < 16 ? nb / 2 - k0 : 16, nw, dst, st);
+    hook();
+  }
   *dz = st.dz;
   return st.d;
 }
@@ -540,7 +653,20 @@ int emit_avx512(const uint16_t* b, uint32_t nb, const uint8_t* nw, uint8_t* dst,
 
 }  // namespace
 
-int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
+namespace {
+
+struct NoHook {
+  void operator()() const {}
+};
+
+// Advances the next page's compare pass by one step.
+struct StepHook {
+  DiffCursor* next;
+  void operator()() const { diff_step(next); }
+};
+
+template <class Hook>
+int encode_diff_t(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst, Hook& hook) {
   constexpr int kMax = int(kPage);
   if (pd.active == 0) return 0;
   // Every changed run costs its bytes plus at least one length byte for itself and one for
@@ -550,7 +676,7 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   uint16_t b[kPage + 2 + 64];  // +64: room for the flatteners' unconditional writes
   uint32_t nb;
 #ifdef MIGSAFE_X86
-  if (l == Level::Avx512 && cpu_has_vbmi2()) nb = flatten_vbmi2(pd, b);
+  if (l == Level::Avx512 && cpu_has_vbmi2()) nb = flatten_vbmi2(pd, b, hook);
   else
 #endif
     nb = flatten_scalar(pd, b);
@@ -563,7 +689,7 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   int d = 0, dz = 0;
 #ifdef MIGSAFE_X86
   if (l == Level::Avx512) {
-    d = emit_avx512(b, nb, nw, dst, &dz);
+    d = emit_avx512(b, nb, nw, dst, &dz, hook);
   } else
 #endif
   {
@@ -580,6 +706,19 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
   }
   if (dz + 2 > kMax || d > kMax || (trailing && d + 2 > kMax)) return -1;
   return d;
+}
+
+}  // namespace
+
+int encode_diff(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst) {
+  NoHook h;
+  return encode_diff_t(l, pd, nw, dst, h);
+}
+
+int encode_diff_overlapped(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst, DiffCursor* next) {
+  if (!next) return encode_diff(l, pd, nw, dst);
+  StepHook h{next};
+  return encode_diff_t(l, pd, nw, dst, h);
 }
 
 int encode_page(Level l, const uint8_t* o, const uint8_t* n, uint8_t* dst) {

@@ -55,7 +55,7 @@ export interface BenchKernelOptions {
 }
 
 /** Kernel loops run inside the addon, timed with a monotonic clock. */
-export type BenchKernelOp = 'encode' | 'wordwise' | 'floor' | 'decode' | 'crc' | 'batch' | 'compress-page';
+export type BenchKernelOp = 'encode' | 'encode-overlapped' | 'wordwise' | 'floor' | 'decode' | 'crc' | 'batch' | 'compress-page';
 
 export interface ApplyResult {
   /** Records applied. */
