@@ -463,6 +463,7 @@ Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
   };
   alignas(64) uint8_t buf[kDeltaCap];
   ByteVec cbuf;
+  Bytes batch_out;
   std::string err;
   for (int r = 0; r < repeats; r++) {
     if (op == "batch") {
@@ -521,11 +522,12 @@ Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
         for (size_t i = 0; i < n; i++) memcpy(shadow.data() + i * kPage, oldp(i), kPage);
         c_excl += thread_cpu() - ca;
         t_excl += std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
-        Bytes out;
+        // Output memory kept from pass to pass, as encodeBatch keeps it from call to call.
+        batch_out.size = 0;
         BatchOptions bo;
         bo.level = l;
-        if (!encode_batch(ram.data(), shadow.data(), n, nullptr, 0, bo, out, err)) throw Napi::Error::New(env, err);
-        pass_bytes = double(out.size);
+        if (!encode_batch(ram.data(), shadow.data(), n, nullptr, 0, bo, batch_out, err)) throw Napi::Error::New(env, err);
+        pass_bytes = double(batch_out.size);
       } else {
         throw Napi::RangeError::New(env, "unknown bench op " + op);
       }

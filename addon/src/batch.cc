@@ -137,15 +137,18 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
   DiffCursor cur[2];
   const uint32_t zcrc = zero_page_crc();
   auto page_at = [&](size_t k) { return pages ? size_t(pages[k]) : k; };
+  // The shadow is brought up to date by the compare pass itself (changed bytes stored from
+  // the registers it compared): after any record the page equals snap, and so does old
+  // shadow + changed bytes.
+  auto blend_to = [&](size_t p) { return opt.update_shadow ? shadow + p * kPage : nullptr; };
   // The compare pass of page k runs mostly while page k-1's runs are emitted (DiffCursor).
   if (begin < end) {
     size_t p = page_at(begin);
-    diff_begin(&cur[0], opt.level, shadow + p * kPage, ram + p * kPage, snaps[0], &pds[0], true);
+    diff_begin(&cur[0], opt.level, shadow + p * kPage, ram + p * kPage, snaps[0], &pds[0], true, blend_to(p));
   }
   out.reserve((end - begin) * 256 + kRecordHeader + kDeltaCap);
   for (size_t k = begin; k < end; k++) {
     size_t p = page_at(k);
-    uint8_t* sh = shadow + p * kPage;
     size_t slot = (k - begin) & 1;
     PageDiff& pd = pds[slot];
     uint8_t* snap = snaps[slot];
@@ -157,14 +160,13 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
     if (k + 1 < end) {
       size_t q = page_at(k + 1);
       next = &cur[slot ^ 1];
-      diff_begin(next, opt.level, shadow + q * kPage, ram + q * kPage, snaps[slot ^ 1], &pds[slot ^ 1], true);
+      diff_begin(next, opt.level, shadow + q * kPage, ram + q * kPage, snaps[slot ^ 1], &pds[slot ^ 1], true, blend_to(q));
     }
     out.reserve(out.size + kRecordHeader + kDeltaCap);
     uint8_t* h = out.data + out.size;
     uint8_t* payload = h + kRecordHeader;
     int n = pd.active != 0 && !pd.new_zero ? encode_diff_overlapped(opt.level, pd, snap, payload, next) : 0;
-    // After any record the page equals snap (a blend of the changed bytes into the old page
-    // gives snap: the other bytes were equal in the same registers).
+    // After any record the page equals snap, and so does the shadow (see blend_to).
     auto page_crc = [&] { return have_crc ? snap_crc : crc32c(snap, kPage); };
     if (pd.active == 0) {
       st.unchanged++;
@@ -176,7 +178,6 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
       kind = kZero;
       len = 0;
       crc = zcrc;
-      if (opt.update_shadow) memset(sh, 0, kPage);
       st.zero++;
     } else {
       int planes = 0;
@@ -191,26 +192,17 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
         kind = kPlanesLz4;
         len = uint32_t(planes);
         memcpy(payload, lz, len);
-        if (opt.update_shadow) memcpy(sh, snap, kPage);
         crc = page_crc();
         st.planes++;
       } else if (n > 0) {
         kind = kDelta;
         len = uint32_t(n);
-        // The shadow becomes exactly what a receiver reconstructs: old shadow + changed bytes.
-        uint8_t* base = sh;
-        if (!opt.update_shadow) {
-          memcpy(scratch, sh, kPage);
-          base = scratch;
-        }
-        blend_changed(opt.level, pd, snap, base);
         crc = page_crc();
         st.delta++;
       } else {
         kind = kFull;
         len = kPage;
         memcpy(payload, snap, kPage);
-        if (opt.update_shadow) memcpy(sh, snap, kPage);
         crc = page_crc();
         st.full++;
       }

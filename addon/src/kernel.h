@@ -55,19 +55,22 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* d
 // page's loads then overlap this page's run walking. (With the pages beyond L2, as in any
 // real checkpoint, the memory stream otherwise stops for the whole walk: it is longer than
 // the out-of-order window.) Steps only at the avx512bw level; other levels do the whole pass
-// in diff_begin. snap may be null (no snapshot); the CRC needs snap and VPCLMULQDQ.
+// in diff_begin. snap may be null (no snapshot); the CRC needs snap and VPCLMULQDQ. blend,
+// if not null, receives the changed bytes (old_page + changes = the new contents), written
+// from the compared registers; blend may be old_page itself (a shadow brought up to date).
 struct alignas(64) DiffCursor {
   uint8_t state[5 * 64];  // OR of the new blocks, four CRC lanes
   const uint8_t* o;
   const uint8_t* n;
   uint8_t* snap;
+  uint8_t* blend;
   PageDiff* pd;
   const void* fold;  // CRC fold constants when the CRC is computed
   int w;             // next block (64: all compared)
   bool crc_done;
 };
 void diff_begin(DiffCursor* c, Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap,
-                PageDiff* pd, bool want_crc);
+                PageDiff* pd, bool want_crc, uint8_t* blend = nullptr);
 void diff_step(DiffCursor* c);
 // Completes the pass (PageDiff filled as diff_page_snap_crc does); returns whether *crc was set.
 bool diff_end(DiffCursor* c, uint32_t* crc);

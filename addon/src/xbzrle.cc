@@ -293,7 +293,7 @@ constexpr int kStepBlocks = 8;  // 512 bytes of each page per step
 #ifdef MIGSAFE_X86
 // Blocks [w, w + kStepBlocks) of the pass; zor and the CRC lanes live in the cursor between
 // steps (a few L1 loads and stores a step).
-template <bool Snap>
+template <bool Snap, bool Blend>
 __attribute__((target("avx512f,avx512bw"))) void step_avx512(DiffCursor* c) {
   __m512i zor = _mm512_load_si512(c->state);
   for (int j = 0; j < kStepBlocks; j++) {
@@ -303,13 +303,16 @@ __attribute__((target("avx512f,avx512bw"))) void step_avx512(DiffCursor* c) {
     asm("" : "+v"(b));  // keep b in a register (see diff_avx512_t)
     if constexpr (Snap) _mm512_store_si512(c->snap + 64 * w, b);
     zor = _mm512_or_si512(zor, b);
-    c->pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
+    __mmask64 m = _mm512_cmpneq_epi8_mask(a, b);
+    if constexpr (Blend) _mm512_mask_storeu_epi8(c->blend + 64 * w, m, b);
+    c->pd->neq[w] = m;
   }
   _mm512_store_si512(c->state, zor);
   c->w += kStepBlocks;
 }
 
-// step_avx512<true> that also folds every block into its CRC lane (as diff_snap_crc_avx512).
+// step_avx512<true, Blend> that also folds every block into its CRC lane (as diff_snap_crc_avx512).
+template <bool Blend>
 __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2"))) void step_crc_avx512(DiffCursor* c) {
   const FoldConstants& fc = *static_cast<const FoldConstants*>(c->fold);
   const __m512i K = fold_k4(fc.k2048);
@@ -322,7 +325,9 @@ __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2"))) void step_c
     __m512i b = _mm512_loadu_si512(c->n + 64 * w);
     _mm512_store_si512(c->snap + 64 * w, b);
     zor = _mm512_or_si512(zor, b);
-    c->pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
+    __mmask64 m = _mm512_cmpneq_epi8_mask(a, b);
+    if constexpr (Blend) _mm512_mask_storeu_epi8(c->blend + 64 * w, m, b);
+    c->pd->neq[w] = m;
     int lane = j & 3;  // kStepBlocks is a multiple of 4: lane = w mod 4
     if (w < 4) x[lane] = w == 0 ? _mm512_xor_si512(b, _mm512_castsi128_si512(_mm_cvtsi32_si128(-1))) : b;
     else x[lane] = fold512(x[lane], K, b);
@@ -345,10 +350,11 @@ __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void finish_cursor_a
 }  // namespace
 
 void diff_begin(DiffCursor* c, Level l, const uint8_t* o, const uint8_t* n, uint8_t* snap, PageDiff* pd,
-                bool want_crc) {
+                bool want_crc, uint8_t* blend) {
   c->o = o;
   c->n = n;
   c->snap = snap;
+  c->blend = blend;
   c->pd = pd;
   c->fold = nullptr;
   c->w = 0;
@@ -364,6 +370,7 @@ void diff_begin(DiffCursor* c, Level l, const uint8_t* o, const uint8_t* n, uint
   (void)want_crc;
   if (snap) diff_page_snap(l, o, n, snap, pd);
   else diff_page(l, o, n, pd);
+  if (blend) blend_changed(l, *pd, snap ? snap : n, blend);
   c->w = 64;
   c->crc_done = true;
 }
@@ -371,9 +378,15 @@ void diff_begin(DiffCursor* c, Level l, const uint8_t* o, const uint8_t* n, uint
 void diff_step(DiffCursor* c) {
   if (c->w >= 64) return;
 #ifdef MIGSAFE_X86
-  if (c->fold) step_crc_avx512(c);
-  else if (c->snap) step_avx512<true>(c);
-  else step_avx512<false>(c);
+  if (c->blend) {
+    if (c->fold) step_crc_avx512<true>(c);
+    else if (c->snap) step_avx512<true, true>(c);
+    else step_avx512<false, true>(c);
+  } else {
+    if (c->fold) step_crc_avx512<false>(c);
+    else if (c->snap) step_avx512<true, false>(c);
+    else step_avx512<false, false>(c);
+  }
 #endif
 }
 
