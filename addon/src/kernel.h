@@ -34,15 +34,6 @@ bool cpu_has_vpopcntdq();  // AVX-512 VPOPCNTDQ: counting changed bytes and runs
 // Compare pass at a given level (all levels fill PageDiff identically).
 void diff_page(Level l, const uint8_t* old_page, const uint8_t* new_page, PageDiff* pd);
 
-// diff_page that also leaves a copy of the new page in snap (64-byte aligned); the PageDiff
-// describes snap exactly, whatever happens to the new page meanwhile.
-void diff_page_snap(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap, PageDiff* pd);
-
-// diff_page_snap that, where the CPU allows (AVX-512 VPCLMULQDQ at the avx512bw level), also
-// computes crc32c(snap) in the same pass; returns whether it did.
-bool diff_page_snap_crc(Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap,
-                        PageDiff* pd, uint32_t* crc);
-
 // Turns a PageDiff into XBZRLE bytes. Returns the length (0 = unchanged) or -1 when QEMU's
 // encoder (dlen = 4096) would report overflow. dst needs kDeltaCap bytes.
 int encode_from_diff(const PageDiff& pd, const uint8_t* new_page, uint8_t* dst);
@@ -67,12 +58,13 @@ struct alignas(64) DiffCursor {
   PageDiff* pd;
   const void* fold;  // CRC fold constants when the CRC is computed
   int w;             // next block (64: all compared)
-  bool crc_done;
+  bool finished;      // diff_end has run (or diff_begin did the whole pass)
 };
 void diff_begin(DiffCursor* c, Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap,
                 PageDiff* pd, bool want_crc, uint8_t* blend = nullptr);
 void diff_step(DiffCursor* c);
-// Completes the pass (PageDiff filled as diff_page_snap_crc does); returns whether *crc was set.
+// Completes the pass (PageDiff filled as diff_page fills it); returns whether *crc was set to
+// crc32c(snap).
 bool diff_end(DiffCursor* c, uint32_t* crc);
 // encode_diff that steps next (may be null) between its groups of runs.
 int encode_diff_overlapped(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* dst, DiffCursor* next);
@@ -89,9 +81,9 @@ int encode_page_wordwise(const uint8_t* old_page, const uint8_t* new_page, uint8
 // On error page may be partly written: callers decode into a scratch copy.
 int decode_page(const uint8_t* delta, size_t slen, uint8_t* page, const char** err);
 
-// Validation + decode without writing: used nowhere hot; exposed for tests of the decoder.
-// dst[i] = src[i] wherever the PageDiff marks byte i changed.
-void blend_changed(Level l, const PageDiff& pd, const uint8_t* src, uint8_t* dst);
+// dst[i] = src[i] wherever the PageDiff marks byte i changed (portable; at the avx512bw level
+// the compare pass blends itself, see DiffCursor).
+void blend_changed(const PageDiff& pd, const uint8_t* src, uint8_t* dst);
 
 // Floor: reads both pages completely with the best compare; returns nonzero if they differ.
 int floor_compare(Level l, const uint8_t* a, const uint8_t* b);

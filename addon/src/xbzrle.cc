@@ -181,46 +181,31 @@ __attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) inline void finish_d
   count_runs_avx512(pd);
 }
 
-// The compare pass; with Snap it also stores the new page to snap (64-byte aligned) from the
-// same registers it compared, so the bitmap and the snapshot describe the same contents.
-template <bool Snap>
-__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512_t(const uint8_t* o,
-                                                                                  const uint8_t* n,
-                                                                                  uint8_t* snap,
-                                                                                  PageDiff* pd) {
-  __m512i zor = _mm512_setzero_si512();
-  for (int w = 0; w < 64; w++) {
+// Blocks [w0, w0 + count) of the compare pass: each block's mask into neq, the new block
+// ORed into zor; with Snap the new block also goes to snap (64-byte aligned), with Blend its
+// changed bytes to blend, all from the registers compared, so that bitmap, snapshot and blend
+// describe the same contents whatever happens to the new page meanwhile.
+template <bool Snap, bool Blend>
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i compare_blocks(
+    const uint8_t* o, const uint8_t* n, uint8_t* snap, uint8_t* blend, uint64_t* neq, int w0, int count,
+    __m512i zor) {
+  for (int w = w0; w < w0 + count; w++) {
     __m512i a = _mm512_loadu_si512(o + 64 * w);
     __m512i b = _mm512_loadu_si512(n + 64 * w);
     asm("" : "+v"(b));  // keep b in a register: GCC would load it twice (3 loads a block, not 2)
     if constexpr (Snap) _mm512_store_si512(snap + 64 * w, b);
     zor = _mm512_or_si512(zor, b);
-    pd->neq[w] = _mm512_cmpneq_epi8_mask(a, b);
+    __mmask64 m = _mm512_cmpneq_epi8_mask(a, b);
+    if constexpr (Blend) _mm512_mask_storeu_epi8(blend + 64 * w, m, b);
+    neq[w] = m;
   }
-  finish_diff_avx512(pd, zor);
+  return zor;
 }
 
-// diff_snap_avx512 that also folds every new block into a CRC32C (crc_fold.h), so the page's
-// checksum costs two carry-less multiplies per block already in a register.
-__attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,bmi,bmi2,popcnt")))
-uint32_t diff_snap_crc_avx512(const uint8_t* o, const uint8_t* n, uint8_t* snap, PageDiff* pd,
-                              const FoldConstants& fc) {
-  const __m512i K = fold_k4(fc.k2048);
-  __m512i zor = _mm512_setzero_si512();
-  __m512i x[4];
-  for (int w = 0; w < 64; w += 4) {
-    for (int j = 0; j < 4; j++) {
-      __m512i a = _mm512_loadu_si512(o + 64 * (w + j));
-      __m512i b = _mm512_loadu_si512(n + 64 * (w + j));
-      _mm512_store_si512(snap + 64 * (w + j), b);
-      zor = _mm512_or_si512(zor, b);
-      pd->neq[w + j] = _mm512_cmpneq_epi8_mask(a, b);
-      if (w == 0) x[j] = j == 0 ? _mm512_xor_si512(b, _mm512_castsi128_si512(_mm_cvtsi32_si128(-1))) : b;
-      else x[j] = fold512(x[j], K, b);
-    }
-  }
-  finish_diff_avx512(pd, zor);
-  return ~fold_finish(fc, x[0], x[1], x[2], x[3]);
+// The compare pass of a whole page.
+__attribute__((target("avx512f,avx512bw,bmi,bmi2,popcnt"))) void diff_avx512(const uint8_t* o, const uint8_t* n,
+                                                                                PageDiff* pd) {
+  finish_diff_avx512(pd, compare_blocks<false, false>(o, n, nullptr, nullptr, pd->neq, 0, 64, _mm512_setzero_si512()));
 }
 
 __attribute__((target("avx512f,avx512bw"))) int floor_avx512(const uint8_t* a, const uint8_t* b) {
@@ -296,22 +281,14 @@ constexpr int kStepBlocks = 8;  // 512 bytes of each page per step
 template <bool Snap, bool Blend>
 __attribute__((target("avx512f,avx512bw"))) void step_avx512(DiffCursor* c) {
   __m512i zor = _mm512_load_si512(c->state);
-  for (int j = 0; j < kStepBlocks; j++) {
-    int w = c->w + j;
-    __m512i a = _mm512_loadu_si512(c->o + 64 * w);
-    __m512i b = _mm512_loadu_si512(c->n + 64 * w);
-    asm("" : "+v"(b));  // keep b in a register (see diff_avx512_t)
-    if constexpr (Snap) _mm512_store_si512(c->snap + 64 * w, b);
-    zor = _mm512_or_si512(zor, b);
-    __mmask64 m = _mm512_cmpneq_epi8_mask(a, b);
-    if constexpr (Blend) _mm512_mask_storeu_epi8(c->blend + 64 * w, m, b);
-    c->pd->neq[w] = m;
-  }
+  zor = compare_blocks<Snap, Blend>(c->o, c->n, c->snap, c->blend, c->pd->neq, c->w, kStepBlocks, zor);
   _mm512_store_si512(c->state, zor);
   c->w += kStepBlocks;
 }
 
-// step_avx512<true, Blend> that also folds every block into its CRC lane (as diff_snap_crc_avx512).
+// step_avx512<true, Blend> that also folds every block into a CRC32C (crc_fold.h): block w
+// into lane w mod 4, so the page's checksum costs two carry-less multiplies per block already
+// in a register.
 template <bool Blend>
 __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2"))) void step_crc_avx512(DiffCursor* c) {
   const FoldConstants& fc = *static_cast<const FoldConstants*>(c->fold);
@@ -358,7 +335,7 @@ void diff_begin(DiffCursor* c, Level l, const uint8_t* o, const uint8_t* n, uint
   c->pd = pd;
   c->fold = nullptr;
   c->w = 0;
-  c->crc_done = false;
+  c->finished = false;
 #ifdef MIGSAFE_X86
   if (l == Level::Avx512) {
     memset(c->state, 0, 64);
@@ -366,13 +343,17 @@ void diff_begin(DiffCursor* c, Level l, const uint8_t* o, const uint8_t* n, uint
     return;
   }
 #endif
-  // Other levels: the whole pass now; steps have nothing left to do.
+  // Other levels: the whole pass now, against a copy of the new page when a snapshot is
+  // wanted (same guarantee, one more pass); steps have nothing left to do.
   (void)want_crc;
-  if (snap) diff_page_snap(l, o, n, snap, pd);
-  else diff_page(l, o, n, pd);
-  if (blend) blend_changed(l, *pd, snap ? snap : n, blend);
+  if (snap) {
+    memcpy(snap, n, kPage);
+    n = snap;
+  }
+  diff_page(l, o, n, pd);
+  if (blend) blend_changed(*pd, n, blend);
   c->w = 64;
-  c->crc_done = true;
+  c->finished = true;
 }
 
 void diff_step(DiffCursor* c) {
@@ -391,9 +372,9 @@ void diff_step(DiffCursor* c) {
 }
 
 bool diff_end(DiffCursor* c, uint32_t* crc) {
-  if (c->crc_done) return false;  // not at the avx512bw level: done in diff_begin, no CRC
+  if (c->finished) return false;  // not at the avx512bw level: done in diff_begin, no CRC
   while (c->w < 64) diff_step(c);
-  c->crc_done = true;
+  c->finished = true;
 #ifdef MIGSAFE_X86
   finish_cursor_avx512(c);
   if (c->fold) {
@@ -404,32 +385,9 @@ bool diff_end(DiffCursor* c, uint32_t* crc) {
   return false;
 }
 
-bool diff_page_snap_crc(Level l, const uint8_t* o, const uint8_t* n, uint8_t* snap, PageDiff* pd,
-                        uint32_t* crc) {
-#ifdef MIGSAFE_X86
-  if (l == Level::Avx512) {
-    if (const FoldConstants* fc = crc32c_fold_constants()) {
-      *crc = diff_snap_crc_avx512(o, n, snap, pd, *fc);
-      return true;
-    }
-  }
-#endif
-  diff_page_snap(l, o, n, snap, pd);
-  return false;
-}
-
-void diff_page_snap(Level l, const uint8_t* o, const uint8_t* n, uint8_t* snap, PageDiff* pd) {
-#ifdef MIGSAFE_X86
-  if (l == Level::Avx512) return diff_avx512_t<true>(o, n, snap, pd);
-#endif
-  // Other levels: copy first, then compare against the copy (same guarantee, one more pass).
-  memcpy(snap, n, kPage);
-  diff_page(l, o, snap, pd);
-}
-
 void diff_page(Level l, const uint8_t* o, const uint8_t* n, PageDiff* pd) {
 #ifdef MIGSAFE_X86
-  if (l == Level::Avx512) return diff_avx512_t<false>(o, n, nullptr, pd);
+  if (l == Level::Avx512) return diff_avx512(o, n, pd);
   if (l == Level::Avx2) return diff_avx2(o, n, pd);
 #endif
   (void)l;
@@ -822,15 +780,6 @@ int decode_page(const uint8_t* src, size_t slen, uint8_t* page, const char** err
 }
 
 namespace {
-#ifdef MIGSAFE_X86
-__attribute__((target("avx512f,avx512bw,bmi"))) void blend_avx512(const PageDiff& pd,
-                                                                  const uint8_t* src, uint8_t* dst) {
-  for (uint64_t act = pd.active; act; act &= act - 1) {
-    uint32_t w = uint32_t(__builtin_ctzll(act));
-    _mm512_mask_storeu_epi8(dst + 64 * w, pd.neq[w], _mm512_loadu_si512(src + 64 * w));
-  }
-}
-#endif
 // Byte masks for 8 mask bits (bit k -> byte k all ones).
 struct ByteMasks {
   uint64_t m[256];
@@ -844,10 +793,7 @@ struct ByteMasks {
 };
 }  // namespace
 
-void blend_changed(Level l, const PageDiff& pd, const uint8_t* src, uint8_t* dst) {
-#ifdef MIGSAFE_X86
-  if (l == Level::Avx512) return blend_avx512(pd, src, dst);
-#endif
+void blend_changed(const PageDiff& pd, const uint8_t* src, uint8_t* dst) {
   static const ByteMasks bm;
   for (uint64_t act = pd.active; act; act &= act - 1) {
     uint32_t w = uint32_t(__builtin_ctzll(act));
