@@ -185,20 +185,22 @@ bool run_batch(BatchArgs& a, Bytes& out, std::string& err) {
                       a.all ? 0 : a.pages.size(), a.opt, out, err);
 }
 
-constexpr size_t kKeepScratch = size_t(64) << 20, kCopyMax = size_t(8) << 20;
+constexpr size_t kCopyMax = size_t(8) << 20;
 
 Napi::Value EncodeBatch(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   BatchArgs a = batch_args(info);
-  // Encoded into memory kept warm from call to call, then copied out once.
-  thread_local Bytes out;
-  out.size = 0;
+  // Encoded into kept (warm) memory, then copied out once.
+  Bytes out = take_kept_bytes();
   std::string err;
-  if (!run_batch(a, out, err)) throw Napi::RangeError::New(env, err);
+  if (!run_batch(a, out, err)) {
+    keep_bytes(std::move(out));
+    throw Napi::RangeError::New(env, err);
+  }
   // Past kCopyMax the copy costs more than it saves: V8 maps such a buffer fresh every time.
   if (out.size > kCopyMax) return hand_over(env, out);
   Napi::Buffer<uint8_t> r = copy_out(env, out);
-  if (out.cap > kKeepScratch) out.reset();  // do not hold on to one huge batch
+  keep_bytes(std::move(out));
   return r;
 }
 

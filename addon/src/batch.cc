@@ -48,6 +48,27 @@ void Bytes::reset() {
 
 Bytes::~Bytes() { reset(); }
 
+namespace {
+std::mutex kept_mu;
+std::vector<Bytes> kept;
+constexpr size_t kKeepBlocks = 4, kKeepMaxBytes = size_t(64) << 20;
+}  // namespace
+
+Bytes take_kept_bytes() {
+  std::lock_guard<std::mutex> g(kept_mu);
+  if (kept.empty()) return Bytes();
+  Bytes b = std::move(kept.back());
+  kept.pop_back();
+  b.size = 0;
+  return b;
+}
+
+void keep_bytes(Bytes&& b) {
+  if (b.cap == 0 || b.cap > kKeepMaxBytes) return;  // b frees it: one huge batch is not held on to
+  std::lock_guard<std::mutex> g(kept_mu);
+  if (kept.size() < kKeepBlocks) kept.push_back(std::move(b));
+}
+
 void Bytes::reserve(size_t n) {
   if (n <= cap) return;
   if (n >= kHuge / 2) {
@@ -105,27 +126,6 @@ bool high_bytes_repeat(const uint8_t* page) {
     eq += ((a ^ b) >> 24) == 0;
   }
   return eq >= kPage / 16;
-}
-
-// Memory for the parts other threads encode, kept from batch to batch: fresh pages fault,
-// and faults from two threads at once wait on each other (one lock per address space).
-std::mutex scratch_mu;
-std::vector<Bytes> scratch_free;
-constexpr size_t kScratchKeep = 4, kScratchMaxBytes = size_t(64) << 20;
-
-Bytes take_scratch() {
-  std::lock_guard<std::mutex> g(scratch_mu);
-  if (scratch_free.empty()) return Bytes();
-  Bytes b = std::move(scratch_free.back());
-  scratch_free.pop_back();
-  b.size = 0;
-  return b;
-}
-
-void give_scratch(Bytes&& b) {
-  if (b.cap > kScratchMaxBytes) return;  // freed by the caller's vector: not kept
-  std::lock_guard<std::mutex> g(scratch_mu);
-  if (scratch_free.size() < kScratchKeep) scratch_free.push_back(std::move(b));
 }
 
 void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, size_t begin,
@@ -260,7 +260,7 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
     // The first range is encoded straight into out; only the others are appended after the
     // join (copying every part into a fresh buffer cost a third of the time on dense pages).
     std::vector<Bytes> parts(t);
-    for (size_t i = 1; i < t; i++) parts[i] = take_scratch();
+    for (size_t i = 1; i < t; i++) parts[i] = take_kept_bytes();
     std::vector<BatchStats> st(t);
     std::vector<std::thread> th;
     for (size_t i = 1; i < t; i++)
@@ -294,7 +294,7 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
       copy_slice(0, rest);
     }
     out.size = base + rest;
-    for (size_t i = 1; i < t; i++) give_scratch(std::move(parts[i]));
+    for (size_t i = 1; i < t; i++) keep_bytes(std::move(parts[i]));
     for (size_t i = 0; i < t; i++) {
       total.zero += st[i].zero;
       total.delta += st[i].delta;

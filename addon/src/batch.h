@@ -50,6 +50,13 @@ struct Bytes {
   static void free_released(uint8_t* p, size_t cap);
 };
 
+// Output memory kept from batch to batch (a few blocks, none over 64 MiB): fresh pages fault
+// once per 4 KiB, and faults from two threads at once wait on each other (one lock per
+// address space). take_kept_bytes gives an empty Bytes, warm if one was kept; keep_bytes
+// takes one back (or frees it).
+Bytes take_kept_bytes();
+void keep_bytes(Bytes&& b);
+
 struct BatchOptions {
   Level level = Level::Scalar;
   int threads = 1;
