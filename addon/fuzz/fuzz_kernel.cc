@@ -1,6 +1,6 @@
 // Fuzz target for the kernel's untrusted-input paths, under AddressSanitizer:
 //   mode 0: decode_page on arbitrary bytes (the XBZRLE decoder)
-//   mode 1: apply_batch on arbitrary bytes (record parser, deltas, LZ4 planes, CRC)
+//   mode 1: apply_batch on arbitrary bytes (record parser, deltas, packed words, LZ4 planes, CRC)
 //   mode 2: encoders on arbitrary page pairs: every level must give the same bytes as the
 //           wordwise encoder, and a delta must decode back to the new page
 //   mode 3: encode_batch (every level, dense or not) on 4 pages edited by the input: the
@@ -166,6 +166,21 @@ int main(int argc, char** argv) {
     b[0] = 1;
     memcpy(b.data() + 1, rec.data, rec.size);
     seeds.push_back(b);
+    // A dense batch: pages of narrow integers, partly rewritten, go as packed words (kind 4).
+    for (int s = 0; s < 8; s++) {
+      uint32_t width = 1 + uint32_t(next() % 31), base = uint32_t(next());
+      for (size_t w = 0; w < 4 * kPage / 4; w++) {
+        uint32_t v = base + uint32_t(next() & ((1u << width) - 1));
+        if (next() % 4) memcpy(ram.data() + 4 * w, &v, 4);
+      }
+      Bytes dense;
+      bo.dense = true;
+      encode_batch(ram.data(), shadow.data(), 4, nullptr, 0, bo, dense, err);
+      std::vector<uint8_t> d(1 + dense.size);
+      d[0] = 1;
+      memcpy(d.data() + 1, dense.data, dense.size);
+      seeds.push_back(d);
+    }
   }
   std::vector<uint8_t> buf;
   for (long it = 0; it < iters; it++) {

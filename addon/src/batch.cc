@@ -113,26 +113,10 @@ uint32_t zero_page_crc() {
   return c;
 }
 
-// Cheap predictor for kind 3: byte planes only pay when neighbouring 32-bit words share their
-// top byte often (sorted or clustered integers). On the corpus, pages where LZ4 of the planes
-// wins have nearly all top bytes repeated, pages where it loses about 2 %; a quarter separates
-// them and spares the LZ4 attempt (the expensive part) on noise.
-bool high_bytes_repeat(const uint8_t* page) {
-  uint32_t eq = 0;
-  for (size_t i = 0; i + 1 < kPage / 4; i++) {
-    uint32_t a, b;
-    memcpy(&a, page + 4 * i, 4);
-    memcpy(&b, page + 4 * i + 4, 4);
-    eq += ((a ^ b) >> 24) == 0;
-  }
-  return eq >= kPage / 16;
-}
-
 void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, size_t begin,
                   size_t end, const BatchOptions& opt, Bytes& out, BatchStats& st) {
-  alignas(64) uint8_t scratch[kPage];
   alignas(64) uint8_t snaps[2][kPage];
-  alignas(64) uint8_t lz[kPage];
+  alignas(64) uint8_t lz[kWordsCap];
   PageDiff pds[2];
   DiffCursor cur[2];
   const uint32_t zcrc = zero_page_crc();
@@ -165,7 +149,13 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
     out.reserve(out.size + kRecordHeader + kDeltaCap);
     uint8_t* h = out.data + out.size;
     uint8_t* payload = h + kRecordHeader;
-    int n = pd.active != 0 && !pd.new_zero ? encode_diff_overlapped(opt.level, pd, snap, payload, next) : 0;
+    // Dense pages: packed words first when the counts already say the delta is large, and no
+    // run walk at all when the words beat the shortest delta the counts allow.
+    const bool changed = pd.active != 0 && !pd.new_zero;
+    int words = 0;
+    if (opt.dense && changed && delta_size_floor(pd) > uint32_t(kDenseMin)) words = words_encode(opt.level, pd, snap, lz);
+    const bool walk = changed && !(words > 0 && uint32_t(words) <= delta_size_floor(pd));
+    int n = walk ? encode_diff_overlapped(opt.level, pd, snap, payload, next) : changed ? -1 : 0;
     // After any record the page equals snap, and so does the shadow (see blend_to).
     auto page_crc = [&] { return have_crc ? snap_crc : crc32c(snap, kPage); };
     if (pd.active == 0) {
@@ -180,20 +170,17 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
       crc = zcrc;
       st.zero++;
     } else {
-      int planes = 0;
-      if (opt.dense && (n < 0 || n > kDenseMin) && high_bytes_repeat(snap)) {
-        // Dense page: LZ4 of the byte planes, kept only if it beats the delta / whole page
-        // (the capacity limit makes LZ4 give up as soon as it cannot).
-        shuffle4(snap, scratch);
-        int limit = (n < 0 ? int(kPage) : n) - 1;
-        planes = LZ4_compress_default((const char*)scratch, (char*)lz, int(kPage), limit);
+      if (opt.dense && (n < 0 || n > kDenseMin)) {
+        // Dense page: packed words, kept only if they beat the delta / whole page.
+        if (words == 0) words = words_encode(opt.level, pd, snap, lz);
+        if (words >= (n < 0 ? int(kPage) : n)) words = 0;
       }
-      if (planes > 0) {
-        kind = kPlanesLz4;
-        len = uint32_t(planes);
+      if (words > 0) {
+        kind = kWords;
+        len = uint32_t(words);
         memcpy(payload, lz, len);
         crc = page_crc();
-        st.planes++;
+        st.words++;
       } else if (n > 0) {
         kind = kDelta;
         len = uint32_t(n);
@@ -299,7 +286,7 @@ bool encode_batch(const uint8_t* ram, uint8_t* shadow, size_t npages, const uint
       total.zero += st[i].zero;
       total.delta += st[i].delta;
       total.full += st[i].full;
-      total.planes += st[i].planes;
+      total.words += st[i].words;
       total.unchanged += st[i].unchanged;
     }
   }
@@ -328,12 +315,12 @@ bool apply_batch(uint8_t* image, size_t npages, const uint8_t* rec, size_t len, 
     const uint8_t* h = rec + pos;
     Rec r{get32(h), get32(h + 8), get32(h + 12), h[4], pos + kRecordHeader};
     if (h[5] || h[6] || h[7]) return fail(idx, "reserved header bytes are not zero");
-    if (r.kind > kPlanesLz4) return fail(idx, "unknown record kind " + std::to_string(r.kind));
+    if (r.kind > kWords) return fail(idx, "unknown record kind " + std::to_string(r.kind));
     if (r.page >= npages)
       return fail(idx, "page " + std::to_string(r.page) + " outside the image (" + std::to_string(npages) + " pages)");
     if ((r.kind == kZero && r.len != 0) || (r.kind == kFull && r.len != kPage) ||
         (r.kind == kDelta && (r.len == 0 || r.len > kPage)) ||
-        (r.kind == kPlanesLz4 && (r.len == 0 || r.len >= kPage)))
+        ((r.kind == kPlanesLz4 || r.kind == kWords) && (r.len == 0 || r.len >= kPage)))
       return fail(idx, "length " + std::to_string(r.len) + " invalid for its kind");
     if (len - r.off < r.len) return fail(idx, "payload truncated");
     if (seen[r.page >> 6] >> (r.page & 63) & 1)
@@ -357,6 +344,10 @@ bool apply_batch(uint8_t* image, size_t npages, const uint8_t* rec, size_t len, 
       if (LZ4_decompress_safe((const char*)rec + r.off, (char*)planes, int(r.len), int(kPage)) != int(kPage))
         return fail(i, "corrupt LZ4 payload");
       unshuffle4(planes, s);
+    } else if (r.kind == kWords) {
+      memcpy(s, image + size_t(r.page) * kPage, kPage);
+      const char* e = nullptr;
+      if (words_decode(rec + r.off, r.len, s, &e) != 0) return fail(i, std::string("bad packed words: ") + e);
     } else {
       memcpy(s, image + size_t(r.page) * kPage, kPage);
       const char* e = nullptr;

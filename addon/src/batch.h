@@ -4,9 +4,12 @@
 //   u32 page      page index in the RAM image
 //   u8  kind      0 = zero page (no payload), 1 = XBZRLE delta against the previous
 //                 checkpointed contents, 2 = full page (4096 bytes), 3 = LZ4 block of the
-//                 page's byte planes (shuffle4), only written with BatchOptions.dense
+//                 page's byte planes (read only: earlier builds wrote it for dense pages),
+//                 4 = packed words against the previous checkpointed contents (words.cc),
+//                 only written with BatchOptions.dense
 //   u8  0, u16 0  reserved, must be zero
-//   u32 length    payload bytes: 0 (zero), 1..4096 (delta), 4096 (full), 1..4095 (planes)
+//   u32 length    payload bytes: 0 (zero), 1..4096 (delta), 4096 (full), 1..4095 (planes,
+//                 words)
 //   u32 crc32c    CRC32C of the page contents after the record is applied
 //   payload
 // A page appears at most once per batch.
@@ -20,10 +23,10 @@
 namespace migsafe {
 
 constexpr size_t kRecordHeader = 16;
-enum RecordKind : uint8_t { kZero = 0, kDelta = 1, kFull = 2, kPlanesLz4 = 3 };
+enum RecordKind : uint8_t { kZero = 0, kDelta = 1, kFull = 2, kPlanesLz4 = 3, kWords = 4 };
 
 // With BatchOptions.dense, pages whose delta exceeds this (or that would go whole) also try
-// kind 3 and keep the smaller payload.
+// kind 4 and keep the smaller payload.
 constexpr int kDenseMin = 1024;
 
 // malloc-backed growable bytes (no zero-fill on growth); ownership can be handed to a Buffer.
@@ -61,11 +64,11 @@ struct BatchOptions {
   Level level = Level::Scalar;
   int threads = 1;
   bool update_shadow = true;
-  bool dense = false;  // per-page choice between XBZRLE and LZ4 of byte planes
+  bool dense = false;  // per-page choice between XBZRLE and packed words
 };
 
 struct BatchStats {
-  size_t zero = 0, delta = 0, full = 0, planes = 0, unchanged = 0;
+  size_t zero = 0, delta = 0, full = 0, words = 0, unchanged = 0;
 };
 
 // ram and shadow hold npages pages each. pages == nullptr: every page; repeated indexes count

@@ -219,7 +219,7 @@ bool pack_records(const uint8_t* rec, size_t len, Codec c, int level, size_t sma
     size_t plen = rd32(rec + off + 8), end = off + 16 + plen;
     if (end > len) { err = "packBatch: truncated payload"; return false; }
     bool compressible = plen <= small_max;
-    if (!compressible && rec[off + 4] == 1) {
+    if (!compressible && rec[off + 4] == 1 && c != Codec::None) {
       // Large delta: worth the codec only if LZ4 finds 1/8 to save (fails fast on noise).
       if (probe.size() < plen) probe.resize(plen);
       int limit = int(plen - plen / 8);

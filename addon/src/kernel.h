@@ -22,6 +22,10 @@ struct PageDiff {
   bool new_zero;     // the new page is all zero bytes
 };
 
+// A lower bound of the XBZRLE length, from the counts alone: every changed run costs its bytes
+// plus at least one length byte for itself and one for the unchanged run before it.
+inline uint32_t delta_size_floor(const PageDiff& pd) { return pd.changed + 2 * ((pd.bounds + 1) / 2); }
+
 // CPU levels this machine (and OS) can run; best first. Detected once.
 int available_levels(Level* out);  // returns count (1..3)
 Level best_level();
@@ -91,9 +95,16 @@ int floor_compare(Level l, const uint8_t* a, const uint8_t* b);
 // True if the pages are identical (early exit).
 bool pages_equal(Level l, const uint8_t* a, const uint8_t* b);
 
-// Byte planes of a page as 1024 32-bit words (plane b = byte b of every word), and back.
-void shuffle4(const uint8_t* src, uint8_t* dst);
+// A page from its byte planes (plane b = byte b of every 32-bit word): batch record kind 3.
 void unshuffle4(const uint8_t* src, uint8_t* dst);
+
+// Packed words (batch record kind 4, format in words.cc): the 32-bit words the PageDiff marks
+// changed, frame-of-reference bit-packed in groups of 64. words_encode returns the payload
+// length (-1 if no word changed); dst needs kWordsCap bytes. words_decode applies a payload
+// to page in place (0, or -1 with *err set; page may then be partly written).
+constexpr size_t kWordsCap = kPage / 32 + 16 * (5 + 256);
+int words_encode(Level l, const PageDiff& pd, const uint8_t* page, uint8_t* dst);
+int words_decode(const uint8_t* src, size_t len, uint8_t* page, const char** err);
 
 // CRC32C (Castagnoli), zlib-style seed chaining: crc32c(B, crc32c(A)) == crc32c(A||B).
 uint32_t crc32c(const uint8_t* data, size_t len, uint32_t seed = 0);

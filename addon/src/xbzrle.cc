@@ -640,10 +640,9 @@ template <class Hook>
 int encode_diff_t(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst, Hook& hook) {
   constexpr int kMax = int(kPage);
   if (pd.active == 0) return 0;
-  // Every changed run costs its bytes plus at least one length byte for itself and one for
-  // the unchanged run before it: beyond a page, QEMU would overflow too. The compare pass
-  // counted both, so a page too dirty for a delta is rejected before any run is looked at.
-  if (pd.changed + 2 * ((pd.bounds + 1) / 2) > kPage) return -1;
+  // Beyond a page, QEMU would overflow too. The compare pass counted changed bytes and runs,
+  // so a page too dirty for a delta is rejected before any run is looked at.
+  if (delta_size_floor(pd) > kPage) return -1;
   uint16_t b[kPage + 2 + 64];  // +64: room for the flatteners' unconditional writes
   uint32_t nb;
 #ifdef MIGSAFE_X86

@@ -30,13 +30,14 @@ export function crc32c(data: Uint8Array, seed = 0): number {
   return native().crc32c(data, seed);
 }
 
-// ---- Combined mode -------------------------------------------------------------------------
+// ---- A codec over the combined mode ------------------------------------------------------
 //
-// A batch from encodeBatch(..., { dense: true }) holds small XBZRLE deltas, which compress well
-// together (headers and neighbouring pages repeat), and large payloads (dense deltas, whole
-// pages, LZ4 byte planes) that a general codec mostly cannot shrink but spends most of its
-// time on. packBatch compresses the small records, plus the large deltas that a fast LZ4 probe
-// finds compressible, as one frame and stores the others as they are (in the addon).
+// A batch from encodeBatch(..., { dense: true }) (the combined mode: XBZRLE or packed words per
+// page) holds small XBZRLE deltas, which compress well together (headers and neighbouring
+// pages repeat), and large payloads (dense deltas, whole pages, packed words) that a general
+// codec mostly cannot shrink but spends most of its time on. packBatch compresses the small
+// records, plus the large deltas that a fast LZ4 probe finds compressible (no probe with codec
+// none), as one frame and stores the others as they are (in the addon).
 //
 // Packed layout, little-endian:
 //   "MSPK"  u8 version=1  u8 codec (0 none, 1 gzip, 2 deflate, 3 lz4, 4 zstd)  u16 0

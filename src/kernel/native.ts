@@ -21,8 +21,13 @@ export const enum RecordKind {
   Delta = 1,
   /** The whole page; 4096 bytes. */
   Full = 2,
-  /** LZ4 block of the page's byte planes (4-byte words); 1..4095 bytes. Only with `dense`. */
+  /** LZ4 block of the page's byte planes (4-byte words); 1..4095 bytes. Read only: earlier builds wrote it with `dense`. */
   PlanesLz4 = 3,
+  /**
+   * Packed words against the previous checkpointed contents: the 32-bit words that changed,
+   * bit-packed in groups of 64 (format in addon/src/words.cc); 1..4095 bytes. Only with `dense`.
+   */
+  Words = 4,
 }
 
 /** Size of one record header in a batch buffer. */
@@ -37,7 +42,8 @@ export interface EncodeBatchOptions {
   updateShadow?: boolean;
   /**
    * Per-page choice for dense pages (default false): when the delta exceeds 1024 bytes or the
-   * page would go whole, also try LZ4 of its byte planes and keep the smaller (RecordKind.PlanesLz4).
+   * page would go whole, also try packed words (RecordKind.Words) and keep the smaller. This is
+   * the combined mode (docs/kernel.md).
    */
   dense?: boolean;
 }
@@ -112,7 +118,7 @@ export interface NativeAddon {
   decompressAsync(codec: Codec, data: Uint8Array, rawLength: number): Promise<Buffer>;
 
   /**
-   * Combined mode, see packBatch in src/kernel/codecs.ts: records with payload <= smallMax, and
+   * A codec over the combined mode, see packBatch in src/kernel/codecs.ts: records with payload <= smallMax, and
    * larger XBZRLE deltas an LZ4 probe finds compressible, go into one compressed frame; the
    * rest is stored.
    */

@@ -97,7 +97,7 @@ export function* batchRecords(buf: Uint8Array): Generator<BatchRecord> {
     const kind = b[off + 4]! as RecordKind;
     const length = b.readUInt32LE(off + 8);
     const crc32c = b.readUInt32LE(off + 12);
-    if (kind > RecordKind.PlanesLz4) throw new RangeError(`batch: unknown kind ${kind} at byte ${off}`);
+    if (kind > RecordKind.Words) throw new RangeError(`batch: unknown kind ${kind} at byte ${off}`);
     const start = off + RECORD_HEADER_BYTES;
     if (start + length > b.length) throw new RangeError(`batch: payload truncated at byte ${off}`);
     yield { page, kind, length, crc32c, payload: b.subarray(start, start + length) };
@@ -111,19 +111,21 @@ export interface BatchSummary {
   delta: number;
   full: number;
   planes: number;
+  words: number;
   payloadBytes: number;
 }
 
 /** Counts of a batch buffer by kind. */
 export function summarizeBatch(buf: Uint8Array): BatchSummary {
-  const s: BatchSummary = { records: 0, zero: 0, delta: 0, full: 0, planes: 0, payloadBytes: 0 };
+  const s: BatchSummary = { records: 0, zero: 0, delta: 0, full: 0, planes: 0, words: 0, payloadBytes: 0 };
   for (const r of batchRecords(buf)) {
     s.records++;
     s.payloadBytes += r.length;
     if (r.kind === RecordKind.Zero) s.zero++;
     else if (r.kind === RecordKind.Delta) s.delta++;
     else if (r.kind === RecordKind.Full) s.full++;
-    else s.planes++;
+    else if (r.kind === RecordKind.PlanesLz4) s.planes++;
+    else s.words++;
   }
   return s;
 }

@@ -200,7 +200,7 @@ t.test('applyBatch refuses corrupt batches and leaves the image untouched', asyn
   t.ok(image.equals(ram), 'the intact batch applies');
 });
 
-t.test('dense option: byte-plane LZ4 records where they beat the delta', { skip: !corpusDir() && 'no corpus' }, async (t) => {
+t.test('dense option on the corpus: packed words where they beat the delta', { skip: !corpusDir() && 'no corpus' }, async (t) => {
   const pairs = loadPairs('qsort');
   const n = pairs.length / 8192;
   const ram = Buffer.alloc(n * P);
@@ -212,17 +212,11 @@ t.test('dense option: byte-plane LZ4 records where they beat the delta', { skip:
   const plain = encodeBatch(ram, shadow, null, { updateShadow: false });
   const dense = encodeBatch(ram, shadow, null, { updateShadow: false, dense: true });
   const s = summarizeBatch(dense);
-  t.ok(s.planes > 0, `${s.planes} pages as byte planes`);
-  t.ok(dense.length < plain.length, `dense ${dense.length} < plain ${plain.length}`);
+  t.ok(s.words > n / 2, `${s.words} of ${n} pages as packed words`);
+  t.ok(dense.length < 0.8 * plain.length, `dense ${dense.length} < 0.8 x plain ${plain.length}`);
   const image = Buffer.from(shadow);
   applyBatch(image, dense);
   t.ok(image.equals(ram), 'dense batch applies');
-  const bad = Buffer.from(dense);
-  const planes = [...batchRecords(bad)].find((r) => r.kind === RecordKind.PlanesLz4)!;
-  planes.payload.fill(0x33, 0, Math.min(8, planes.length));
-  const img2 = Buffer.from(shadow);
-  t.throws(() => applyBatch(img2, bad), /LZ4|checksum/);
-  t.ok(img2.equals(shadow), 'untouched after a corrupt LZ4 record');
 });
 
 t.test('scanDirty', async (t) => {
