@@ -15,7 +15,7 @@ import { native } from '../src/kernel/native.js';
 import { CheckpointStore } from '../src/store/checkpoint-store.js';
 import { encodeFrame, parseCodec } from '../src/store/frame.js';
 import { connectRedis, startRedisServer } from '../src/store/redis-server.js';
-import { recordStats } from '../src/checkpoint/records.js';
+import { summarizeBatch } from '../src/kernel/page-delta.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CORPUS = process.env.MIGSAFE_CORPUS ?? resolve(ROOT, '..', 'shared', 'corpus');
@@ -97,8 +97,8 @@ async function pipeline(url: string, codecSpec: string, img: ReturnType<typeof b
     pages = 0;
     const raws: { raw: Buffer; records: number }[] = [];
     for (let at = 0; at < dirty.length; at += 4096) {
-      const raw = await n.encodeBatchAsync(img.ram, shadow, dirty.subarray(at, at + 4096));
-      const st = recordStats(raw);
+      const raw = await n.encodeBatchAsync(img.ram, shadow, dirty.subarray(at, at + 4096), { dense: true }); // as the engine does
+      const st = summarizeBatch(raw);
       pages += st.records;
       raws.push({ raw, records: st.records });
     }

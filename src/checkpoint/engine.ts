@@ -11,7 +11,7 @@ import type { DirtySource } from '../qemu/dirty-source.js';
 import { ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
 import { encodeFrame, type CodecChoice } from '../store/frame.js';
 import type { VersionMeta } from '../store/version-meta.js';
-import { recordStats } from './records.js';
+import { summarizeBatch } from '../kernel/page-delta.js';
 
 export interface EngineOptions {
   store: CheckpointStore;
@@ -28,6 +28,11 @@ export interface EngineOptions {
   maxTimeMs: number;
   threads?: number;
   level?: CpuLevel;
+  /**
+   * Combined mode (default true): dense pages may go as packed words instead of an XBZRLE
+   * delta or the whole page, whichever is smallest (docs/kernel.md).
+   */
+  dense?: boolean;
   /** Start from this image and version (after a recovery) instead of a zero image. */
   resumeFrom?: { image: Buffer; version: number };
   /**
@@ -84,7 +89,7 @@ export class CheckpointEngine {
         // Split stage 2's output into frames of at most ~16 MiB so that readers stream.
         const end = frameEnd(stage2.records, at, 16 << 20);
         const part = stage2.records.subarray(at, end);
-        const st = recordStats(part);
+        const st = summarizeBatch(part);
         stage2Pages += st.records;
         pending.addChunk(await encodeFrame('pages', part, st.records, o.codec));
         at = end;
@@ -137,9 +142,9 @@ export class CheckpointEngine {
       const take = Math.min(SLICE_PAGES, candidates.length - at, o.maxPages ? o.maxPages - pages : Infinity);
       const slice = candidates.subarray(at, at + take);
       at += take;
-      const raw = await this.n.encodeBatchAsync(o.ram, this.shadow, slice, { threads: o.threads, level: o.level });
+      const raw = await this.n.encodeBatchAsync(o.ram, this.shadow, slice, { threads: o.threads, level: o.level, dense: o.dense ?? true });
       if (raw.length === 0) continue;
-      const st = recordStats(raw);
+      const st = summarizeBatch(raw);
       pages += st.records;
       pending.addChunk(await encodeFrame('pages', raw, st.records, o.codec));
     }
@@ -159,7 +164,7 @@ export class CheckpointEngine {
       // Without a dirty log, a compare of all RAM finds what changed since stage 1: the
       // compare alone is cheaper than running the encoder over every page.
       const candidates = harvested ? mergePages(harvested, leftover) : this.n.scanDirty(o.ram, this.shadow, o.level);
-      records = await this.n.encodeBatchAsync(o.ram, this.shadow, candidates, { threads: o.threads, level: o.level });
+      records = await this.n.encodeBatchAsync(o.ram, this.shadow, candidates, { threads: o.threads, level: o.level, dense: o.dense ?? true });
       await o.qmp.execute('xen-save-devices-state', { filename: o.deviceStatePath, live: false });
       device = await readFile(o.deviceStatePath);
     } finally {

@@ -39,7 +39,7 @@ export async function compact(store: CheckpointStore, version: number, codec: Co
   for (let first = 0; first < pageCount; first += PAGES_PER_FRAME) {
     const count = Math.min(PAGES_PER_FRAME, pageCount - first);
     const pages = Uint32Array.from({ length: count }, (_, i) => first + i);
-    const raw = await n.encodeBatchAsync(image, zero, pages, { updateShadow: false });
+    const raw = await n.encodeBatchAsync(image, zero, pages, { updateShadow: false, dense: true });
     if (raw.length === 0) continue;
     const frame = await encodeFrame('pages', raw, 0, codec);
     baseBytes += frame.length;

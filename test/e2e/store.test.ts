@@ -8,7 +8,7 @@ import { encodeFrame, parseCodec, CorruptCheckpointError } from '../../src/store
 import { loadImage, planRestore, MissingCheckpointError } from '../../src/store/reader.js';
 import { compact } from '../../src/store/compaction.js';
 import { startRedisServer, connectRedis } from '../../src/store/redis-server.js';
-import { recordStats } from '../../src/checkpoint/records.js';
+import { summarizeBatch } from '../../src/kernel/page-delta.js';
 import { testRedis, testClient } from '../helpers/redis.js';
 
 const PAGES = 256;
@@ -31,7 +31,7 @@ async function writeVersion(store: CheckpointStore, ram: Buffer, shadow: Buffer,
   let pages = 0;
   for (let at = 0; at < all.length; at += 64) {
     const raw = n.encodeBatch(ram, shadow, all.subarray(at, at + 64));
-    const st = recordStats(raw);
+    const st = summarizeBatch(raw);
     pages += st.records;
     pending.addChunk(await encodeFrame('pages', raw, st.records, codec));
   }
