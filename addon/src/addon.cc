@@ -204,6 +204,23 @@ Napi::Value EncodeBatch(const Napi::CallbackInfo& info) {
   return r;
 }
 
+// encodeBatch into the caller's buffer (reused from call to call: no allocation, no copy).
+// Returns the bytes written, or -1 before encoding anything when out is smaller than the
+// batch could need (batch_bound), so that no shadow update is ever lost with its records.
+Napi::Value EncodeBatchInto(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  BatchArgs a = batch_args(info);
+  Span o = bytes_arg(env, info[4], "out");
+  auto overlaps = [&](const Span& x) { return o.p < x.p + x.n && x.p < o.p + o.n; };
+  if (overlaps(a.ram) || overlaps(a.shadow)) throw Napi::RangeError::New(env, "out overlaps ram or shadow");
+  size_t count = a.all ? a.npages : a.pages.size();
+  if (o.n < batch_bound(count)) return Napi::Number::New(env, -1);
+  Bytes out = Bytes::borrow(o.p, o.n);
+  std::string err;
+  if (!run_batch(a, out, err)) throw Napi::RangeError::New(env, err);
+  return Napi::Number::New(env, double(out.size));
+}
+
 // Keeps the JS buffers alive while a worker uses their memory.
 class PromiseWorker : public Napi::AsyncWorker {
  public:
@@ -565,6 +582,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("decodePage", Napi::Function::New(env, DecodePage));
   exports.Set("encodeBatch", Napi::Function::New(env, EncodeBatch));
   exports.Set("encodeBatchAsync", Napi::Function::New(env, EncodeBatchAsync));
+  exports.Set("encodeBatchInto", Napi::Function::New(env, EncodeBatchInto));
+  exports.Set("batchBound", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "pages must be a number");
+    double n = info[0].As<Napi::Number>().DoubleValue();
+    if (!(n >= 0) || n > double(uint32_t(-1))) throw Napi::RangeError::New(info.Env(), "pages must be 0..2^32-1");
+    return Napi::Number::New(info.Env(), double(batch_bound(size_t(n))));
+  }));
   exports.Set("applyBatch", Napi::Function::New(env, ApplyBatch));
   exports.Set("scanDirty", Napi::Function::New(env, ScanDirty));
   exports.Set("compress", Napi::Function::New(env, Compress));

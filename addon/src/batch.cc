@@ -8,6 +8,7 @@
 #include <mutex>
 #include <sys/mman.h>
 #include <new>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -41,9 +42,10 @@ void Bytes::free_released(uint8_t* p, size_t cap) {
 }
 
 void Bytes::reset() {
-  free_released(data, cap);
+  if (!borrowed) free_released(data, cap);
   data = nullptr;
   size = cap = 0;
+  borrowed = false;
 }
 
 Bytes::~Bytes() { reset(); }
@@ -64,13 +66,14 @@ Bytes take_kept_bytes() {
 }
 
 void keep_bytes(Bytes&& b) {
-  if (b.cap == 0 || b.cap > kKeepMaxBytes) return;  // b frees it: one huge batch is not held on to
+  if (b.borrowed || b.cap == 0 || b.cap > kKeepMaxBytes) return;  // b frees it: one huge batch is not held on to
   std::lock_guard<std::mutex> g(kept_mu);
   if (kept.size() < kKeepBlocks) kept.push_back(std::move(b));
 }
 
 void Bytes::reserve(size_t n) {
   if (n <= cap) return;
+  if (borrowed) throw std::length_error("borrowed output too small");  // callers size it with batch_bound
   if (n >= kHuge / 2) {
     size_t c = (n + kHuge - 1) / kHuge * kHuge;
     if (c < 2 * cap) c = (2 * cap + kHuge - 1) / kHuge * kHuge;

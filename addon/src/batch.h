@@ -29,25 +29,38 @@ enum RecordKind : uint8_t { kZero = 0, kDelta = 1, kFull = 2, kPlanesLz4 = 3, kW
 // kind 4 and keep the smaller payload.
 constexpr int kDenseMin = 1024;
 
+// The most bytes a batch of count pages can need while it is encoded: every page whole, plus
+// the encoders' scratch room past the last record (see kDeltaCap).
+constexpr size_t batch_bound(size_t count) { return count * (kRecordHeader + kPage) + kRecordHeader + kDeltaCap; }
+
 // malloc-backed growable bytes (no zero-fill on growth); ownership can be handed to a Buffer.
+// A borrowed Bytes writes into the caller's memory and never grows (reserve past it throws).
 struct Bytes {
   uint8_t* data = nullptr;
   size_t size = 0, cap = 0;
+  bool borrowed = false;
   Bytes() = default;
+  static Bytes borrow(uint8_t* p, size_t cap) {
+    Bytes b;
+    b.data = p, b.cap = cap, b.borrowed = true;
+    return b;
+  }
   Bytes(const Bytes&) = delete;
   Bytes& operator=(const Bytes&) = delete;
-  Bytes(Bytes&& o) noexcept : data(o.data), size(o.size), cap(o.cap) { o.data = nullptr; o.size = o.cap = 0; }
+  Bytes(Bytes&& o) noexcept : data(o.data), size(o.size), cap(o.cap), borrowed(o.borrowed) {
+    o.data = nullptr, o.size = o.cap = 0, o.borrowed = false;
+  }
   Bytes& operator=(Bytes&& o) noexcept {
     if (this != &o) {
       reset();
-      data = o.data, size = o.size, cap = o.cap;
-      o.data = nullptr, o.size = o.cap = 0;
+      data = o.data, size = o.size, cap = o.cap, borrowed = o.borrowed;
+      o.data = nullptr, o.size = o.cap = 0, o.borrowed = false;
     }
     return *this;
   }
   ~Bytes();
   void reserve(size_t n);
-  void reset();  // frees the memory
+  void reset();  // frees the memory (a borrowed one is only let go)
   // Hands the memory over; it is freed later with free_released(p, cap as it was).
   uint8_t* release() { uint8_t* p = data; data = nullptr; size = cap = 0; return p; }
   static void free_released(uint8_t* p, size_t cap);

@@ -94,6 +94,13 @@ export interface NativeAddon {
    * Records: u32 page, u8 kind, u8 0, u16 0, u32 length, u32 crc32c(new page), payload.
    */
   encodeBatch(ram: Uint8Array, shadow: Uint8Array, pages: Uint32Array | null, opts?: EncodeBatchOptions): Buffer;
+  /**
+   * encodeBatch into `out`: returns the bytes written, or -1 (before encoding anything) when
+   * `out` is smaller than batchBound(candidate pages).
+   */
+  encodeBatchInto(ram: Uint8Array, shadow: Uint8Array, pages: Uint32Array | null, opts: EncodeBatchOptions | undefined, out: Uint8Array): number;
+  /** Bytes a batch of this many candidate pages can need while it is encoded. */
+  batchBound(pages: number): number;
   /** Same as encodeBatch, off the event loop. `ram` and `shadow` must not be touched until it settles. */
   encodeBatchAsync(
     ram: Uint8Array,

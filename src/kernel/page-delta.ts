@@ -42,6 +42,16 @@ export function decodePage(oldPage: Uint8Array, delta: Uint8Array): Buffer {
   return native().decodePage(oldPage, delta);
 }
 
+export interface EncodeBatchSyncOptions extends EncodeBatchOptions {
+  /**
+   * Memory to encode into, reused from call to call: no allocation and no copy. The result is
+   * then a view of `out`, valid until `out` is written again. Used when it holds at least
+   * batchBound(candidate pages) bytes (`pages.length`, or every page of `ram`); otherwise the
+   * result is a new Buffer, as without `out`. Must not overlap `ram` or `shadow`.
+   */
+  out?: Uint8Array;
+}
+
 /**
  * Encodes the pages of ram that differ from shadow into one buffer of records (format in
  * docs/kernel.md) and, unless told otherwise, brings shadow up to date. pages = null: all.
@@ -50,9 +60,18 @@ export function encodeBatch(
   ram: Uint8Array,
   shadow: Uint8Array,
   pages: Uint32Array | null,
-  opts?: EncodeBatchOptions,
+  opts?: EncodeBatchSyncOptions,
 ): Buffer {
+  if (opts?.out) {
+    const n = native().encodeBatchInto(ram, shadow, pages, opts, opts.out);
+    if (n >= 0) return Buffer.from(opts.out.buffer, opts.out.byteOffset, n);
+  }
   return native().encodeBatch(ram, shadow, pages, opts);
+}
+
+/** Bytes an `out` buffer for encodeBatch needs for this many candidate pages (every page whole, plus scratch room). */
+export function batchBound(pages: number): number {
+  return native().batchBound(pages);
 }
 
 /** encodeBatch on worker threads; ram and shadow must stay untouched until it settles. */

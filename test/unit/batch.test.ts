@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { RECORD_HEADER_BYTES, RecordKind } from '../../src/kernel/native.js';
 import {
   applyBatch,
+  batchBound,
   batchRecords,
   cpuLevels,
   encodeBatch,
@@ -217,6 +218,41 @@ t.test('dense option on the corpus: packed words where they beat the delta', { s
   const image = Buffer.from(shadow);
   applyBatch(image, dense);
   t.ok(image.equals(ram), 'dense batch applies');
+});
+
+t.test('encodeBatch into a reused out buffer: a view of it, same bytes; too small falls back, nothing lost', async (t) => {
+  const { ram, shadow } = scene(11);
+  const pages = ram.length / P;
+  t.equal(batchBound(pages), pages * (RECORD_HEADER_BYTES + P) + RECORD_HEADER_BYTES + 2 * P + 64);
+  const want = encodeBatch(ram, Buffer.from(shadow), null);
+  for (const threads of [1, 2]) {
+    const out = Buffer.alloc(batchBound(pages));
+    for (let round = 0; round < 2; round++) {
+      const sh = Buffer.from(shadow);
+      const got = encodeBatch(ram, sh, null, { out, threads });
+      t.equal(got.buffer, out.buffer, `threads ${threads}, round ${round}: the result is a view of out`);
+      t.equal(got.byteOffset, out.byteOffset);
+      t.ok(got.equals(want), `threads ${threads}, round ${round}: same records`);
+      t.ok(sh.equals(ram), 'shadow updated');
+    }
+  }
+  // A page list: the bound is for its length.
+  const list = Uint32Array.from({ length: 40 }, (_, i) => i * 3);
+  const small = Buffer.alloc(batchBound(list.length));
+  const viaList = encodeBatch(ram, Buffer.from(shadow), list, { out: small });
+  t.equal(viaList.buffer, small.buffer, 'a list of 40 pages fits batchBound(40)');
+  t.ok(viaList.equals(encodeBatch(ram, Buffer.from(shadow), list)), 'same records for the list');
+  // Too small: encoded into a new buffer instead, the shadow updated exactly once.
+  const tiny = Buffer.alloc(batchBound(pages) - 1);
+  const sh = Buffer.from(shadow);
+  const fell = encodeBatch(ram, sh, null, { out: tiny });
+  t.not(fell.buffer, tiny.buffer, 'a new buffer when out is too small');
+  t.ok(fell.equals(want), 'with the same records');
+  t.ok(tiny.equals(Buffer.alloc(tiny.length)), 'out was not written');
+  const image = Buffer.from(shadow);
+  applyBatch(image, fell);
+  t.ok(image.equals(ram) && sh.equals(ram), 'nothing lost: records and shadow agree');
+  t.throws(() => encodeBatch(ram, Buffer.from(shadow), null, { out: ram }), /out overlaps ram or shadow/);
 });
 
 t.test('scanDirty', async (t) => {
