@@ -161,11 +161,15 @@ int main(int argc, char** argv) {
     std::string err;
     BatchOptions bo;
     bo.update_shadow = false;
+    // A batch as a mode-1 input (apply_batch).
+    auto batch_seed = [&](const Bytes& r) {
+      std::vector<uint8_t> b(1 + r.size);
+      b[0] = 1;
+      memcpy(b.data() + 1, r.data, r.size);
+      seeds.push_back(b);
+    };
     encode_batch(ram.data(), shadow.data(), 4, nullptr, 0, bo, rec, err);
-    std::vector<uint8_t> b(1 + rec.size);
-    b[0] = 1;
-    memcpy(b.data() + 1, rec.data, rec.size);
-    seeds.push_back(b);
+    batch_seed(rec);
     // A dense batch: pages of narrow integers, partly rewritten, go as packed words (kind 4).
     for (int s = 0; s < 8; s++) {
       uint32_t width = 1 + uint32_t(next() % 31), base = uint32_t(next());
@@ -176,10 +180,7 @@ int main(int argc, char** argv) {
       Bytes dense;
       bo.dense = true;
       encode_batch(ram.data(), shadow.data(), 4, nullptr, 0, bo, dense, err);
-      std::vector<uint8_t> d(1 + dense.size);
-      d[0] = 1;
-      memcpy(d.data() + 1, dense.data, dense.size);
-      seeds.push_back(d);
+      batch_seed(dense);
     }
   }
   std::vector<uint8_t> buf;

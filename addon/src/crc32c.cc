@@ -1,8 +1,3 @@
-// GCC 12 reports its own AVX-512 intrinsics (_mm512_undefined_*) as (maybe-)uninitialized.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 // CRC32C (Castagnoli, reflected polynomial 0x82F63B78).
 // With SSE4.2, long buffers run three independent crc32 instruction streams over three
 // adjacent blocks (the instruction has 3-cycle latency, 1-cycle throughput) and join them
@@ -10,6 +5,8 @@
 // Without SSE4.2: slicing-by-8 tables.
 #include <cstring>
 #include <mutex>
+
+#include "simd.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>

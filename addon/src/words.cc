@@ -10,20 +10,12 @@
 //     u32 base, u8 width (0..32), ceil(width * m / 8) bytes: value - base (mod 2^32) in
 //     width bits each, least significant bit first
 // The payload is exact: at least one word replaced, padding bits zero, no trailing bytes.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 #include <array>
 #include <cstring>
 #include <utility>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define MIGSAFE_X86 1
-#endif
-
 #include "kernel.h"
+#include "simd.h"
 
 namespace migsafe {
 

@@ -1,8 +1,3 @@
-// GCC 12 reports its own AVX-512 intrinsics (_mm512_undefined_*) as (maybe-)uninitialized.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 // XBZRLE page delta (format of QEMU's migration/xbzrle.c, implemented independently):
 //   page  = zrun nzrun | zrun nzrun page      (trailing unchanged run omitted)
 //   zrun  = uleb128 length of an unchanged run (only the first may be 0)
@@ -15,13 +10,9 @@
 // lower bound of the output size, so pages too dirty for a delta are rejected before walking.
 #include <cstring>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define MIGSAFE_X86 1
-#endif
-
 #include "crc_fold.h"
 #include "kernel.h"
+#include "simd.h"
 
 namespace migsafe {
 
