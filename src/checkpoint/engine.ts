@@ -5,7 +5,7 @@
 //   each round is a delta against it; if a round fails, the shadow no longer matches the store
 //   and the next round starts over from a zero image (a full checkpoint).
 import { readFile, rm } from 'node:fs/promises';
-import { native, type CpuLevel } from '../kernel/native.js';
+import { native, type CpuLevel, type EncodeBatchOptions } from '../kernel/native.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { DirtySource } from '../qemu/dirty-source.js';
 import { ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
@@ -28,11 +28,6 @@ export interface EngineOptions {
   maxTimeMs: number;
   threads?: number;
   level?: CpuLevel;
-  /**
-   * Combined mode (default true): dense pages may go as packed words instead of an XBZRLE
-   * delta or the whole page, whichever is smallest (docs/kernel.md).
-   */
-  dense?: boolean;
   /** Start from this image and version (after a recovery) instead of a zero image. */
   resumeFrom?: { image: Buffer; version: number };
   /**
@@ -126,6 +121,14 @@ export class CheckpointEngine {
     return { pages: 0, leftover: this.parent === 0 ? this.n.scanDirty(this.o.ram, this.shadow, this.o.level) : new Uint32Array(0) };
   }
 
+  /**
+   * Both stages encode alike, in the combined mode: a dense page goes as packed words when
+   * they are smaller than its XBZRLE delta and the whole page (docs/kernel.md).
+   */
+  private encodeOptions(): EncodeBatchOptions {
+    return { threads: this.o.threads, level: this.o.level, dense: true };
+  }
+
   private async stage1(pending: PendingVersion): Promise<{ pages: number; leftover: Uint32Array }> {
     const o = this.o;
     const t0 = performance.now();
@@ -142,7 +145,7 @@ export class CheckpointEngine {
       const take = Math.min(SLICE_PAGES, candidates.length - at, o.maxPages ? o.maxPages - pages : Infinity);
       const slice = candidates.subarray(at, at + take);
       at += take;
-      const raw = await this.n.encodeBatchAsync(o.ram, this.shadow, slice, { threads: o.threads, level: o.level, dense: o.dense ?? true });
+      const raw = await this.n.encodeBatchAsync(o.ram, this.shadow, slice, this.encodeOptions());
       if (raw.length === 0) continue;
       const st = summarizeBatch(raw);
       pages += st.records;
@@ -164,7 +167,7 @@ export class CheckpointEngine {
       // Without a dirty log, a compare of all RAM finds what changed since stage 1: the
       // compare alone is cheaper than running the encoder over every page.
       const candidates = harvested ? mergePages(harvested, leftover) : this.n.scanDirty(o.ram, this.shadow, o.level);
-      records = await this.n.encodeBatchAsync(o.ram, this.shadow, candidates, { threads: o.threads, level: o.level, dense: o.dense ?? true });
+      records = await this.n.encodeBatchAsync(o.ram, this.shadow, candidates, this.encodeOptions());
       await o.qmp.execute('xen-save-devices-state', { filename: o.deviceStatePath, live: false });
       device = await readFile(o.deviceStatePath);
     } finally {

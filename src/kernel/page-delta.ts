@@ -103,24 +103,41 @@ export interface BatchRecord {
   payload: Buffer;
 }
 
+type RecordHeader = Omit<BatchRecord, 'payload'> & { start: number };
+
+/**
+ * Reads the header of the record at byte `off` into h (reused by callers that walk many
+ * records), framing checked; its payload is bytes [h.start, h.start + h.length).
+ */
+function readRecordHeader(v: DataView, off: number, h: RecordHeader): void {
+  const n = v.byteLength;
+  if (n - off < RECORD_HEADER_BYTES) throw new RangeError(`batch: truncated header at byte ${off}`);
+  const kind = v.getUint8(off + 4) as RecordKind;
+  const length = v.getUint32(off + 8, true);
+  if (kind > RecordKind.Words) throw new RangeError(`batch: unknown kind ${kind} at byte ${off}`);
+  const start = off + RECORD_HEADER_BYTES;
+  if (start + length > n) throw new RangeError(`batch: payload truncated at byte ${off}`);
+  h.page = v.getUint32(off, true);
+  h.kind = kind;
+  h.length = length;
+  h.crc32c = v.getUint32(off + 12, true);
+  h.start = start;
+}
+
+const newHeader = (): RecordHeader => ({ page: 0, kind: RecordKind.Zero, length: 0, crc32c: 0, start: 0 });
+const viewOf = (buf: Uint8Array) => new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+
 /**
  * Walks the records of a batch buffer, checking only their framing (applyBatch does the full
  * validation). Throws on a truncated or inconsistent header.
  */
 export function* batchRecords(buf: Uint8Array): Generator<BatchRecord> {
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-  let off = 0;
-  while (off < b.length) {
-    if (b.length - off < RECORD_HEADER_BYTES) throw new RangeError(`batch: truncated header at byte ${off}`);
-    const page = b.readUInt32LE(off);
-    const kind = b[off + 4]! as RecordKind;
-    const length = b.readUInt32LE(off + 8);
-    const crc32c = b.readUInt32LE(off + 12);
-    if (kind > RecordKind.Words) throw new RangeError(`batch: unknown kind ${kind} at byte ${off}`);
-    const start = off + RECORD_HEADER_BYTES;
-    if (start + length > b.length) throw new RangeError(`batch: payload truncated at byte ${off}`);
-    yield { page, kind, length, crc32c, payload: b.subarray(start, start + length) };
-    off = start + length;
+  const v = viewOf(buf);
+  const h = newHeader();
+  for (let off = 0; off < b.length; off = h.start + h.length) {
+    readRecordHeader(v, off, h);
+    yield { page: h.page, kind: h.kind, length: h.length, crc32c: h.crc32c, payload: b.subarray(h.start, h.start + h.length) };
   }
 }
 
@@ -134,10 +151,16 @@ export interface BatchSummary {
   payloadBytes: number;
 }
 
-/** Counts of a batch buffer by kind. */
+/**
+ * Counts of a batch buffer by kind, framing checked as batchRecords checks it. (No payload
+ * views: the checkpoint engine counts every batch it stores.)
+ */
 export function summarizeBatch(buf: Uint8Array): BatchSummary {
   const s: BatchSummary = { records: 0, zero: 0, delta: 0, full: 0, planes: 0, words: 0, payloadBytes: 0 };
-  for (const r of batchRecords(buf)) {
+  const v = viewOf(buf);
+  const r = newHeader();
+  for (let off = 0; off < v.byteLength; off = r.start + r.length) {
+    readRecordHeader(v, off, r);
     s.records++;
     s.payloadBytes += r.length;
     if (r.kind === RecordKind.Zero) s.zero++;

@@ -255,6 +255,29 @@ t.test('encodeBatch into a reused out buffer: a view of it, same bytes; too smal
   t.throws(() => encodeBatch(ram, Buffer.from(shadow), null, { out: ram }), /out overlaps ram or shadow/);
 });
 
+t.test('batchRecords and summarizeBatch read the same framing and refuse the same bad framing', async (t) => {
+  const { ram, shadow } = scene(4);
+  const rec = encodeBatch(ram, Buffer.from(shadow), null);
+  const s = summarizeBatch(rec);
+  const walked = [...batchRecords(rec)];
+  t.equal(s.records, walked.length);
+  t.equal(s.payloadBytes, walked.reduce((a, r) => a + r.length, 0));
+  t.same([s.zero, s.delta, s.full], [0, 1, 2].map((k) => walked.filter((r) => r.kind === k).length));
+  // A Uint8Array view at an offset reads like the Buffer.
+  const copy = new Uint8Array(rec.length + 8);
+  copy.set(rec, 8);
+  t.same(summarizeBatch(copy.subarray(8)), s, 'a view at an offset');
+  const bad: [string, Buffer, RegExp][] = [
+    ['truncated header', rec.subarray(0, rec.length - walked.at(-1)!.length - 3), /truncated header/],
+    ['unknown kind', Buffer.concat([Buffer.from([0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])]), /unknown kind 9/],
+    ['payload truncated', rec.subarray(0, rec.length - 1), /payload truncated/],
+  ];
+  for (const [why, b, re] of bad) {
+    t.throws(() => summarizeBatch(b), re, `summarizeBatch: ${why}`);
+    t.throws(() => [...batchRecords(b)], re, `batchRecords: ${why}`);
+  }
+});
+
 t.test('scanDirty', async (t) => {
   const { ram, shadow, kinds } = scene(5);
   for (const level of cpuLevels()) t.same([...scanDirty(ram, shadow, level)], [...kinds.keys()].sort((a, b) => a - b), level);
