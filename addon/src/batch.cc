@@ -153,12 +153,16 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
     uint8_t* h = out.data + out.size;
     uint8_t* payload = h + kRecordHeader;
     // Dense pages: packed words first when the counts already say the delta is large, and no
-    // run walk at all when the words beat the shortest delta the counts allow.
+    // run walk at all when the words beat the shortest delta the counts allow; after the walk,
+    // words for a delta that turned out large or overflowed. They are kept only if smaller
+    // than the delta, or than the whole page.
     const bool changed = pd.active != 0 && !pd.new_zero;
     int words = 0;
     if (opt.dense && changed && delta_size_floor(pd) > uint32_t(kDenseMin)) words = words_encode(opt.level, pd, snap, lz);
     const bool walk = changed && !(words > 0 && uint32_t(words) <= delta_size_floor(pd));
     int n = walk ? encode_diff_overlapped(opt.level, pd, snap, payload, next) : changed ? -1 : 0;
+    if (opt.dense && changed && words == 0 && (n < 0 || n > kDenseMin)) words = words_encode(opt.level, pd, snap, lz);
+    if (words >= (n < 0 ? int(kPage) : n)) words = 0;
     // After any record the page equals snap, and so does the shadow (see blend_to).
     auto page_crc = [&] { return have_crc ? snap_crc : crc32c(snap, kPage); };
     if (pd.active == 0) {
@@ -172,30 +176,23 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
       len = 0;
       crc = zcrc;
       st.zero++;
+    } else if (words > 0) {
+      kind = kWords;
+      len = uint32_t(words);
+      memcpy(payload, lz, len);
+      crc = page_crc();
+      st.words++;
+    } else if (n > 0) {
+      kind = kDelta;
+      len = uint32_t(n);
+      crc = page_crc();
+      st.delta++;
     } else {
-      if (opt.dense && (n < 0 || n > kDenseMin)) {
-        // Dense page: packed words, kept only if they beat the delta / whole page.
-        if (words == 0) words = words_encode(opt.level, pd, snap, lz);
-        if (words >= (n < 0 ? int(kPage) : n)) words = 0;
-      }
-      if (words > 0) {
-        kind = kWords;
-        len = uint32_t(words);
-        memcpy(payload, lz, len);
-        crc = page_crc();
-        st.words++;
-      } else if (n > 0) {
-        kind = kDelta;
-        len = uint32_t(n);
-        crc = page_crc();
-        st.delta++;
-      } else {
-        kind = kFull;
-        len = kPage;
-        memcpy(payload, snap, kPage);
-        crc = page_crc();
-        st.full++;
-      }
+      kind = kFull;
+      len = kPage;
+      memcpy(payload, snap, kPage);
+      crc = page_crc();
+      st.full++;
     }
     put32(h, uint32_t(p));
     h[4] = kind;
@@ -347,14 +344,12 @@ bool apply_batch(uint8_t* image, size_t npages, const uint8_t* rec, size_t len, 
       if (LZ4_decompress_safe((const char*)rec + r.off, (char*)planes, int(r.len), int(kPage)) != int(kPage))
         return fail(i, "corrupt LZ4 payload");
       unshuffle4(planes, s);
-    } else if (r.kind == kWords) {
-      memcpy(s, image + size_t(r.page) * kPage, kPage);
-      const char* e = nullptr;
-      if (words_decode(rec + r.off, r.len, s, &e) != 0) return fail(i, std::string("bad packed words: ") + e);
     } else {
+      // A delta or packed words: against the page as the image holds it.
       memcpy(s, image + size_t(r.page) * kPage, kPage);
       const char* e = nullptr;
-      if (decode_page(rec + r.off, r.len, s, &e) != 0) return fail(i, std::string("bad delta: ") + e);
+      if (r.kind == kWords ? words_decode(rec + r.off, r.len, s, &e) != 0 : decode_page(rec + r.off, r.len, s, &e) != 0)
+        return fail(i, std::string(r.kind == kWords ? "bad packed words: " : "bad delta: ") + e);
     }
     if (crc32c(s, kPage) != r.crc) return fail(i, "checksum mismatch on page " + std::to_string(r.page));
   }
