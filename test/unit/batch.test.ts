@@ -131,7 +131,7 @@ t.test('levels, threads and async give the same bytes', async (t) => {
   t.ok(copy.equals(shadow) && b.equals(ref), 'updateShadow: false leaves the shadow alone');
 });
 
-t.test('threads on a batch of megabytes (the parts are appended by several threads) give the same bytes and shadow', async (t) => {
+t.test('threads on a batch of megabytes (chunks claimed by several threads, appended in list order) give the same bytes and shadow', async (t) => {
   // 1536 pages: a third unchanged, a third with a few changed bytes, a third rewritten (whole pages),
   // so each thread's part is megabytes and parts mix record kinds at their edges.
   const pages = 1536;
@@ -147,11 +147,28 @@ t.test('threads on a batch of megabytes (the parts are appended by several threa
   const ref = encodeBatch(ram, s1, null, { threads: 1 });
   t.ok(ref.length > 2 * 1024 * 1024, `reference batch is ${ref.length} bytes`);
   t.ok(s1.equals(ram), 'the shadow is brought up to date');
-  for (const threads of [2, 3]) {
+  for (const threads of [2, 3, 8]) {
     const s = Buffer.from(shadow);
     const b = encodeBatch(ram, s, null, { threads });
     t.ok(b.equals(ref), `${threads} threads: same records in the same order`);
     t.ok(s.equals(ram), `${threads} threads: same shadow`);
+  }
+  // A page list out of order: records follow the list, whichever thread claimed their chunk.
+  const list = Uint32Array.from({ length: pages }, (_, i) => i);
+  for (let i = pages - 1; i > 0; i--) {
+    const j = (r() * (i + 1)) | 0;
+    [list[i], list[j]] = [list[j]!, list[i]!];
+  }
+  const refList = encodeBatch(ram, Buffer.from(shadow), list, { threads: 1 });
+  t.same(
+    [...batchRecords(refList)].map((x) => x.page),
+    Array.from(list).filter((p) => p % 3 !== 0),
+    'one thread: records in list order (unchanged pages have none)',
+  );
+  for (const threads of [2, 3, 8]) {
+    const s = Buffer.from(shadow);
+    t.ok(encodeBatch(ram, s, list, { threads }).equals(refList), `${threads} threads, shuffled list: same bytes`);
+    t.ok(s.equals(ram), `${threads} threads, shuffled list: same shadow`);
   }
 });
 
