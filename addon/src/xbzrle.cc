@@ -515,18 +515,28 @@ struct EmitState {
 };
 
 // The per-run loop of emit16 when every run fits one W-byte move (W = 32 or 64): qh holds
-// (output offset, header) pairs, qd (data offset, source offset) pairs.
-template <int W>
-__attribute__((target("avx512f,avx512bw"), always_inline)) inline void emit_short(
+// (output offset, header) pairs, qd (data offset, source offset) pairs. NearEnd: some run
+// starts within W bytes of the page's end, so the loads are masked to the page (a masked-out
+// byte is never read, and cannot fault).
+template <int W, bool NearEnd>
+__attribute__((target("avx512f,avx512bw,bmi2"), always_inline)) inline void emit_short(
     const uint64_t* qh, const uint64_t* qd, uint32_t cnt, const uint8_t* nw, uint8_t* dst) {
   for (uint32_t j = 0; j < cnt; j++) {
     uint64_t a = qh[j], c = qd[j];
-    uint32_t hv = uint32_t(a >> 32);
+    uint32_t hv = uint32_t(a >> 32), src = uint32_t(c >> 32);
     memcpy(dst + uint32_t(a), &hv, 4);  // 4 bytes: the data move below overwrites the excess
-    if constexpr (W == 32)
-      _mm256_storeu_si256((__m256i*)(dst + uint32_t(c)), _mm256_loadu_si256((const __m256i*)(nw + (c >> 32))));
-    else
-      _mm512_storeu_si512(dst + uint32_t(c), _mm512_loadu_si512(nw + (c >> 32)));
+    __m512i v;
+    if constexpr (NearEnd) {
+      uint32_t left = uint32_t(kPage) - src;  // bzhi reads only the index's low byte: clamp it
+      v = _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, left < 64 ? left : 64), nw + src);
+    }
+    if constexpr (W == 32) {
+      if constexpr (!NearEnd) _mm256_storeu_si256((__m256i*)(dst + uint32_t(c)), _mm256_loadu_si256((const __m256i*)(nw + src)));
+      else _mm256_storeu_si256((__m256i*)(dst + uint32_t(c)), _mm512_castsi512_si256(v));
+    } else {
+      if constexpr (!NearEnd) v = _mm512_loadu_si512(nw + src);
+      _mm512_storeu_si512(dst + uint32_t(c), v);
+    }
   }
 }
 
@@ -567,12 +577,13 @@ __attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0
   _mm512_store_si512(ns, n);
   const __m512i c32 = _mm512_set1_epi32(32), c64 = _mm512_set1_epi32(64);
   const __m512i cend32 = _mm512_set1_epi32(int(kPage - 32)), cend64 = _mm512_set1_epi32(int(kPage - 64));
-  __mmask16 over32 = _mm512_mask_cmpgt_epu32_mask(valid, n, c32) | _mm512_mask_cmpgt_epu32_mask(valid, s, cend32);
-  __mmask16 over64 = _mm512_mask_cmpgt_epu32_mask(valid, n, c64) | _mm512_mask_cmpgt_epu32_mask(valid, s, cend64);
+  __mmask16 over32 = _mm512_mask_cmpgt_epu32_mask(valid, n, c32);
+  __mmask16 over64 = _mm512_mask_cmpgt_epu32_mask(valid, n, c64);
   if (!over64) {
     // Every run fits one 32-byte (or 64-byte) move, the common case: per run two 8-byte loads,
     // a 4-byte header store and one move, no branch. (offset, header) and (data offset,
     // source) are interleaved into 64-bit lanes so that each pair is one load.
+    __mmask16 near = _mm512_mask_cmpgt_epu32_mask(valid, s, over32 ? cend64 : cend32);
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
     alignas(64) uint64_t qh[16], qd[16];
@@ -580,14 +591,30 @@ __attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0
     _mm512_store_si512(qh + 8, _mm512_permutex2var_epi32(o, hi, h));
     _mm512_store_si512(qd, _mm512_permutex2var_epi32(dof, lo, s));
     _mm512_store_si512(qd + 8, _mm512_permutex2var_epi32(dof, hi, s));
-    if (!over32) emit_short<32>(qh, qd, cnt, nw, dst);
-    else emit_short<64>(qh, qd, cnt, nw, dst);  // dense pages: runs up to 64 bytes
+    if (!over32) {
+      if (!near) emit_short<32, false>(qh, qd, cnt, nw, dst);
+      else emit_short<32, true>(qh, qd, cnt, nw, dst);  // the page's last group
+    } else {
+      if (!near) emit_short<64, false>(qh, qd, cnt, nw, dst);  // dense pages: runs up to 64 bytes
+      else emit_short<64, true>(qh, qd, cnt, nw, dst);
+    }
   } else {
     _mm512_store_si512(off, o);
     _mm512_store_si512(hdr, h);
+    // Some run is longer than 64 bytes: 64-byte moves, looped only for the long ones.
     for (uint32_t j = 0; j < cnt; j++) {
       memcpy(dst + off[j], &hdr[j], 4);
-      copy_run(dst + doff[j], nw, ss[j], ns[j]);
+      uint32_t sj = ss[j], nj = ns[j];
+      uint8_t* dj = dst + doff[j];
+      if (__builtin_expect(sj + 64 <= kPage, 1)) {
+        _mm512_storeu_si512(dj, _mm512_loadu_si512(nw + sj));
+        for (uint32_t c = 64; c < nj; c += 64) {
+          if (sj + c + 64 <= kPage) _mm512_storeu_si512(dj + c, _mm512_loadu_si512(nw + sj + c));
+          else memcpy(dj + c, nw + sj + c, nj - c);
+        }
+      } else {
+        memcpy(dj, nw + sj, nj);
+      }
     }
   }
   // The next group depends only on these two, computed without the stores above (a chain
