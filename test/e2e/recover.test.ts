@@ -16,14 +16,14 @@ import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js'
 ensureGuestBuilt();
 
 /** Region sizes small enough for TCG on a busy 2-core machine, large enough to matter. */
-const WORKLOADS: { wl: GuestWorkload; mib: number; rate?: number; compactEvery?: number }[] = [
+const WORKLOADS: { wl: GuestWorkload; mib: number; rate?: number; compactEvery?: number; threads?: number }[] = [
   { wl: 'idle', mib: 1 },
-  { wl: 'wset', mib: 32, compactEvery: 2 },
+  { wl: 'wset', mib: 32, compactEvery: 2, threads: 2 },
   { wl: 'qsort', mib: 2 },
   { wl: 'kv', mib: 0, rate: 50000 },
 ];
 
-for (const { wl, mib, rate, compactEvery } of WORKLOADS) {
+for (const { wl, mib, rate, compactEvery, threads } of WORKLOADS) {
   t.test(`${wl}: kill -9 QEMU, recover, the guest continues from the last committed version`, async (t) => {
     const srv = await testRedis(t);
     const env = cliEnv(t);
@@ -36,6 +36,8 @@ for (const { wl, mib, rate, compactEvery } of WORKLOADS) {
         'run', '--vm', vm, '--redis', srv.url, '--interval', '700', '--pidfile', pidfile,
         // One workload recovers through a compacted base image.
         ...(compactEvery ? ['--compact-every', String(compactEvery)] : []),
+        // and encodes its batches with two threads (chunks claimed by both, same records).
+        ...(threads ? ['--threads', String(threads)] : []),
         '--', ...argv,
       ],
       env,
