@@ -488,13 +488,15 @@ uint32_t flatten_vbmi2(const PageDiff& pd, uint16_t* b, Hook& hook) {
 
 namespace {
 
-// Copies run [s, s+n) of the page to d, in 32-byte moves that may write past n (the caller's
-// buffer has room; the next run overwrites the excess) but never read past the page.
-inline void copy_run(uint8_t* d, const uint8_t* page, uint32_t s, uint32_t n) {
-  if (__builtin_expect(s <= kPage - 32, 1)) {
-    memcpy(d, page + s, 32);
-    for (uint32_t c = 32; c < n; c += 32) {
-      if (s + c <= kPage - 32) memcpy(d + c, page + s + c, 32);
+// Copies run [s, s+n) of the page to d, in W-byte moves that may write past n (the caller's
+// buffer has room; the next run overwrites the excess) but never read past the page. W = 64
+// (one AVX-512 move each) where the caller is compiled for AVX-512.
+template <uint32_t W = 32>
+__attribute__((always_inline)) inline void copy_run(uint8_t* d, const uint8_t* page, uint32_t s, uint32_t n) {
+  if (__builtin_expect(s <= kPage - W, 1)) {
+    memcpy(d, page + s, W);
+    for (uint32_t c = W; c < n; c += W) {
+      if (s + c <= kPage - W) memcpy(d + c, page + s + c, W);
       else memcpy(d + c, page + s + c, n - c);
     }
   } else {
@@ -604,17 +606,7 @@ __attribute__((always_inline)) inline void emit16(const uint16_t* b, uint32_t k0
     // Some run is longer than 64 bytes: 64-byte moves, looped only for the long ones.
     for (uint32_t j = 0; j < cnt; j++) {
       memcpy(dst + off[j], &hdr[j], 4);
-      uint32_t sj = ss[j], nj = ns[j];
-      uint8_t* dj = dst + doff[j];
-      if (__builtin_expect(sj + 64 <= kPage, 1)) {
-        _mm512_storeu_si512(dj, _mm512_loadu_si512(nw + sj));
-        for (uint32_t c = 64; c < nj; c += 64) {
-          if (sj + c + 64 <= kPage) _mm512_storeu_si512(dj + c, _mm512_loadu_si512(nw + sj + c));
-          else memcpy(dj + c, nw + sj + c, nj - c);
-        }
-      } else {
-        memcpy(dj, nw + sj, nj);
-      }
+      copy_run<64>(dst + doff[j], nw, ss[j], ns[j]);
     }
   }
   // The next group depends only on these two, computed without the stores above (a chain
