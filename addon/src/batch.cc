@@ -403,8 +403,9 @@ bool apply_batch(uint8_t* image, size_t npages, const uint8_t* rec, size_t len, 
       // A delta or packed words: against the page as the image holds it.
       memcpy(s, image + size_t(r.page) * kPage, kPage);
       const char* e = nullptr;
-      if (r.kind == kWords ? words_decode(rec + r.off, r.len, s, &e) != 0 : decode_page(rec + r.off, r.len, s, &e) != 0)
-        return fail(i, std::string(r.kind == kWords ? "bad packed words: " : "bad delta: ") + e);
+      const bool words = r.kind == kWords;
+      int rc = words ? words_decode(rec + r.off, r.len, s, &e) : decode_page(rec + r.off, r.len, s, &e);
+      if (rc != 0) return fail(i, std::string(words ? "bad packed words: " : "bad delta: ") + e);
     }
     if (crc32c(s, kPage) != r.crc) return fail(i, "checksum mismatch on page " + std::to_string(r.page));
   }
