@@ -2,7 +2,8 @@
 //
 // On the same pages, in one run: QEMU-style word-at-a-time encoder, every SIMD level, the
 // pure-TypeScript encoder, the floor (both pages read completely with the best SIMD compare),
-// decoders, the batch API (1 and 2 threads), and per codec the bytes and speed on raw pages,
+// decoders, the batch API (1 and 2 threads, with the floor on the same pages as the host's
+// reference for two threads), and per codec the bytes and speed on raw pages,
 // on XBZRLE deltas and in the combined mode.
 //
 // Measuring on a shared machine: every case is sampled in turn (round robin) so load changes
@@ -210,6 +211,24 @@ function buildCases(pairs: Buffer, pages: number): Case[] {
       run: batchRun('wall', threads, ramT, shadowT, oldT),
     });
   }
+  // The same tiled pages only read (the floor), on 1 and 2 threads: what this host gives a
+  // second thread in this run, the reference for the batch's "2 threads / 1".
+  const pairsT = Buffer.alloc(tiles * pairs.length);
+  for (let k = 0; k < tiles; k++) pairs.copy(pairsT, k * pairs.length);
+  for (const threads of [1, 2]) {
+    add({
+      name: `floor (${best}), pages x${tiles}`,
+      op: 'floor',
+      threads,
+      clock: 'wall',
+      bytesIn: 2 * PAGE,
+      pagesPerPass: tiles * pages,
+      run: (inner: number) => {
+        const r = n.benchKernel('floor', pairsT, { level: best, repeats: 1, inner, threads });
+        return { seconds: r.seconds[0]!, bytes: r.bytes };
+      },
+    });
+  }
 
   // Decoders.
   add({ name: 'decode native', op: 'decode', threads: 1, clock: 'cpu', bytesIn: PAGE, run: kernel('decode') });
@@ -285,9 +304,16 @@ export async function runDiffBench(opts: DiffBenchOptions = {}): Promise<FileRes
   const repeats = opts.repeats ?? 7;
   const sampleMs = opts.sampleMs ?? 40;
   const progress = opts.progress ?? (() => {});
+  if (!Number.isInteger(repeats) || repeats < 1) throw new Error(`bench diff: --repeats must be a whole number >= 1 (got ${repeats})`);
+  if (!Number.isFinite(sampleMs) || sampleMs <= 0) throw new Error(`bench diff: --sample-ms must be a number > 0 (got ${sampleMs})`);
   const out: FileResult[] = [];
   for (const file of files) {
-    const pairs = readFileSync(file);
+    let pairs: Buffer;
+    try {
+      pairs = readFileSync(file);
+    } catch (e) {
+      throw new Error(`bench diff: cannot read corpus file ${file}: ${(e as Error).message}`);
+    }
     if (pairs.length === 0 || pairs.length % (2 * PAGE)) throw new Error(`${file}: not a .pairs file (8192-byte records)`);
     const pages = pairs.length / (2 * PAGE);
     const cases = buildCases(pairs, pages);
@@ -348,11 +374,14 @@ export function formatTable(results: FileResult[]): string {
     const inAddon = find('batch, in-addon loop')!;
     const t1 = f.results.find((r) => r.name.startsWith('batch api, pages x') && r.threads === 1)!;
     const t2 = f.results.find((r) => r.name.startsWith('batch api, pages x') && r.threads === 2)!;
+    const f1 = f.results.find((r) => r.op === 'floor' && r.name.includes(', pages x') && r.threads === 1);
+    const f2 = f.results.find((r) => r.op === 'floor' && r.name.includes(', pages x') && r.threads === 2);
     lines.push(
       `ratios: best encoder (${bestEnc.name}) / floor = ${(bestEnc.pagesPerSec / floor.pagesPerSec).toFixed(2)}; ` +
         `batch api / best encoder loop = ${(batch.pagesPerSec / bestEnc.pagesPerSec).toFixed(2)}; ` +
         `batch api / same work in-addon = ${(batch.pagesPerSec / inAddon.pagesPerSec).toFixed(2)}; ` +
-        `2 threads / 1 = ${(t2.pagesPerSec / t1.pagesPerSec).toFixed(2)}`,
+        `2 threads / 1 = ${(t2.pagesPerSec / t1.pagesPerSec).toFixed(2)}` +
+        (f1 && f2 ? ` (the floor on the same pages: ${(f2.pagesPerSec / f1.pagesPerSec).toFixed(2)})` : ''),
     );
     totals.pages += f.pages;
     totals.xbzrle += bestEnc.bytesPerPage * f.pages;

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <napi.h>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "batch.h"
@@ -435,10 +437,13 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
                                     [size](Napi::Env, uint8_t* q) { munmap(q, size); });
 }
 
-// benchKernel(op, pairs, {level, repeats, inner, codec, codecLevel}): runs a kernel loop over
-// the page pairs (8192-byte records: old page, new page) entirely in C++, so the numbers
-// carry no per-call N-API cost. Returns {seconds, cpuSeconds: per-repeat wall and thread-CPU
-// times of `inner` passes, bytes: output bytes of one pass}. Setup is outside the timed region.
+// benchKernel(op, pairs, {level, repeats, inner, codec, codecLevel, threads}): runs a kernel
+// loop over the page pairs (8192-byte records: old page, new page) entirely in C++, so the
+// numbers carry no per-call N-API cost. Returns {seconds, cpuSeconds: per-repeat wall and
+// thread-CPU times of `inner` passes, bytes: output bytes of one pass}. Setup is outside the
+// timed region. `threads` (floor only) splits each pass over that many threads, started per
+// pass as encode_batch starts its own: what reading the pages scales to on this host, the
+// reference for the batch's thread scaling.
 Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   std::string op = info[0].As<Napi::String>();
@@ -453,6 +458,9 @@ Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
   int clevel = 1;
   if (o.Has("codec")) codec = codec_arg(env, o.Get("codec"));
   if (o.Has("codecLevel")) clevel = o.Get("codecLevel").As<Napi::Number>().Int32Value();
+  int threads = o.Has("threads") ? o.Get("threads").As<Napi::Number>().Int32Value() : 1;
+  if (threads < 1 || threads > 64) throw Napi::RangeError::New(env, "benchKernel: threads must be 1..64");
+  if (threads > 1 && op != "floor") throw Napi::RangeError::New(env, "benchKernel: threads > 1 is only for op floor");
   auto oldp = [&](size_t i) { return pairs.p + i * 2 * kPage; };
   auto newp = [&](size_t i) { return pairs.p + i * 2 * kPage + kPage; };
 
@@ -518,7 +526,23 @@ Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
           pass_bytes += len < 0 ? double(kPage) : double(len);
         }
       } else if (op == "floor") {
-        for (size_t i = 0; i < n; i++) pass_bytes += floor_compare(l, oldp(i), newp(i));
+        auto part = [&](int t) {
+          int differ = 0;
+          for (size_t i = n * size_t(t) / size_t(threads); i < n * size_t(t + 1) / size_t(threads); i++)
+            differ += floor_compare(l, oldp(i), newp(i));
+          return differ;
+        };
+        std::vector<int> differ(size_t(threads), 0);
+        std::vector<std::thread> others;
+        try {
+          for (int t = 1; t < threads; t++) others.emplace_back([&, t] { differ[size_t(t)] = part(t); });
+        } catch (const std::system_error& e) {  // no thread: join those started, then report
+          for (auto& th : others) th.join();
+          throw Napi::Error::New(env, std::string("benchKernel: cannot start a thread: ") + e.what());
+        }
+        differ[0] = part(0);
+        for (auto& th : others) th.join();
+        for (int d : differ) pass_bytes += d;
       } else if (op == "decode") {
         // Applying the same delta again is idempotent, so the page can be decoded in place.
         const char* e;

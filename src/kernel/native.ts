@@ -58,6 +58,8 @@ export interface BenchKernelOptions {
   /** For `compress-page`. */
   codec?: Codec;
   codecLevel?: number;
+  /** `floor` only: each pass split over this many threads (default 1); time it by `seconds`. */
+  threads?: number;
 }
 
 /** Kernel loops run inside the addon, timed with a monotonic clock. */
