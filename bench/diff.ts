@@ -115,11 +115,13 @@ function buildCases(pairs: Buffer, pages: number): Case[] {
   const cases: Case[] = [];
   const add = (c: Omit<Case, 'inner' | 'samples' | 'bytes'>) => cases.push({ ...c, inner: 1, samples: [], bytes: 0 });
 
-  // Kernel loops inside the addon (no per-page N-API cost), timed there in thread CPU time.
-  const kernel = (op: Parameters<typeof n.benchKernel>[0], level?: CpuLevel, extra: object = {}) =>
+  // Kernel loops inside the addon (no per-page N-API cost), timed there in thread CPU time,
+  // or in wall time (threaded cases, on other pages).
+  const kernel =
+    (op: Parameters<typeof n.benchKernel>[0], level?: CpuLevel, extra: object = {}, clock: 'cpu' | 'wall' = 'cpu', on = pairs) =>
     (inner: number) => {
-      const r = n.benchKernel(op, pairs, { level, repeats: 1, inner, ...extra });
-      return { seconds: r.cpuSeconds[0]!, bytes: r.bytes };
+      const r = n.benchKernel(op, on, { level, repeats: 1, inner, ...extra });
+      return { seconds: (clock === 'cpu' ? r.cpuSeconds : r.seconds)[0]!, bytes: r.bytes };
     };
 
   // A pass written in TypeScript, repeated `inner` times, timed in CPU time; returns the last pass's bytes.
@@ -223,10 +225,7 @@ function buildCases(pairs: Buffer, pages: number): Case[] {
       clock: 'wall',
       bytesIn: 2 * PAGE,
       pagesPerPass: tiles * pages,
-      run: (inner: number) => {
-        const r = n.benchKernel('floor', pairsT, { level: best, repeats: 1, inner, threads });
-        return { seconds: r.seconds[0]!, bytes: r.bytes };
-      },
+      run: kernel('floor', best, { threads }, 'wall', pairsT),
     });
   }
 
