@@ -131,7 +131,8 @@ void encode_range(const uint8_t* ram, uint8_t* shadow, const uint32_t* pages, si
   // the registers it compared): after any record the page equals snap, and so does old
   // shadow + changed bytes.
   auto blend_to = [&](size_t p) { return opt.update_shadow ? shadow + p * kPage : nullptr; };
-  // The compare pass of page k runs mostly while page k-1's runs are emitted (DiffCursor).
+  // The compare pass of page k runs mostly while page k-1's runs are emitted (DiffCursor, at the
+  // avx512bw level; at avx2 it runs whole in diff_end, see pass_avx2).
   if (begin < end) {
     size_t p = page_at(begin);
     diff_begin(&cur[0], opt.level, shadow + p * kPage, ram + p * kPage, snaps[0], &pds[0], true, blend_to(p));

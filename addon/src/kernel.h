@@ -49,8 +49,10 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* d
 // encode_diff_overlapped advances the next page's pass between its groups of runs: the next
 // page's loads then overlap this page's run walking. (With the pages beyond L2, as in any
 // real checkpoint, the memory stream otherwise stops for the whole walk: it is longer than
-// the out-of-order window.) Steps only at the avx512bw level; other levels do the whole pass
-// in diff_begin. snap may be null (no snapshot); the CRC needs snap and VPCLMULQDQ. blend,
+// the out-of-order window.) Steps only at the avx512bw level; at the avx2 level diff_end does
+// the whole pass (measured faster there, see pass_avx2), the scalar level does it in
+// diff_begin. snap may be null (no snapshot); the CRC needs snap and the avx512bw level with
+// VPCLMULQDQ (diff_end says whether it computed one). blend,
 // if not null, receives the changed bytes (old_page + changes = the new contents), written
 // from the compared registers; blend may be old_page itself (a shadow brought up to date).
 struct alignas(64) DiffCursor {
@@ -62,6 +64,7 @@ struct alignas(64) DiffCursor {
   PageDiff* pd;
   const void* fold;  // CRC fold constants when the CRC is computed
   int w;             // next block (64: all compared)
+  Level level;
   bool finished;      // diff_end has run (or diff_begin did the whole pass)
 };
 void diff_begin(DiffCursor* c, Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap,
