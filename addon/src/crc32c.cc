@@ -28,6 +28,7 @@ struct Tables {
   uint32_t shift[4][256];  // state -> state after kBlock zero bytes, by byte of the state
   bool hw = false;
   bool vpclmul = false;
+  bool vpclmul256 = false;
 #ifdef MIGSAFE_CRC_HW
   // Per distance D in bits: {x^(D+63), x^(D-1)} mod P, bit-reflected into the top of a 64-bit
   // word (see crc_fold.h).
@@ -104,7 +105,10 @@ const Tables& tables() {
     t.hw = __builtin_cpu_supports("sse4.2");
     t.vpclmul = t.hw && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq") &&
                 __builtin_cpu_supports("pclmul");
+    t.vpclmul256 = t.hw && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("vpclmulqdq") &&
+                   __builtin_cpu_supports("pclmul");
     fold_constants(t.fold.k2048, 2048);
+    fold_constants(t.fold.k1024, 1024);
     fold_constants(t.fold.k512, 512);
     fold_constants(t.fold.k384, 384);
     fold_constants(t.fold.k256, 256);
@@ -181,6 +185,11 @@ bool crc32c_hw() { return tables().hw; }
 const FoldConstants* crc32c_fold_constants() {
   const Tables& t = tables();
   return t.vpclmul ? &t.fold : nullptr;
+}
+
+const FoldConstants* crc32c_fold256_constants() {
+  const Tables& t = tables();
+  return t.vpclmul256 ? &t.fold : nullptr;
 }
 #endif
 

@@ -1,5 +1,6 @@
-// CRC32C by carry-less folding (AVX-512 VPCLMULQDQ), shared by crc32c.cc and the batch's
-// compare pass, which folds each block of the page while it has it in a register.
+// CRC32C by carry-less folding (VPCLMULQDQ on 512-bit or 256-bit registers), shared by
+// crc32c.cc and the batch's compare pass, which folds each block of the page while it has it
+// in a register.
 //
 // A 128-bit lane loaded little-endian holds bit i of the stream as the coefficient of
 // x^(127-i), so its low qword is the high-degree half H and its high qword the low half L.
@@ -16,11 +17,13 @@
 namespace migsafe {
 
 struct FoldConstants {
-  uint64_t k2048[2], k512[2], k384[2], k256[2], k128[2];
+  uint64_t k2048[2], k1024[2], k512[2], k384[2], k256[2], k128[2];
 };
 
 // Null when the CPU lacks AVX-512 VPCLMULQDQ (or SSE4.2).
 const FoldConstants* crc32c_fold_constants();
+// Null when the CPU lacks VPCLMULQDQ on 256-bit registers with AVX2 (or SSE4.2).
+const FoldConstants* crc32c_fold256_constants();
 
 #define MIGSAFE_FOLD_TARGET __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
 
@@ -34,7 +37,7 @@ MIGSAFE_FOLD_TARGET inline __m512i fold512(__m512i x, __m512i k, __m512i next) {
                                    next, 0x96);
 }
 
-MIGSAFE_FOLD_TARGET inline __m128i fold128(__m128i x, const uint64_t* k, __m128i acc) {
+__attribute__((target("pclmul,sse4.2"))) inline __m128i fold128(__m128i x, const uint64_t* k, __m128i acc) {
   __m128i kk = _mm_set_epi64x((long long)(k[1]), (long long)(k[0]));
   return _mm_xor_si128(acc, _mm_xor_si128(_mm_clmulepi64_si128(x, kk, 0x00), _mm_clmulepi64_si128(x, kk, 0x11)));
 }
@@ -50,6 +53,29 @@ MIGSAFE_FOLD_TARGET inline uint32_t fold_finish(const FoldConstants& t, __m512i 
   r = fold128(_mm512_extracti32x4_epi32(x3, 0), t.k384, r);
   r = fold128(_mm512_extracti32x4_epi32(x3, 1), t.k256, r);
   r = fold128(_mm512_extracti32x4_epi32(x3, 2), t.k128, r);
+  uint64_t c = _mm_crc32_u64(0, uint64_t(_mm_cvtsi128_si64(r)));
+  return uint32_t(_mm_crc32_u64(c, uint64_t(_mm_extract_epi64(r, 1))));
+}
+
+#define MIGSAFE_FOLD256_TARGET __attribute__((target("avx2,vpclmulqdq,pclmul,sse4.2")))
+
+MIGSAFE_FOLD256_TARGET inline __m256i fold_k2(const uint64_t* k) {
+  return _mm256_broadcastsi128_si256(_mm_set_epi64x((long long)(k[1]), (long long)(k[0])));
+}
+
+MIGSAFE_FOLD256_TARGET inline __m256i fold256(__m256i x, __m256i k, __m256i next) {
+  return _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x, k, 0x00), _mm256_clmulepi64_epi128(x, k, 0x11)),
+                          next);
+}
+
+// Four 32-byte accumulators holding the last 128 bytes (x0 first) -> raw CRC state after them.
+MIGSAFE_FOLD256_TARGET inline uint32_t fold_finish256(const FoldConstants& t, __m256i x0, __m256i x1, __m256i x2,
+                                                      __m256i x3) {
+  const __m256i K256 = fold_k2(t.k256);
+  x1 = fold256(x0, K256, x1);
+  x2 = fold256(x1, K256, x2);
+  x3 = fold256(x2, K256, x3);
+  __m128i r = fold128(_mm256_castsi256_si128(x3), t.k128, _mm256_extracti128_si256(x3, 1));
   uint64_t c = _mm_crc32_u64(0, uint64_t(_mm_cvtsi128_si64(r)));
   return uint32_t(_mm_crc32_u64(c, uint64_t(_mm_extract_epi64(r, 1))));
 }

@@ -51,8 +51,8 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* d
 // real checkpoint, the memory stream otherwise stops for the whole walk: it is longer than
 // the out-of-order window.) Steps only at the avx512bw level; at the avx2 level diff_end does
 // the whole pass (measured faster there, see pass_avx2), the scalar level does it in
-// diff_begin. snap may be null (no snapshot); the CRC needs snap and the avx512bw level with
-// VPCLMULQDQ (diff_end says whether it computed one). blend,
+// diff_begin. snap may be null (no snapshot); the CRC needs snap and VPCLMULQDQ (at the
+// avx512bw level, or at avx2 on 256-bit registers); diff_end says whether it computed one. blend,
 // if not null, receives the changed bytes (old_page + changes = the new contents), written
 // from the compared registers; blend may be old_page itself (a shadow brought up to date).
 struct alignas(64) DiffCursor {

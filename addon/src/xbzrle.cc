@@ -115,14 +115,22 @@ void diff_scalar(const uint8_t* o, const uint8_t* n, PageDiff* pd) {
 // Blend stores the whole new block where it changed when blend is the old page itself (old +
 // changes = new), and blends bytes into any other buffer. The counts and the words holding a
 // run boundary are taken as the blocks go, with scalar popcnt beside the vector loads (there
-// is no VPOPCNTQ at this level; a second pass over the bitmap cost more).
-template <bool Snap, bool Blend>
-__attribute__((target("avx2,popcnt"))) void compare_page_avx2(const uint8_t* o, const uint8_t* n, uint8_t* snap,
-                                                              uint8_t* blend, PageDiff* pd) {
+// is no VPOPCNTQ at this level; a second pass over the bitmap cost more). With Crc (needs
+// Snap, and VPCLMULQDQ on 256-bit registers: crc32c_fold256_constants) every block is also
+// folded into the snapshot's CRC32C, returned raw (not inverted): four accumulators, for the
+// halves of even and of odd blocks, each moved 128 bytes forward per fold (crc_fold.h). The
+// carry-less multiplies run beside the scalar counting, so the checksum costs little more.
+template <bool Snap, bool Blend, bool Crc = false>
+__attribute__((target("avx2,popcnt,vpclmulqdq,pclmul,sse4.2"))) uint32_t compare_page_avx2(
+    const uint8_t* o, const uint8_t* n, uint8_t* snap, uint8_t* blend, PageDiff* pd,
+    const FoldConstants* fc = nullptr) {
+  static_assert(!Crc || Snap, "the CRC describes the snapshot");
   uint64_t* neq = pd->neq;
   uint64_t carry = 0, act = 0;
   uint32_t ch = 0, nb = 0;
   __m256i zor = _mm256_setzero_si256();
+  __m256i K, x[4];
+  if constexpr (Crc) K = fold_k2(fc->k1024);
   for (int w = 0; w < 64; w++) {
     __m256i a0 = _mm256_loadu_si256((const __m256i*)(o + 64 * w));
     __m256i a1 = _mm256_loadu_si256((const __m256i*)(o + 64 * w + 32));
@@ -134,6 +142,16 @@ __attribute__((target("avx2,popcnt"))) void compare_page_avx2(const uint8_t* o, 
       _mm256_store_si256((__m256i*)(snap + 64 * w + 32), b1);
     }
     zor = _mm256_or_si256(zor, _mm256_or_si256(b0, b1));
+    if constexpr (Crc) {
+      int j = (w & 1) * 2;  // even blocks into x[0], x[1]; odd ones into x[2], x[3]
+      if (w >= 2) {
+        x[j] = fold256(x[j], K, b0);
+        x[j + 1] = fold256(x[j + 1], K, b1);
+      } else {
+        x[j] = w == 0 ? _mm256_xor_si256(b0, _mm256_castsi128_si256(_mm_cvtsi32_si128(-1))) : b0;  // CRC seed ~0
+        x[j + 1] = b1;
+      }
+    }
     __m256i q0 = _mm256_cmpeq_epi8(a0, b0), q1 = _mm256_cmpeq_epi8(a1, b1);
     uint64_t m = ~(uint64_t(uint32_t(_mm256_movemask_epi8(q1))) << 32 | uint32_t(_mm256_movemask_epi8(q0)));
     if constexpr (Blend) {
@@ -158,6 +176,8 @@ __attribute__((target("avx2,popcnt"))) void compare_page_avx2(const uint8_t* o, 
   pd->bounds = nb;
   pd->active = act;
   pd->new_zero = _mm256_testz_si256(zor, zor);
+  if constexpr (Crc) return fold_finish256(*fc, x[0], x[1], x[2], x[3]);
+  return 0;
 }
 
 void diff_avx2(const uint8_t* o, const uint8_t* n, PageDiff* pd) {
@@ -309,11 +329,18 @@ __attribute__((target("avx512f,avx512bw"))) void step_avx512(DiffCursor* c) {
 // The whole compare pass at the AVX2 level, run by diff_end just before the page's walk: on
 // the AVX2 machine measured (AMD Zen 3), spreading it over the previous page's walk in steps
 // made the encoder 13-15 % slower, and a pass at diff_begin 7-9 % slower, than this order.
-// No CRC folding at this level: the batch checksums the snapshot.
 template <bool Snap, bool Blend>
 void pass_avx2(DiffCursor* c) {
   compare_page_avx2<Snap, Blend>(c->o, c->n, c->snap, c->blend, c->pd);
   c->w = 64;
+}
+
+// pass_avx2 with the snapshot's CRC32C.
+template <bool Blend>
+uint32_t pass_crc_avx2(DiffCursor* c) {
+  c->w = 64;
+  return ~compare_page_avx2<true, Blend, true>(c->o, c->n, c->snap, c->blend, c->pd,
+                                               static_cast<const FoldConstants*>(c->fold));
 }
 
 // step_avx512<true, Blend> that also folds every block into a CRC32C (crc_fold.h): block w
@@ -373,7 +400,10 @@ void diff_begin(DiffCursor* c, Level l, const uint8_t* o, const uint8_t* n, uint
     if (want_crc && snap) c->fold = crc32c_fold_constants();
     return;
   }
-  if (l == Level::Avx2) return;  // the pass runs whole in diff_end
+  if (l == Level::Avx2) {  // the pass runs whole in diff_end
+    if (want_crc && snap) c->fold = crc32c_fold256_constants();
+    return;
+  }
 #endif
   // Other levels: the whole pass now, against a copy of the new page when a snapshot is
   // wanted (same guarantee, one more pass); steps have nothing left to do.
@@ -409,6 +439,10 @@ bool diff_end(DiffCursor* c, uint32_t* crc) {
   c->finished = true;
 #ifdef MIGSAFE_X86
   if (c->level == Level::Avx2) {
+    if (c->fold) {
+      *crc = c->blend ? pass_crc_avx2<true>(c) : pass_crc_avx2<false>(c);
+      return true;
+    }
     if (c->blend) {
       if (c->snap) pass_avx2<true, true>(c);
       else pass_avx2<false, true>(c);
