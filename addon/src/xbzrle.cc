@@ -545,6 +545,35 @@ uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b) {
 }
 
 #ifdef MIGSAFE_X86
+// flatten_scalar with BMI1 (every AVX2 CPU has it): tzcnt of 0 is defined (64: a garbage
+// entry past the count), so no guard bit, and blsr is one instruction. Plain 16-bit stores:
+// GCC's vectorizer otherwise gathers the eight positions through xmm inserts, about twice
+// the instructions.
+__attribute__((target("bmi,popcnt"), optimize("no-tree-slp-vectorize"))) uint32_t flatten_bmi(const PageDiff& pd,
+                                                                                               uint16_t* b) {
+  uint32_t nb = 0;
+  for (uint64_t act = pd.active; act; act = _blsr_u64(act)) {
+    uint32_t w = uint32_t(_tzcnt_u64(act));
+    uint64_t m = pd.neq[w];
+    uint64_t t = m ^ ((m << 1) | (w ? pd.neq[w - 1] >> 63 : 0));
+    uint32_t cnt = uint32_t(_mm_popcnt_u64(t));
+    uint32_t base = w << 6;
+    uint16_t* o = b + nb;
+    for (int j = 0; j < 8; j++) {
+      o[j] = uint16_t(base + uint32_t(_tzcnt_u64(t)));
+      t = _blsr_u64(t);
+    }
+    for (uint32_t j = 8; j < cnt; j++) {
+      o[j] = uint16_t(base + uint32_t(_tzcnt_u64(t)));
+      t = _blsr_u64(t);
+    }
+    nb += cnt;
+  }
+  return nb;
+}
+#endif
+
+#ifdef MIGSAFE_X86
 // AVX-512 VBMI2: one byte compress per word turns its boundary mask into positions 0..63,
 // widened to 16 bits in two halves (the second half is garbage past the count, overwritten).
 template <class Hook>
@@ -818,6 +847,7 @@ int encode_diff_t(Level l, const PageDiff& pd, const uint8_t* nw, uint8_t* dst, 
   uint32_t nb;
 #ifdef MIGSAFE_X86
   if (l == Level::Avx512 && cpu_has_vbmi2()) nb = flatten_vbmi2(pd, b, hook);
+  else if (l != Level::Scalar) nb = flatten_bmi(pd, b);
   else
 #endif
     nb = flatten_scalar(pd, b);
