@@ -52,9 +52,10 @@ int encode_diff(Level l, const PageDiff& pd, const uint8_t* new_page, uint8_t* d
 // the out-of-order window.) Steps only at the avx512bw level; at the avx2 level diff_end does
 // the whole pass (measured faster there, see pass_avx2), the scalar level does it in
 // diff_begin. snap may be null (no snapshot); the CRC needs snap and VPCLMULQDQ (at the
-// avx512bw level, or at avx2 on 256-bit registers); diff_end says whether it computed one. blend,
-// if not null, receives the changed bytes (old_page + changes = the new contents), written
-// from the compared registers; blend may be old_page itself (a shadow brought up to date).
+// avx512bw level, or at avx2 on 256-bit registers); diff_end says whether it computed one.
+// blend, if not null, receives the changed bytes (old_page + changes = the new contents),
+// written from the compared registers; blend may be old_page itself (a shadow brought up to
+// date).
 struct alignas(64) DiffCursor {
   uint8_t state[5 * 64];  // OR of the new blocks, four CRC lanes
   const uint8_t* o;
