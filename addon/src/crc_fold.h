@@ -42,6 +42,12 @@ __attribute__((target("pclmul,sse4.2"))) inline __m128i fold128(__m128i x, const
   return _mm_xor_si128(acc, _mm_xor_si128(_mm_clmulepi64_si128(x, kk, 0x00), _mm_clmulepi64_si128(x, kk, 0x11)));
 }
 
+// The one 16-byte chunk every fold ends in (congruent to the whole buffer) -> raw CRC state.
+__attribute__((target("sse4.2"))) inline uint32_t crc_of_last16(__m128i r) {
+  uint64_t c = _mm_crc32_u64(0, uint64_t(_mm_cvtsi128_si64(r)));
+  return uint32_t(_mm_crc32_u64(c, uint64_t(_mm_extract_epi64(r, 1))));
+}
+
 // Four accumulators holding the last 256 bytes (x0 first) -> raw CRC state after them.
 MIGSAFE_FOLD_TARGET inline uint32_t fold_finish(const FoldConstants& t, __m512i x0, __m512i x1, __m512i x2,
                                                 __m512i x3) {
@@ -53,8 +59,7 @@ MIGSAFE_FOLD_TARGET inline uint32_t fold_finish(const FoldConstants& t, __m512i 
   r = fold128(_mm512_extracti32x4_epi32(x3, 0), t.k384, r);
   r = fold128(_mm512_extracti32x4_epi32(x3, 1), t.k256, r);
   r = fold128(_mm512_extracti32x4_epi32(x3, 2), t.k128, r);
-  uint64_t c = _mm_crc32_u64(0, uint64_t(_mm_cvtsi128_si64(r)));
-  return uint32_t(_mm_crc32_u64(c, uint64_t(_mm_extract_epi64(r, 1))));
+  return crc_of_last16(r);
 }
 
 #define MIGSAFE_FOLD256_TARGET __attribute__((target("avx2,vpclmulqdq,pclmul,sse4.2")))
@@ -75,9 +80,7 @@ MIGSAFE_FOLD256_TARGET inline uint32_t fold_finish256(const FoldConstants& t, __
   x1 = fold256(x0, K256, x1);
   x2 = fold256(x1, K256, x2);
   x3 = fold256(x2, K256, x3);
-  __m128i r = fold128(_mm256_castsi256_si128(x3), t.k128, _mm256_extracti128_si256(x3, 1));
-  uint64_t c = _mm_crc32_u64(0, uint64_t(_mm_cvtsi128_si64(r)));
-  return uint32_t(_mm_crc32_u64(c, uint64_t(_mm_extract_epi64(r, 1))));
+  return crc_of_last16(fold128(_mm256_castsi256_si128(x3), t.k128, _mm256_extracti128_si256(x3, 1)));
 }
 
 }  // namespace migsafe

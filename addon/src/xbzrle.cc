@@ -338,9 +338,10 @@ void pass_avx2(DiffCursor* c) {
 // pass_avx2 with the snapshot's CRC32C.
 template <bool Blend>
 uint32_t pass_crc_avx2(DiffCursor* c) {
+  uint32_t crc = ~compare_page_avx2<true, Blend, true>(c->o, c->n, c->snap, c->blend, c->pd,
+                                                       static_cast<const FoldConstants*>(c->fold));
   c->w = 64;
-  return ~compare_page_avx2<true, Blend, true>(c->o, c->n, c->snap, c->blend, c->pd,
-                                               static_cast<const FoldConstants*>(c->fold));
+  return crc;
 }
 
 // step_avx512<true, Blend> that also folds every block into a CRC32C (crc_fold.h): block w
