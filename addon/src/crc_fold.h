@@ -18,6 +18,9 @@ namespace migsafe {
 
 struct FoldConstants {
   uint64_t k2048[2], k1024[2], k512[2], k384[2], k256[2], k128[2];
+  // Moves a 16-byte chunk at byte 2048 + 512 * i of a 4096-byte buffer to its last 16 bytes:
+  // distances 8 * (2032 - 512 * i) bits, i = 0..3 (crc32c.cc's page of two halves).
+  uint64_t k_to_end[4][2];
 };
 
 // Null when the CPU lacks AVX-512 VPCLMULQDQ (or SSE4.2).
