@@ -67,6 +67,7 @@ struct alignas(64) DiffCursor {
   int w;             // next block (64: all compared)
   Level level;
   bool finished;      // diff_end has run (or diff_begin did the whole pass)
+  uint8_t last_active_words = 0;  // of the last page this cursor compared (a speed hint)
 };
 void diff_begin(DiffCursor* c, Level l, const uint8_t* old_page, const uint8_t* new_page, uint8_t* snap,
                 PageDiff* pd, bool want_crc, uint8_t* blend = nullptr);
