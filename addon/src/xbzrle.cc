@@ -563,12 +563,29 @@ uint32_t flatten_scalar(const PageDiff& pd, uint16_t* b) {
 }
 
 #ifdef MIGSAFE_X86
+// Positions of the set bits of every byte value, and how many (flatten_bmi's dense words).
+struct BytePositions {
+  alignas(16) uint16_t pos[256][8];
+  uint8_t count[256];
+  constexpr BytePositions() : pos(), count() {
+    for (int v = 0; v < 256; v++) {
+      int c = 0;
+      for (int k = 0; k < 8; k++)
+        if (v >> k & 1) pos[v][c++] = uint16_t(k);
+      count[v] = uint8_t(c);
+    }
+  }
+};
+constexpr BytePositions kBytePositions;
+
 // flatten_scalar with BMI1 (every AVX2 CPU has it): tzcnt of 0 is defined (64: a garbage
 // entry past the count), so no guard bit, and blsr is one instruction. Plain 16-bit stores:
 // GCC's vectorizer otherwise gathers the eight positions through xmm inserts, about twice
-// the instructions.
-__attribute__((target("bmi,popcnt"), optimize("no-tree-slp-vectorize"))) uint32_t flatten_bmi(const PageDiff& pd,
-                                                                                               uint16_t* b) {
+// the instructions. A word with more than 8 boundaries takes its 8 bytes from a table of
+// positions instead (16-byte stores, entries past a byte's count overwritten by the next):
+// a fixed cost, where the tzcnt loop's exit mispredicted (idle: flatten 20 % faster).
+__attribute__((target("bmi,popcnt,sse2"), optimize("no-tree-slp-vectorize"))) uint32_t flatten_bmi(const PageDiff& pd,
+                                                                                                    uint16_t* b) {
   uint32_t nb = 0;
   for (uint64_t act = pd.active; act; act = _blsr_u64(act)) {
     uint32_t w = uint32_t(_tzcnt_u64(act));
@@ -577,13 +594,21 @@ __attribute__((target("bmi,popcnt"), optimize("no-tree-slp-vectorize"))) uint32_
     uint32_t cnt = uint32_t(_mm_popcnt_u64(t));
     uint32_t base = w << 6;
     uint16_t* o = b + nb;
-    for (int j = 0; j < 8; j++) {
-      o[j] = uint16_t(base + uint32_t(_tzcnt_u64(t)));
-      t = _blsr_u64(t);
-    }
-    for (uint32_t j = 8; j < cnt; j++) {
-      o[j] = uint16_t(base + uint32_t(_tzcnt_u64(t)));
-      t = _blsr_u64(t);
+    if (cnt <= 8) {
+      for (int j = 0; j < 8; j++) {
+        o[j] = uint16_t(base + uint32_t(_tzcnt_u64(t)));
+        t = _blsr_u64(t);
+      }
+    } else {
+      __m128i vb = _mm_set1_epi16(short(base));
+      const __m128i c8 = _mm_set1_epi16(8);
+      uint32_t off = 0;
+      for (int k = 0; k < 8; k++) {
+        uint32_t v = uint32_t(t >> (8 * k)) & 0xff;
+        _mm_storeu_si128((__m128i*)(o + off), _mm_add_epi16(_mm_load_si128((const __m128i*)kBytePositions.pos[v]), vb));
+        off += kBytePositions.count[v];
+        vb = _mm_add_epi16(vb, c8);
+      }
     }
     nb += cnt;
   }
