@@ -182,9 +182,11 @@ __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t vpclmul_upd
 // two cycles (AMD Zen 3): folding alone and the crc32 instruction alone each do 8 bytes a
 // cycle there, but they run on different units, so the first half is folded while the second
 // goes through four crc32 chains of 512 bytes (the last one stops 16 bytes short), both in
-// the same loop: 1.7x the speed of either. Each chain's state, and the first half's, stands
-// for its 4 bytes XORed into the bytes after its part (the instruction's own chaining), so
-// as a 16-byte chunk there; the chunks are moved to the last 16 bytes and joined.
+// the same loop (a page in L1: 320 cycles against 540 folded alone; crc32c over the corpus
+// 1.35-1.45x as fast as with the instruction alone). Each chain's state, and the first
+// half's, stands for its 4 bytes XORed into the bytes after its part (the instruction's own
+// chaining), so as a 16-byte chunk there; the chunks are moved to the last 16 bytes and
+// joined.
 // Returns the raw state after the block, from raw state `state`.
 __attribute__((target("avx2,vpclmulqdq,pclmul,sse4.2"))) uint32_t split_page_update(const Tables& t, uint32_t state,
                                                                                      const uint8_t* p) {
