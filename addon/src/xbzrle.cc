@@ -333,7 +333,8 @@ __attribute__((target("avx512f,avx512bw"))) void step_avx512(DiffCursor* c) {
 // pages whose changed blocks are few and scattered: on wset the batch ran 1.14x as fast with
 // the changed blocks copied from the snapshot after the pass. On dense pages the branch is
 // predictable and that copy costs more (kv, qsort: 3-5 % slower). So the cursor keeps how
-// many words its last page had changed, and that chooses for the next page through it.
+// many active words (pd->active: changed, or ending a run) its last page had, and that
+// chooses for the next page through it.
 constexpr int kInlineBlendWords = 24;
 
 __attribute__((target("avx2"))) void copy_changed_blocks(DiffCursor* c) {
