@@ -7,7 +7,7 @@
 import { readFile, rm } from 'node:fs/promises';
 import { native, type CpuLevel, type EncodeBatchOptions } from '../kernel/native.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import type { DirtySource } from '../qemu/dirty-source.js';
+import type { DirtySource } from '../qemu/dirty/source.js';
 import { ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
 import { encodeFrame, type CodecChoice } from '../store/frame.js';
 import type { VersionMeta } from '../store/version-meta.js';

@@ -2,8 +2,8 @@
 import { native } from '../kernel/native.js';
 import { CheckpointEngine } from '../checkpoint/engine.js';
 import { runFic } from '../checkpoint/fic.js';
-import { ScanDirtySource } from '../qemu/dirty-source.js';
-import { BitmapDirtySource } from '../qemu/dirty-bitmap.js';
+import { ScanDirtySource } from '../qemu/dirty/source.js';
+import { BitmapDirtySource } from '../qemu/dirty/bitmap.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
 import type { CodecChoice } from '../store/frame.js';

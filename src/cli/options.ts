@@ -2,7 +2,7 @@
 import type { Argv } from 'yargs';
 import { parseCodec } from '../store/frame.js';
 import { checkVmId } from '../store/keys.js';
-import { qemuHasFt } from '../qemu/dirty-bitmap.js';
+import { qemuHasFt } from '../qemu/dirty/bitmap.js';
 
 export function withStore<T>(y: Argv<T>) {
   return y

@@ -22,8 +22,8 @@ import type { Server } from 'node:net';
 import type { Redis } from 'ioredis';
 import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths, RAM_BACKEND_ID, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
-import { ScanDirtySource, type DirtySource } from '../qemu/dirty-source.js';
-import { BitmapDirtySource, qemuHasFt } from '../qemu/dirty-bitmap.js';
+import { ScanDirtySource, type DirtySource } from '../qemu/dirty/source.js';
+import { BitmapDirtySource, qemuHasFt } from '../qemu/dirty/bitmap.js';
 import { CheckpointStore } from '../store/checkpoint-store.js';
 import { connectRedis } from '../store/redis-server.js';
 import { loadImage, planRestore } from '../store/reader.js';
@@ -32,8 +32,8 @@ import { recoverVm } from '../recovery/recover.js';
 import { Lease } from '../ha/lease.js';
 import { OutputGate } from '../ha/gate.js';
 import { listen, Peer, parseAddr } from '../ha/peer.js';
-import { Checkpointer } from './checkpointer.js';
-import { PresentPagesDirtySource } from './present-pages.js';
+import { Checkpointer } from '../checkpoint/checkpointer.js';
+import { PresentPagesDirtySource } from '../qemu/dirty/present-pages.js';
 
 export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
 
@@ -102,7 +102,7 @@ interface VmRuntime {
   gen?: number;
   events: string[];
   /** Statistics of every checkpoint round this host took for the VM. */
-  rounds: import('./checkpointer.js').RoundStat[];
+  rounds: import('../checkpoint/checkpointer.js').RoundStat[];
   recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
 }
 

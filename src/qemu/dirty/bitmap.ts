@@ -1,8 +1,8 @@
 // The `bitmap` dirty source: the patched QEMU's fault-tolerance dirty log (DIRTY_MEMORY_FT).
 import { spawnSync } from 'node:child_process';
-import type { DirtySource } from './dirty-source.js';
-import { FtClient, type FtBlock } from './ft-client.js';
-import { native } from '../kernel/native.js';
+import type { DirtySource } from './source.js';
+import { FtClient, type FtBlock } from '../ft-client.js';
+import { native } from '../../kernel/native.js';
 
 export interface BitmapSourceOptions {
   /**

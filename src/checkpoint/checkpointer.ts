@@ -8,9 +8,9 @@
 // The orchestrator can pause the loop (pause() waits for the round under way to finish) and
 // take one round on demand (roundNow(): the final consistent FIC checkpoint at downtime).
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CheckpointEngine } from '../checkpoint/engine.js';
+import { CheckpointEngine } from './engine.js';
 import { native } from '../kernel/native.js';
-import type { DirtySource } from '../qemu/dirty-source.js';
+import type { DirtySource } from '../qemu/dirty/source.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
 import type { CodecChoice } from '../store/frame.js';

@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { promisify } from 'node:util';
-import type { DirtySource, DirtySourceKind } from '../qemu/dirty-source.js';
+import type { DirtySource, DirtySourceKind } from './source.js';
 
 const execFileP = promisify(execFile);
 
