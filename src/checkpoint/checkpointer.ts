@@ -119,7 +119,7 @@ export class Checkpointer {
     this.ram = mapFile(o.ramPath, o.ramBytes);
     this.dirty = o.dirty ?? new ScanDirtySource();
     this.engine = this.makeEngine(o.resumeFrom);
-    o.gate?.on?.('frame', () => {
+    o.gate?.on('frame', () => {
       // While a round runs, a packet is either in it (marked in its pause) or still pending after it.
       if (this.o.eventDriven && this.wakeUp) this.wake('packet');
     });
