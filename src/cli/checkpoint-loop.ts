@@ -1,28 +1,21 @@
 // The CLI's steady state over the shared checkpoint loop (src/checkpoint/checkpointer.ts):
 // checkpoint one VM every interval until a signal or until QEMU goes, then say so and exit.
-import { Checkpointer } from '../checkpoint/checkpointer.js';
+import { Checkpointer, type CheckpointerOptions } from '../checkpoint/checkpointer.js';
 import { openDirtySource } from '../qemu/dirty/open.js';
-import type { QmpClient } from '../qemu/qmp.js';
-import type { CheckpointStore } from '../store/checkpoint-store.js';
-import type { CodecChoice } from '../store/frame.js';
 import { fmtBytes, log } from './context.js';
 
-export interface CheckpointLoopOptions {
+/** What the shared loop needs from the CLI (the store, the VM's QMP and RAM, the settings). */
+export type LoopSettings = Pick<
+  CheckpointerOptions,
+  'intervalMs' | 'maxPages' | 'maxTimeMs' | 'codec' | 'threads' | 'compactEvery'
+>;
+
+export interface CheckpointLoopOptions
+  extends LoopSettings,
+    Pick<CheckpointerOptions, 'store' | 'qmp' | 'ramPath' | 'ramBytes' | 'deviceStatePath' | 'resumeFrom'> {
   vm: string;
-  store: CheckpointStore;
-  qmp: QmpClient;
-  ramPath: string;
-  ramBytes: number;
-  deviceStatePath: string;
   /** Resolves when the QEMU process ends, if migsafe started it. */
   qemuExited?: Promise<number | string>;
-  intervalMs: number;
-  maxPages: number;
-  maxTimeMs: number;
-  codec: CodecChoice;
-  threads: number;
-  compactEvery: number;
-  resumeFrom?: { image: Buffer; version: number };
   /** Quit QEMU when migsafe is told to stop (run), or leave it alone (attach). */
   quitVmOnStop: boolean;
   /** The patched QEMU's migsafe-ft socket: dirty pages from its bitmap instead of a scan. */
@@ -34,21 +27,11 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   const dirty = await openDirtySource({ ftSocket: o.ftSocket, ramPath: o.ramPath, ramBytes: o.ramBytes });
   log(`${o.vm}: dirty pages from ${dirty.kind === 'bitmap' ? "QEMU's fault-tolerance dirty bitmap" : 'a compare of all guest RAM'}`);
   let head = o.resumeFrom?.version ?? 0;
+  const { vm: _vm, qemuExited: _exited, quitVmOnStop: _quit, ftSocket: _ft, ...loop } = o;
   const ckpt = new Checkpointer({
     kind: 'fic',
-    store: o.store,
-    qmp: o.qmp,
-    ramPath: o.ramPath,
-    ramBytes: o.ramBytes,
-    deviceStatePath: o.deviceStatePath,
+    ...loop,
     dirty,
-    codec: o.codec,
-    threads: o.threads,
-    intervalMs: o.intervalMs,
-    maxPages: o.maxPages,
-    maxTimeMs: o.maxTimeMs,
-    compactEvery: o.compactEvery,
-    resumeFrom: o.resumeFrom,
     log: (m) => log(`${o.vm}: ${m}`),
     formatRound: (m) =>
       `version ${m.version} committed: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +

@@ -2,6 +2,7 @@
 import type { Argv } from 'yargs';
 import { parseCodec } from '../store/frame.js';
 import { checkVmId } from '../store/keys.js';
+import type { LoopSettings } from './checkpoint-loop.js';
 
 export function withStore<T>(y: Argv<T>) {
   return y
@@ -62,7 +63,7 @@ export interface CheckpointArgs {
   'dirty-source': 'auto' | 'bitmap' | 'scan';
 }
 
-export function loopSettings(a: CheckpointArgs) {
+export function loopSettings(a: CheckpointArgs): LoopSettings {
   return {
     intervalMs: a.interval,
     maxPages: a['max-pages'],
