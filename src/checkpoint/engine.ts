@@ -5,13 +5,13 @@
 //   each round is a delta against it; if a round fails, the shadow no longer matches the store
 //   and the next round starts over from a zero image (a full checkpoint).
 import { readFile, rm } from 'node:fs/promises';
-import { native, type CpuLevel, type EncodeBatchOptions } from '../kernel/native.js';
+import type { CpuLevel, EncodeBatchOptions } from '../kernel/native.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import type { DirtySource } from '../qemu/dirty-source.js';
+import type { DirtySource } from '../qemu/dirty/source.js';
 import { ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
 import { encodeFrame, type CodecChoice } from '../store/frame.js';
 import type { VersionMeta } from '../store/version-meta.js';
-import { summarizeBatch } from '../kernel/page-delta.js';
+import { encodeBatchAsync, scanDirty, summarizeBatch } from '../kernel/page-delta.js';
 
 export interface EngineOptions {
   store: CheckpointStore;
@@ -44,7 +44,6 @@ export class CheckpointEngine {
   private shadow: Buffer;
   /** The version the shadow equals (0: zero image). */
   private parent = 0;
-  private readonly n = native();
   /** Whether the last round's stage 1 compared all of guest RAM (no dirty log, or a zero shadow). */
   lastRoundFull = false;
   /**
@@ -78,7 +77,7 @@ export class CheckpointEngine {
     const pending = await o.store.begin(this.parent);
     try {
       const stage1 = opts.vmStopped ? this.noStage1() : await this.stage1(pending);
-      const stage2 = await this.stage2(stage1.leftover);
+      const stage2 = await this.stage2(stage1.leftover, opts.vmStopped === true && this.parent === 0);
       let stage2Pages = 0;
       for (let at = 0; at < stage2.records.length; ) {
         // Split stage 2's output into frames of at most ~16 MiB so that readers stream.
@@ -116,9 +115,25 @@ export class CheckpointEngine {
   }
 
   private noStage1(): { pages: number; leftover: Uint32Array } {
-    // A zero shadow needs every page that differs from it, whatever the dirty log says.
+    // Stage 2 asks the dirty source with the shadow as the round found it.
     this.lastRoundFull = this.parent === 0;
-    return { pages: 0, leftover: this.parent === 0 ? this.n.scanDirty(this.o.ram, this.shadow, this.o.level) : new Uint32Array(0) };
+    return { pages: 0, leftover: new Uint32Array(0) };
+  }
+
+  /**
+   * The dirty source's candidates against the shadow; `full`: it compared all of guest RAM.
+   * `shadowZero`: the shadow is still the zero image the round started from.
+   */
+  private async harvest(shadowZero: boolean): Promise<{ pages: Uint32Array; full: boolean }> {
+    let full = false;
+    const pages = await this.o.dirty.harvest({
+      shadowZero,
+      compareAll: () => {
+        full = true;
+        return scanDirty(this.o.ram, this.shadow, this.o.level);
+      },
+    });
+    return { pages, full };
   }
 
   /**
@@ -132,11 +147,9 @@ export class CheckpointEngine {
   private async stage1(pending: PendingVersion): Promise<{ pages: number; leftover: Uint32Array }> {
     const o = this.o;
     const t0 = performance.now();
-    const harvested = await o.dirty.harvest();
-    // A dirty log says what changed since the shadow was right; a zero shadow (first round,
-    // or after a failed one) needs the compare of all RAM.
-    this.lastRoundFull = !(harvested && this.parent !== 0);
-    const candidates = harvested && this.parent !== 0 ? harvested : this.n.scanDirty(o.ram, this.shadow, o.level);
+    const harvested = await this.harvest(this.parent === 0);
+    this.lastRoundFull = harvested.full;
+    const candidates = harvested.pages;
     let pages = 0;
     let at = 0;
     while (at < candidates.length) {
@@ -145,29 +158,27 @@ export class CheckpointEngine {
       const take = Math.min(SLICE_PAGES, candidates.length - at, o.maxPages ? o.maxPages - pages : Infinity);
       const slice = candidates.subarray(at, at + take);
       at += take;
-      const raw = await this.n.encodeBatchAsync(o.ram, this.shadow, slice, this.encodeOptions());
+      const raw = await encodeBatchAsync(o.ram, this.shadow, slice, this.encodeOptions());
       if (raw.length === 0) continue;
       const st = summarizeBatch(raw);
       pages += st.records;
       pending.addChunk(await encodeFrame('pages', raw, st.records, o.codec));
     }
-    // Pages not reached in stage 1 must be looked at in stage 2 (the scan source compares
-    // everything there anyway; a dirty log would not name them again).
+    // Pages not reached in stage 1 must be looked at in stage 2 (a compare of all RAM finds
+    // them anyway; a dirty log would not name them again).
     return { pages, leftover: candidates.subarray(at) };
   }
 
-  private async stage2(leftover: Uint32Array): Promise<{ records: Buffer; device: Buffer; pauseMs: number }> {
+  private async stage2(leftover: Uint32Array, shadowZero: boolean): Promise<{ records: Buffer; device: Buffer; pauseMs: number }> {
     const o = this.o;
     const t0 = performance.now();
     await o.qmp.execute('stop');
     let records: Buffer;
     let device: Buffer;
     try {
-      const harvested = await o.dirty.harvest();
-      // Without a dirty log, a compare of all RAM finds what changed since stage 1: the
-      // compare alone is cheaper than running the encoder over every page.
-      const candidates = harvested ? mergePages(harvested, leftover) : this.n.scanDirty(o.ram, this.shadow, o.level);
-      records = await this.n.encodeBatchAsync(o.ram, this.shadow, candidates, this.encodeOptions());
+      const harvested = await this.harvest(shadowZero);
+      const candidates = harvested.full ? harvested.pages : mergePages(harvested.pages, leftover);
+      records = await encodeBatchAsync(o.ram, this.shadow, candidates, this.encodeOptions());
       await o.qmp.execute('xen-save-devices-state', { filename: o.deviceStatePath, live: false });
       device = await readFile(o.deviceStatePath);
     } finally {

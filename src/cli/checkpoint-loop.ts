@@ -1,30 +1,21 @@
-// The sidecar's steady state: checkpoint one VM every interval until stopped or until QEMU goes.
-import { native } from '../kernel/native.js';
-import { CheckpointEngine } from '../checkpoint/engine.js';
-import { runFic } from '../checkpoint/fic.js';
-import { ScanDirtySource } from '../qemu/dirty-source.js';
-import { BitmapDirtySource } from '../qemu/dirty-bitmap.js';
-import type { QmpClient } from '../qemu/qmp.js';
-import type { CheckpointStore } from '../store/checkpoint-store.js';
-import type { CodecChoice } from '../store/frame.js';
+// The CLI's steady state over the shared checkpoint loop (src/checkpoint/checkpointer.ts):
+// checkpoint one VM every interval until a signal or until QEMU goes, then say so and exit.
+import { Checkpointer, type CheckpointerOptions } from '../checkpoint/checkpointer.js';
+import { openDirtySource } from '../qemu/dirty/open.js';
 import { fmtBytes, log } from './context.js';
 
-export interface CheckpointLoopOptions {
+/** What the shared loop needs from the CLI (the store, the VM's QMP and RAM, the settings). */
+export type LoopSettings = Pick<
+  CheckpointerOptions,
+  'intervalMs' | 'maxPages' | 'maxTimeMs' | 'codec' | 'threads' | 'compactEvery'
+>;
+
+export interface CheckpointLoopOptions
+  extends LoopSettings,
+    Pick<CheckpointerOptions, 'store' | 'qmp' | 'ramPath' | 'ramBytes' | 'deviceStatePath' | 'resumeFrom'> {
   vm: string;
-  store: CheckpointStore;
-  qmp: QmpClient;
-  ramPath: string;
-  ramBytes: number;
-  deviceStatePath: string;
   /** Resolves when the QEMU process ends, if migsafe started it. */
   qemuExited?: Promise<number | string>;
-  intervalMs: number;
-  maxPages: number;
-  maxTimeMs: number;
-  codec: CodecChoice;
-  threads: number;
-  compactEvery: number;
-  resumeFrom?: { image: Buffer; version: number };
   /** Quit QEMU when migsafe is told to stop (run), or leave it alone (attach). */
   quitVmOnStop: boolean;
   /** The patched QEMU's migsafe-ft socket: dirty pages from its bitmap instead of a scan. */
@@ -33,53 +24,40 @@ export interface CheckpointLoopOptions {
 
 /** Returns the process exit code: 0 stopped or guest shut down, 3 QEMU died. */
 export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> {
-  const ram = native().mapFile(o.ramPath, o.ramBytes, false);
-  const dirty = o.ftSocket ? await BitmapDirtySource.connect(o.ftSocket, o.ramBytes) : new ScanDirtySource();
+  const dirty = await openDirtySource({ ftSocket: o.ftSocket, ramPath: o.ramPath, ramBytes: o.ramBytes });
   log(`${o.vm}: dirty pages from ${dirty.kind === 'bitmap' ? "QEMU's fault-tolerance dirty bitmap" : 'a compare of all guest RAM'}`);
-  const engine = new CheckpointEngine({
-    store: o.store,
-    qmp: o.qmp,
-    ram,
+  let head = o.resumeFrom?.version ?? 0;
+  const { vm: _vm, qemuExited: _exited, quitVmOnStop: _quit, ftSocket: _ft, ...loop } = o;
+  const ckpt = new Checkpointer({
+    kind: 'fic',
+    ...loop,
     dirty,
-    codec: o.codec,
-    deviceStatePath: o.deviceStatePath,
-    maxPages: o.maxPages,
-    maxTimeMs: o.maxTimeMs,
-    threads: o.threads,
-    resumeFrom: o.resumeFrom,
+    log: (m) => log(`${o.vm}: ${m}`),
+    formatRound: (m) =>
+      `version ${m.version} committed: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +
+      `${fmtBytes(m.bytesStored)} stored, pause ${m.pauseMs.toFixed(1)} ms`,
+    onRound: (m) => {
+      head = m.version;
+    },
   });
-  const stop = new AbortController();
+  let stopped = false;
   const onSignal = (sig: string) => {
     log(`${sig}: finishing the current round, then stopping`);
-    stop.abort();
+    stopped = true;
+    void ckpt.stop();
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   let exitStatus: number | string | undefined;
-  let head = o.resumeFrom?.version ?? 0;
   void o.qemuExited?.then((c) => {
     exitStatus = c;
   });
-  await runFic(engine, o.store, {
-    intervalMs: o.intervalMs,
-    compactEvery: o.compactEvery,
-    codec: o.codec,
-    signal: stop.signal,
-    vmAlive: () => !o.qmp.isClosed,
-    onRound: (m) => {
-      head = m.version;
-      log(
-        `${o.vm}: version ${m.version} committed: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +
-          `${fmtBytes(m.bytesStored)} stored, pause ${m.pauseMs.toFixed(1)} ms`,
-      );
-    },
-    onError: (e) => log(`${o.vm}: round failed: ${e.message}`),
-    onCompact: (base, dropped) => log(`${o.vm}: compacted ${dropped} old versions into the base at version ${base}`),
-  });
+  ckpt.start();
+  await ckpt.done;
   await dirty.close();
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
-  if (stop.signal.aborted) {
+  if (stopped) {
     if (o.quitVmOnStop && !o.qmp.isClosed) {
       await o.qmp.execute('quit').catch(() => {});
       log(`${o.vm}: stopped; QEMU told to quit; last committed version ${head || 'none'}`);

@@ -2,7 +2,7 @@
 import type { Argv } from 'yargs';
 import { parseCodec } from '../store/frame.js';
 import { checkVmId } from '../store/keys.js';
-import { qemuHasFt } from '../qemu/dirty-bitmap.js';
+import type { LoopSettings } from './checkpoint-loop.js';
 
 export function withStore<T>(y: Argv<T>) {
   return y
@@ -63,20 +63,7 @@ export interface CheckpointArgs {
   'dirty-source': 'auto' | 'bitmap' | 'scan';
 }
 
-/** Whether to give QEMU the migsafe-ft object (the `bitmap` dirty source). */
-export function wantsFt(a: CheckpointArgs, qemuBinary: string): boolean {
-  if (a['dirty-source'] === 'scan') return false;
-  const has = qemuHasFt(qemuBinary);
-  if (a['dirty-source'] === 'bitmap' && !has) {
-    throw new Error(
-      `--dirty-source bitmap: ${qemuBinary} has no migsafe-ft object; build the patched QEMU ` +
-        '(qemu-patches/build.sh) and run that binary, or use --dirty-source scan',
-    );
-  }
-  return has;
-}
-
-export function loopSettings(a: CheckpointArgs) {
+export function loopSettings(a: CheckpointArgs): LoopSettings {
   return {
     intervalMs: a.interval,
     maxPages: a['max-pages'],

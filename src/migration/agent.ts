@@ -22,8 +22,8 @@ import type { Server } from 'node:net';
 import type { Redis } from 'ioredis';
 import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths, RAM_BACKEND_ID, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
-import { ScanDirtySource, type DirtySource } from '../qemu/dirty-source.js';
-import { BitmapDirtySource, qemuHasFt } from '../qemu/dirty-bitmap.js';
+import type { DirtySource } from '../qemu/dirty/source.js';
+import { openDirtySource, useFt } from '../qemu/dirty/open.js';
 import { CheckpointStore } from '../store/checkpoint-store.js';
 import { connectRedis } from '../store/redis-server.js';
 import { loadImage, planRestore } from '../store/reader.js';
@@ -32,8 +32,7 @@ import { recoverVm } from '../recovery/recover.js';
 import { Lease } from '../ha/lease.js';
 import { OutputGate } from '../ha/gate.js';
 import { listen, Peer, parseAddr } from '../ha/peer.js';
-import { Checkpointer } from './checkpointer.js';
-import { PresentPagesDirtySource } from './present-pages.js';
+import { Checkpointer } from '../checkpoint/checkpointer.js';
 
 export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
 
@@ -82,7 +81,7 @@ interface VmRuntime {
   ramBytes: number;
   ckpt?: Checkpointer;
   /** The checkpoint loop's dirty source when it is not a plain compare: QEMU's bitmap (migsafe-ft), or SEEK_DATA at a post-copy destination. */
-  dirty?: DirtySource & { allPresent?(): void };
+  dirty?: DirtySource;
   /** What RIC runs on here: source and triggers (shown in the status). */
   ric?: { dirtySource: 'bitmap' | 'present-pages'; dirtyPagesThreshold: number | null; note?: string };
   role: Role;
@@ -102,7 +101,7 @@ interface VmRuntime {
   gen?: number;
   events: string[];
   /** Statistics of every checkpoint round this host took for the VM. */
-  rounds: import('./checkpointer.js').RoundStat[];
+  rounds: import('../checkpoint/checkpointer.js').RoundStat[];
   recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
 }
 
@@ -246,9 +245,9 @@ export class Agent {
    * FIC's dirty source on the patched QEMU: its bitmap (tracking starts now, after the guest
    * ran: the first round compares all of RAM, then only what the bitmap names).
    */
-  private async ficBitmap(r: VmRuntime): Promise<BitmapDirtySource | undefined> {
+  private async ficBitmap(r: VmRuntime): Promise<DirtySource | undefined> {
     try {
-      return await BitmapDirtySource.connect(r.paths!.ft, r.ramBytes);
+      return await openDirtySource({ ftSocket: r.paths!.ft, ramPath: r.paths!.ram, ramBytes: r.ramBytes });
     } catch (e) {
       this.note(r, `migsafe-ft unusable (${(e as Error).message}): FIC compares all of RAM`);
       return undefined;
@@ -282,21 +281,9 @@ export class Agent {
     if (r.role === 'owner') this.setRole(r, 'none', 'QEMU gone');
   }
 
-  private ftKnown = new Map<string, boolean>();
-
   /** Whether to give this QEMU binary the migsafe-ft object (the patched QEMU's dirty bitmap). */
   private useFt(bin: string): boolean {
-    const want = this.o.dirtySource ?? 'auto';
-    if (want === 'scan' || this.o.noCheckpoint) return false;
-    let has = this.ftKnown.get(bin);
-    if (has === undefined) {
-      has = qemuHasFt(bin);
-      this.ftKnown.set(bin, has);
-    }
-    if (want === 'bitmap' && !has) {
-      throw new Error(`--dirty-source bitmap: ${bin} has no migsafe-ft object (build the patched QEMU: qemu-patches/build.sh)`);
-    }
-    return has;
+    return !this.o.noCheckpoint && useFt(this.o.dirtySource ?? 'auto', bin);
   }
 
   /** What a checkpoint loop reads and writes for the VM: its store, QMP, RAM file and device-state file. */
@@ -313,7 +300,7 @@ export class Agent {
     r.ckpt = new Checkpointer({
       kind: 'fic',
       ...this.vmIo(r),
-      dirty: dirty ?? new ScanDirtySource(),
+      dirty,
       codec: this.o.codec,
       intervalMs: this.o.intervalMs,
       maxPages: this.o.maxPages,
@@ -630,7 +617,7 @@ export class Agent {
       // image, so the bitmap names exactly the pages the guest writes here (all present: a hole is
       // never read), and the first RIC round is incremental too.
       try {
-        r.dirty = await BitmapDirtySource.connect(r.paths.ft, vm.ramBytes, { trackedFromStart: true });
+        r.dirty = await openDirtySource({ ftSocket: r.paths.ft, ramPath: r.paths.ram, ramBytes: vm.ramBytes, trackedFromStart: true });
       } catch (e) {
         this.note(r, `migsafe-ft unusable (${(e as Error).message}): RIC falls back to the SEEK_DATA source`);
       }
@@ -689,8 +676,6 @@ export class Agent {
       // loop runs here, never a RIC and a FIC loop side by side.
       await ricStarting;
       if (r.ckpt && r.dirty) {
-        r.dirty.allPresent?.();
-        if (r.dirty instanceof BitmapDirtySource) r.dirty.watchThreshold(0, () => {});
         r.ckpt.becomeFic();
       } else if (!r.ckpt) {
         await this.startFicFromFinal(r);
@@ -736,14 +721,14 @@ export class Agent {
     const from = await this.finalImage(r);
     // Recovered or fenced meanwhile: that QEMU is gone, its successor has its own loop.
     if (r.qmp !== qmp || !r.qemu || r.ckpt) return;
-    const bitmap = r.dirty instanceof BitmapDirtySource ? r.dirty : undefined;
-    r.dirty ??= new PresentPagesDirtySource(r.paths!.ram);
+    r.dirty ??= await openDirtySource({ ramPath: r.paths!.ram, ramBytes: r.ramBytes, postcopyDestination: true });
+    const counts = r.dirty.watchThreshold !== undefined;
     const threshold = this.o.ricDirtyPages ?? 0;
     r.ric = {
-      dirtySource: bitmap ? 'bitmap' : 'present-pages',
-      dirtyPagesThreshold: bitmap && threshold > 0 ? threshold : null,
+      dirtySource: r.dirty.kind === 'bitmap' ? 'bitmap' : 'present-pages',
+      dirtyPagesThreshold: counts && threshold > 0 ? threshold : null,
       note:
-        !bitmap && threshold > 0
+        !counts && threshold > 0
           ? 'no dirty-page count with the SEEK_DATA source (stock QEMU): the dirty-page threshold is off, rounds are periodic and on packets'
           : undefined,
     };
@@ -758,6 +743,7 @@ export class Agent {
       bandwidth: 0,
       gate: this.gate,
       eventDriven: this.o.ricEvent,
+      dirtyPagesThreshold: r.ric.dirtyPagesThreshold ?? 0,
       resumeFrom: from,
       reloadOnFailure: true,
       log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
@@ -765,8 +751,6 @@ export class Agent {
       rounds: r.rounds,
     });
     r.ckpt.start();
-    const ckpt = r.ckpt;
-    if (r.ric.dirtyPagesThreshold) bitmap!.watchThreshold(r.ric.dirtyPagesThreshold, () => ckpt.wake('dirty-pages'));
     this.note(
       r,
       `RIC on the ${r.ric.dirtySource} dirty source: every ${this.o.ricIntervalMs} ms` +

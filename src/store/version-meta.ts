@@ -1,5 +1,5 @@
 // What a committed version says about itself (the `migsafe:{id}:v:{n}` hash).
-import type { DirtySourceKind } from '../qemu/dirty-source.js';
+import type { DirtySourceKind } from '../qemu/dirty/source.js';
 
 export interface VersionMeta {
   version: number;

@@ -4,9 +4,10 @@ import { openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { vmPaths } from '../../qemu/launch.js';
 import { recoverVm } from '../../recovery/recover.js';
+import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
 import { fmtBytes, log, openStore, runDir } from '../context.js';
-import { loopSettings, wantsFt, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { ProgressBar } from '../progress-bar.js';
 
 export interface RecoverArgs extends CheckpointArgs {
@@ -29,7 +30,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       paths,
       logFd: openSync(logFile, 'a'),
       qemuBinary: a['qemu-binary'],
-      ft: (bin) => wantsFt(a, bin),
+      ft: (bin) => useFt(a['dirty-source'], bin),
       onPlan: (p) =>
         log(
           `${a.vm}: restoring version ${p.target.version}` +

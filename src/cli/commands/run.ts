@@ -4,9 +4,10 @@ import { openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkUserArgv, launchQemu, ramBytesFromArgv, vmPaths, createRamFile } from '../../qemu/launch.js';
 import { QmpClient } from '../../qemu/qmp.js';
+import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
 import { log, openStore, runDir } from '../context.js';
-import { loopSettings, wantsFt, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 
 export interface RunArgs extends CheckpointArgs {
   pidfile?: string;
@@ -26,7 +27,7 @@ export async function runHandler(a: RunArgs): Promise<number> {
     const paths = vmPaths(runDir(), a.vm);
     createRamFile(paths.ram, ramBytes);
     const logFile = join(runDir(), `${a.vm}.qemu.log`);
-    const ft = wantsFt(a, argv[0]!);
+    const ft = useFt(a['dirty-source'], argv[0]!);
     const qemu = launchQemu({ argv, ramBytes, paths, logFd: openSync(logFile, 'a'), ft });
     if (a.pidfile) writeFileSync(a.pidfile, `${qemu.pid}\n`);
     log(`${a.vm}: QEMU started (pid ${qemu.pid}), RAM ${ramBytes >> 20} MiB in ${paths.ram}, store ${h.url}, QEMU log ${logFile}`);

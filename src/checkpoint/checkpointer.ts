@@ -1,23 +1,39 @@
-// The checkpoint loop a host sidecar runs for the VM it holds: FIC at the source (periodic,
+// The one checkpoint loop, for `run`, `attach` and `recover` and for the agent: FIC (periodic,
 // bounded per round by N pages and T ms, and throttled to a bandwidth budget so that a
-// concurrent migration keeps its share of the link), RIC at a post-copy destination
-// (periodic or event-based: an outgoing packet, or the dirty-page count, starts a round early),
-// and output commit through the gate in both: frames the guest sent before a round's pause are
-// released once that round is committed.
+// concurrent migration keeps its share of the link; old versions compacted into the base), RIC
+// at a post-copy destination (periodic or event-based: an outgoing packet, or the dirty-page
+// count, starts a round early; a failed round reloads the shadow from the store), and output
+// commit through a gate in both: frames the guest sent before a round's pause are released
+// once that round is committed.
 //
 // The orchestrator can pause the loop (pause() waits for the round under way to finish) and
 // take one round on demand (roundNow(): the final consistent FIC checkpoint at downtime).
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CheckpointEngine } from '../checkpoint/engine.js';
-import { native } from '../kernel/native.js';
-import type { DirtySource } from '../qemu/dirty-source.js';
+import { CheckpointEngine } from './engine.js';
+import { mapFile } from '../kernel/map-file.js';
+import type { DirtySource } from '../qemu/dirty/source.js';
+import { ScanDirtySource } from '../qemu/dirty/scan.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
 import type { CodecChoice } from '../store/frame.js';
 import { loadImage, planRestore } from '../store/reader.js';
 import { compact } from '../store/compaction.js';
 import type { VersionMeta } from '../store/version-meta.js';
-import type { OutputGate } from '../ha/gate.js';
+
+/**
+ * Output commit (src/ha/gate.ts's OutputGate): frames the guest sent up to a mark are
+ * released once the round that explains them has committed.
+ */
+export interface CheckpointGate {
+  /** Everything the guest sent so far belongs to the state being checkpointed. */
+  mark(): number;
+  /** Releases the frames held up to `mark`; returns how many. */
+  release(mark: number): number;
+  /** Frames held now. */
+  readonly pending: number;
+  /** 'frame': a frame was held. */
+  on(event: 'frame', listener: () => void): unknown;
+}
 
 export interface CheckpointerOptions {
   kind: 'fic' | 'ric';
@@ -26,17 +42,25 @@ export interface CheckpointerOptions {
   ramPath: string;
   ramBytes: number;
   deviceStatePath: string;
-  dirty: DirtySource;
+  /** Where dirty pages come from (default: a compare of all guest RAM); the caller closes it. */
+  dirty?: DirtySource;
   codec: CodecChoice;
+  /** Encoder threads (default 1). */
+  threads?: number;
+  /** I: ms between the starts of two rounds. */
   intervalMs: number;
+  /** N: most pages sent live per round (0: no bound). */
   maxPages: number;
+  /** T: longest live stage of a round, ms (0: no bound). */
   maxTimeMs: number;
   /** Bytes per second the checkpoint stream may use on average (0: no limit). */
-  bandwidth: number;
-  gate?: OutputGate;
+  bandwidth?: number;
+  gate?: CheckpointGate;
   /** Start a round as soon as the guest sends a packet (RIC event mode), not before minGapMs. */
   eventDriven?: boolean;
   minGapMs?: number;
+  /** Also start a round once this many pages were dirtied (0: off; a source that counts them). */
+  dirtyPagesThreshold?: number;
   resumeFrom?: { image: Buffer; version: number };
   /**
    * After a failed round, reload the shadow from the store's head instead of starting over
@@ -44,6 +68,8 @@ export interface CheckpointerOptions {
    */
   reloadOnFailure?: boolean;
   log: (msg: string) => void;
+  /** The line logged for a committed round (default: kind, pages, pause, replication, trigger). */
+  formatRound?: (m: VersionMeta, st: RoundStat, released: number) => string;
   onRound?: (m: VersionMeta) => void;
   /** FIC outside a migration: fold old versions into the base once more than 2×K are stored (0: never). */
   compactEvery?: number;
@@ -61,7 +87,7 @@ export interface RoundStat {
   kind: 'fic' | 'ric';
   /** What started the round: the interval, an outgoing packet, the dirty-page threshold, or a caller. */
   trigger?: RoundTrigger;
-  /** Where its dirty pages came from: `bitmap` (QEMU's dirty log) or `scan` (a compare). */
+  /** Where its dirty pages came from: the dirty source's kind. */
   dirtySource?: string;
   /** Stage 1 compared all of guest RAM (no dirty log for this round). */
   fullCompare?: boolean;
@@ -72,6 +98,7 @@ export type RoundTrigger = 'periodic' | 'packet' | 'dirty-pages' | 'now';
 export class Checkpointer {
   private engine: CheckpointEngine;
   private readonly ram: Buffer;
+  private readonly dirty: DirtySource;
   private running = false;
   private paused = false;
   private current: Promise<unknown> = Promise.resolve();
@@ -89,9 +116,10 @@ export class Checkpointer {
   constructor(private readonly o: CheckpointerOptions) {
     this.kind = o.kind;
     this.rounds = o.rounds ?? [];
-    this.ram = native().mapFile(o.ramPath, o.ramBytes, false);
+    this.ram = mapFile(o.ramPath, o.ramBytes);
+    this.dirty = o.dirty ?? new ScanDirtySource();
     this.engine = this.makeEngine(o.resumeFrom);
-    o.gate?.on?.('frame', () => {
+    o.gate?.on('frame', () => {
       // While a round runs, a packet is either in it (marked in its pause) or still pending after it.
       if (this.o.eventDriven && this.wakeUp) this.wake('packet');
     });
@@ -108,11 +136,12 @@ export class Checkpointer {
       store: this.o.store,
       qmp: this.o.qmp,
       ram: this.ram,
-      dirty: this.o.dirty,
+      dirty: this.dirty,
       codec: this.o.codec,
       deviceStatePath: this.o.deviceStatePath,
       maxPages: this.o.maxPages,
       maxTimeMs: this.o.maxTimeMs,
+      threads: this.o.threads,
       resumeFrom,
       beforeResume: () => {
         if (this.o.gate) this.mark = this.o.gate.mark();
@@ -138,7 +167,7 @@ export class Checkpointer {
     const img = await loadImage(this.o.store, plan);
     this.engine = this.makeEngine({ image: img.image, version: plan.target.version });
     // The dirty source must now name every page that may differ from that version.
-    this.o.dirty.reset?.();
+    this.dirty.reset?.();
     this.needsReload = false;
     this.o.log(`${this.kind.toUpperCase()} ${why}; shadow reloaded from version ${plan.target.version}`);
   }
@@ -172,12 +201,7 @@ export class Checkpointer {
         fullCompare: this.engine.lastRoundFull,
       };
       this.rounds.push(st);
-      this.o.log(
-        `${this.kind.toUpperCase()} version ${m.version}: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +
-          `${m.bytesStored} B, pause ${m.pauseMs.toFixed(1)} ms, replication ${st.replicationMs.toFixed(0)} ms, ` +
-          `${m.dirtySource} source, ${trigger}` +
-          (this.o.gate ? `, ${released} packet(s) released` : ''),
-      );
+      this.o.log((this.o.formatRound ?? this.describeRound)(m, st, released));
       this.o.onRound?.(m);
       return m;
     } catch (e) {
@@ -196,11 +220,24 @@ export class Checkpointer {
     }
   }
 
-  /** Runs rounds until stop(); rounds are skipped while paused. */
+  private readonly describeRound = (m: VersionMeta, st: RoundStat, released: number): string =>
+    `${this.kind.toUpperCase()} version ${m.version}: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +
+    `${m.bytesStored} B, pause ${m.pauseMs.toFixed(1)} ms, replication ${st.replicationMs.toFixed(0)} ms, ` +
+    `${m.dirtySource} source, ${st.trigger}` +
+    (this.o.gate ? `, ${released} packet(s) released` : '');
+
+  /** Runs rounds until stop() or until QEMU goes; rounds are skipped while paused. */
   start(): void {
     if (this.running) return;
     this.running = true;
+    const threshold = this.o.dirtyPagesThreshold ?? 0;
+    if (threshold > 0) this.dirty.watchThreshold?.(threshold, () => this.wake('dirty-pages'));
     this.loopDone = this.loop();
+  }
+
+  /** Resolves when the loop has ended: stop(), or QEMU's QMP connection closed. */
+  get done(): Promise<void> {
+    return this.loopDone;
   }
 
   private async loop(): Promise<void> {
@@ -222,7 +259,8 @@ export class Checkpointer {
       if (!this.running) break;
       const elapsed = performance.now() - t0;
       // Bandwidth budget: a round that stored B bytes buys B / bandwidth seconds.
-      const budgetMs = this.o.bandwidth > 0 ? (stored / this.o.bandwidth) * 1000 : 0;
+      const bandwidth = this.o.bandwidth ?? 0;
+      const budgetMs = bandwidth > 0 ? (stored / bandwidth) * 1000 : 0;
       let wait = Math.max(this.o.intervalMs, budgetMs) - elapsed;
       if (this.o.eventDriven && this.o.gate && this.o.gate.pending > 0) this.wokenBy ??= 'packet';
       if (this.wokenBy) wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));
@@ -265,6 +303,8 @@ export class Checkpointer {
 
   /** After the migration completed: every page is present, switch RIC to a plain FIC loop. */
   becomeFic(): void {
+    this.dirty.allPresent?.();
+    if (this.o.dirtyPagesThreshold) this.dirty.watchThreshold?.(0, () => {});
     this.kind = 'fic';
     this.o.eventDriven = false;
     this.wokenBy = undefined;

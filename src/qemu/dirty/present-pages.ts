@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { promisify } from 'node:util';
-import type { DirtySource, DirtySourceKind } from '../qemu/dirty-source.js';
+import type { DirtySource, HarvestRequest } from './source.js';
 
 const execFileP = promisify(execFile);
 
@@ -153,13 +153,10 @@ class PresentPagesServer {
  * has completed (every page present) `allPresent()` switches it to a full scan.
  */
 export class PresentPagesDirtySource implements DirtySource {
+  readonly kind = 'present-pages' as const;
   private full = false;
   private server?: PresentPagesServer;
   constructor(private readonly ramPath: string) {}
-
-  get kind(): DirtySourceKind {
-    return 'scan';
-  }
 
   allPresent(): void {
     this.full = true;
@@ -167,8 +164,12 @@ export class PresentPagesDirtySource implements DirtySource {
     this.server = undefined;
   }
 
-  async harvest(): Promise<Uint32Array | null> {
-    if (this.full) return null;
+  /**
+   * Not even a zero shadow makes it compare holes: a RIC loop reloads its shadow after a
+   * failed round (reloadOnFailure) before it takes the next one.
+   */
+  async harvest(req: HarvestRequest): Promise<Uint32Array> {
+    if (this.full) return req.compareAll();
     this.server ??= new PresentPagesServer(this.ramPath);
     return this.server.harvest();
   }

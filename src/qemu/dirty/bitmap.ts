@@ -1,8 +1,7 @@
 // The `bitmap` dirty source: the patched QEMU's fault-tolerance dirty log (DIRTY_MEMORY_FT).
-import { spawnSync } from 'node:child_process';
-import type { DirtySource } from './dirty-source.js';
-import { FtClient, type FtBlock } from './ft-client.js';
-import { native } from '../kernel/native.js';
+import type { DirtySource, HarvestRequest } from './source.js';
+import { FtClient, type FtBlock } from '../ft-client.js';
+import { native } from '../../kernel/native.js';
 
 export interface BitmapSourceOptions {
   /**
@@ -43,19 +42,19 @@ export class BitmapDirtySource implements DirtySource {
     return new BitmapDirtySource(ft, block, o);
   }
 
-  async harvest(): Promise<Uint32Array | null> {
+  async harvest(req: HarvestRequest): Promise<Uint32Array> {
     await this.ft.harvest();
-    if (this.first) {
-      // Tracking began after the guest had run: the first round compares everything, and
-      // this harvest marks where the log takes over.
-      this.first = false;
-      return null;
-    }
     const pages = this.ft.dirtyPages(this.block);
     const w = this.written;
-    if (!w) return pages;
-    for (const p of pages) w[p] = 1;
-    if (!this.replayAll) return pages;
+    if (w) for (const p of pages) w[p] = 1;
+    // Tracking began after the guest had run (this harvest marks where the log takes over),
+    // or the shadow is a zero image: the log does not name every page that differs from it.
+    if (this.first || req.shadowZero) {
+      this.first = false;
+      this.replayAll = false;
+      return req.compareAll();
+    }
+    if (!w || !this.replayAll) return pages;
     this.replayAll = false;
     const all: number[] = [];
     for (let p = 0; p < w.length; p++) if (w[p]) all.push(p);
@@ -108,10 +107,4 @@ export class BitmapDirtySource implements DirtySource {
     await this.stopThreshold();
     this.ft.close();
   }
-}
-
-/** Whether a QEMU binary has the migsafe-ft object (the patched build). */
-export function qemuHasFt(qemuBinary: string): boolean {
-  const r = spawnSync(qemuBinary, ['-object', 'help'], { encoding: 'utf8', timeout: 10_000 });
-  return r.status === 0 && /\bmigsafe-ft\b/.test(r.stdout ?? '');
 }
