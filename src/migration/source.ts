@@ -1,10 +1,12 @@
 // The source side of a migration: QEMU's outgoing migration with FIC paused around it, the
 // final FIC checkpoint and the lease hand-over at the switchover, and what the source does when
-// the migration fails or the destination is lost.
+// the migration fails or the destination is lost. What happens on each event in each phase is
+// decisions.ts's sourceStep; this file carries its actions out.
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { QmpEvent } from '../qemu/qmp.js';
+import type { QmpClient, QmpEvent } from '../qemu/qmp.js';
 import { Peer } from '../ha/peer.js';
-import type { MigrationMode, VmHost } from './vm-runtime.js';
+import type { MigrationMode, VmHost, VmRuntime } from './vm-runtime.js';
+import { sourceStep, type SourceAction, type SourceEvent, type SourceState } from './decisions.js';
 
 export interface MigrateRequest {
   vm: string;
@@ -40,7 +42,6 @@ export class Source {
     const r = h.vms.get(req.vm);
     if (!r || r.role !== 'owner' || !r.qmp) throw new Error(`VM ${req.vm} does not run on ${o.host}`);
     const mode = req.mode ?? 'precopy';
-    const post = mode !== 'precopy';
     const t0 = performance.now();
     const peer = await Peer.connect(req.to, undefined, 5000);
     r.peer = peer;
@@ -53,144 +54,183 @@ export class Source {
     const caps = [
       { capability: 'events', state: true },
       { capability: 'pause-before-switchover', state: true },
-      { capability: 'postcopy-ram', state: post },
+      { capability: 'postcopy-ram', state: mode !== 'precopy' },
     ];
     await qmp.execute('migrate-set-capabilities', { capabilities: caps });
     const params: Record<string, unknown> = {};
     if (req.maxBandwidth) params['max-bandwidth'] = req.maxBandwidth;
     if (req.postcopyBandwidth) params['max-postcopy-bandwidth'] = req.postcopyBandwidth;
     if (Object.keys(params).length) await qmp.execute('migrate-set-parameters', params);
+    return new Outgoing(h, r, qmp, peer, prep.host, { phase: 'precopy', mode, postcopyAfterMs: req.postcopyAfterMs }, t0).run(prep.uri);
+  }
+}
 
-    let switchedOver = false;
-    let finalVersion: number | undefined;
-    let finalPause: number | undefined;
-    let settled = false;
-    let completed = false;
-    return await new Promise<MigrateResult>((resolve) => {
-      const finish = (res: Omit<MigrateResult, 'vm' | 'mode' | 'totalMs'>) => {
-        if (settled) return;
-        settled = true;
-        qmp.off('event', onEvent);
-        resolve({ vm: r.vm, mode, totalMs: performance.now() - t0, finalFicVersion: finalVersion, finalFicPauseMs: finalPause, ...res });
-      };
-      const onEvent = (e: QmpEvent) => {
-        if (e.event === 'MIGRATION_PASS' && mode === 'hybrid' && req.postcopyAfterMs === undefined && Number(e.data?.pass) >= 2) {
-          void qmp.execute('migrate-start-postcopy').catch(() => {});
-        }
-        if (e.event !== 'MIGRATION') return;
-        const status = String(e.data?.status);
-        h.note(r, `source migration status ${status}`);
-        if (status === 'active' && mode === 'postcopy') void qmp.execute('migrate-start-postcopy').catch(() => {});
-        if (status === 'active' && mode === 'hybrid' && req.postcopyAfterMs !== undefined) {
-          setTimeout(() => void qmp.execute('migrate-start-postcopy').catch(() => {}), req.postcopyAfterMs);
-        }
-        if (status === 'pre-switchover') void onSwitchover();
-        if (status === 'postcopy-active') h.setRole(r, 'postcopy-src', 'the VM runs at the destination; pages still here');
-        if (status === 'completed') void onCompleted();
-        if (status === 'failed' || status === 'cancelled') void onFailed(status);
-      };
-      const onSwitchover = async () => {
-        // The VM is stopped by the migration: the final, consistent FIC checkpoint.
-        try {
-          if (r.ckpt) {
-            await r.ckpt.pause();
-            // A round under way when the migration stopped the VM, which left it stopped, is
-            // already the final consistent checkpoint (its stage 2 ran with the VM stopped for good).
-            const last = r.ckpt.lastRound;
-            let m = last && last.at > t0 && !last.resumed && last.endStatus === 'finish-migrate' && last.meta.version === r.ckpt.head ? last.meta : undefined;
-            if (m) h.note(r, `the FIC round under way ended with the VM stopped by the migration: version ${m.version} is the final checkpoint`);
-            for (let i = 0; !m; i++) {
-              try {
-                // The VM is stopped: one stage, one compare of RAM.
-                m = await r.ckpt.roundNow('now', { vmStopped: true });
-              } catch (e) {
-                if (i >= 3) throw e;
-                await sleep(300);
-              }
-            }
-            finalVersion = m.version;
-            finalPause = m.pauseMs;
-          } else {
-            finalVersion = await r.store.head().catch(() => 0);
-          }
-          const token = await r.lease.handOver(prep.host);
-          if (!token) throw new Error('lost the lease before switchover');
-          peer.notify('lease', { token, version: finalVersion });
-          switchedOver = true;
-          h.note(r, `final FIC version ${finalVersion}; lease handed to ${prep.host} (token ${token}); switching over`);
-          await qmp.execute('migrate-continue', { state: 'pre-switchover' });
-        } catch (e) {
-          h.note(r, `switchover refused: ${(e as Error).message}; cancelling the migration`);
-          await qmp.execute('migrate_cancel').catch(() => {});
-        }
-      };
-      const onCompleted = async () => {
-        completed = true;
-        const info = await qmp
-          .execute<{ downtime?: number; 'total-time'?: number }>('query-migrate')
-          .catch(() => ({}) as { downtime?: number; 'total-time'?: number });
-        await h.stop(r);
-        peer.notify('done');
-        setTimeout(() => peer.close(), 2000);
+type Outcome = Omit<MigrateResult, 'vm' | 'mode' | 'totalMs'>;
+
+/** One outgoing migration: QEMU's events, the peer's loss and the lease wait go through sourceStep. */
+class Outgoing {
+  private finalVersion?: number;
+  private finalPause?: number;
+  private resolve!: (res: MigrateResult) => void;
+  private settled = false;
+  private readonly onEvent = (e: QmpEvent) => {
+    if (e.event === 'MIGRATION_PASS') this.dispatch({ on: 'pass', pass: Number(e.data?.pass) });
+    if (e.event !== 'MIGRATION') return;
+    const status = String(e.data?.status);
+    this.host.note(this.r, `source migration status ${status}`);
+    this.dispatch({ on: 'status', status });
+  };
+
+  constructor(
+    private readonly host: VmHost,
+    private readonly r: VmRuntime,
+    private readonly qmp: QmpClient,
+    private readonly peer: Peer,
+    private readonly to: string,
+    private readonly s: SourceState,
+    private readonly t0: number,
+  ) {}
+
+  run(uri: string): Promise<MigrateResult> {
+    const done = new Promise<MigrateResult>((resolve) => (this.resolve = resolve));
+    this.qmp.on('event', this.onEvent);
+    this.peer.once('suspect', (why: string) => this.dispatch({ on: 'destination-lost' }, String(why)));
+    void this.r.qemu?.exited.then(() => this.dispatch({ on: 'qemu-exited' }));
+    void this.qmp.execute('migrate', { uri }).catch((e: Error) => {
+      this.host.note(this.r, `migrate refused: ${e.message}`);
+      this.dispatch({ on: 'failed', status: 'failed' });
+    });
+    return done;
+  }
+
+  /** Feeds an event to the state machine and carries out what it says; `why` explains a failure. */
+  private dispatch(ev: SourceEvent, why = ''): void {
+    const step = sourceStep(this.s, ev);
+    this.s.phase = step.phase;
+    for (const a of step.actions) void this.act(a, ev, why);
+  }
+
+  private finish(res: Outcome): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.s.phase = 'over';
+    this.qmp.off('event', this.onEvent);
+    const { r, s } = this;
+    this.resolve({ vm: r.vm, mode: s.mode, totalMs: performance.now() - this.t0, finalFicVersion: this.finalVersion, finalFicPauseMs: this.finalPause, ...res });
+  }
+
+  private async act(a: SourceAction, ev: SourceEvent, why: string): Promise<void> {
+    const { host: h, r, qmp, peer } = this;
+    const startPostcopy = () => void qmp.execute('migrate-start-postcopy').catch(() => {});
+    switch (a) {
+      case 'start-postcopy':
+        return startPostcopy();
+      case 'start-postcopy-later':
+        setTimeout(startPostcopy, this.s.postcopyAfterMs);
+        return;
+      case 'switchover':
+        return this.switchover();
+      case 'role-postcopy-src':
+        return h.setRole(r, 'postcopy-src', 'the VM runs at the destination; pages still here');
+      case 'complete':
+        return this.complete();
+      case 'run-on-here': {
+        const status = failure(ev);
+        const st = await qmp.execute<{ status: string }>('query-status').catch(() => ({ status: '?' }));
+        if (st.status !== 'running') await qmp.execute('cont').catch(() => {});
+        r.ckpt?.resume();
+        if (r.ckpt) r.ckpt.compactionPaused = false;
+        peer.close();
         r.peer = undefined;
-        await qmp.execute('quit').catch(() => {});
-        r.qemu = undefined;
-        h.setRole(r, 'none', 'migration completed; the VM runs at the destination');
-        finish({ status: 'completed', downtimeMs: info.downtime, qemuTotalMs: info['total-time'] });
-      };
-      const onFailed = async (status: string) => {
-        if (settled) return;
-        if (!switchedOver) {
-          // Pre-copy (or before the switch): the source still has the whole VM and runs on.
-          const st = await qmp.execute<{ status: string }>('query-status').catch(() => ({ status: '?' }));
-          if (st.status !== 'running') await qmp.execute('cont').catch(() => {});
-          r.ckpt?.resume();
-          if (r.ckpt) r.ckpt.compactionPaused = false;
-          peer.close();
-          r.peer = undefined;
-          h.setRole(r, 'owner', `migration ${status}: the VM keeps running here`);
-          finish({ status: status as 'failed' | 'cancelled', error: `migration ${status}` });
-          return;
-        }
-        if (mode === 'precopy') {
-          // After the switchover the destination holds the lease; wait for it and run on here.
-          await onPeerLost(`migration ${status} after switchover`);
-        }
-      };
-      const onPeerLost = async (why: string) => {
-        if (settled || completed) return;
-        if (!switchedOver) {
-          h.note(r, `destination lost (${why}) during pre-copy: cancelling, the VM keeps running here`);
-          await qmp.execute('migrate_cancel').catch(() => {});
-          // onFailed('cancelled') finishes.
-          setTimeout(() => void onFailed('cancelled'), 3000);
-          return;
-        }
+        h.setRole(r, 'owner', `migration ${status}: the VM keeps running here`);
+        return this.finish({ status: status as 'failed' | 'cancelled', error: `migration ${status}` });
+      }
+      case 'cancel':
+        if (ev.on === 'destination-lost') h.note(r, `destination lost (${why}) during pre-copy: cancelling, the VM keeps running here`);
+        await qmp.execute('migrate_cancel').catch(() => {});
+        return;
+      case 'backstop':
+        setTimeout(() => this.dispatch({ on: 'failed', status: 'cancelled' }), 3000);
+        return;
+      case 'wait-for-lease': {
         // Post-copy (or the end of pre-copy): the VM may only run where the lease is.
-        h.note(r, `destination lost (${why}) after switchover: waiting for the lease`);
+        const lost = ev.on === 'destination-lost' ? why : `migration ${failure(ev)} after switchover`;
+        h.note(r, `destination lost (${lost}) after switchover: waiting for the lease`);
         const got = await h.ownership.takeLease(r.lease);
-        if (settled || completed) return;
-        if (!got) {
-          await h.drop(r);
-          h.setRole(r, 'none', 'the destination keeps the lease: it runs the VM');
-          finish({ status: 'failed', error: `destination unreachable (${why}) but it holds the lease` });
-          return;
-        }
+        return this.dispatch({ on: 'lease', got }, lost);
+      }
+      case 'yield':
+        await h.drop(r);
+        h.setRole(r, 'none', 'the destination keeps the lease: it runs the VM');
+        return this.finish({ status: 'failed', error: `destination unreachable (${why}) but it holds the lease` });
+      case 'recover':
         try {
-          await h.recoverHere(r, `destination or network failed in ${mode} (${why})`);
-          finish({ status: 'recovered-at-source', error: why });
+          await h.recoverHere(r, `destination or network failed in ${this.s.mode} (${why})`);
+          return this.finish({ status: 'recovered-at-source', error: why });
         } catch (e) {
           h.setRole(r, 'none', `recovery failed: ${(e as Error).message}`);
-          finish({ status: 'failed', error: `recovery failed: ${(e as Error).message}` });
+          return this.finish({ status: 'failed', error: `recovery failed: ${(e as Error).message}` });
         }
-      };
-      qmp.on('event', onEvent);
-      peer.once('suspect', (why: string) => void onPeerLost(String(why)));
-      r.qemu?.exited.then(() => finish({ status: 'failed', error: 'source QEMU exited' }));
-      void qmp.execute('migrate', { uri: prep.uri }).catch((e: Error) => {
-        h.note(r, `migrate refused: ${e.message}`);
-        void onFailed('failed');
-      });
-    });
+      case 'fail-qemu-exited':
+        return this.finish({ status: 'failed', error: 'source QEMU exited' });
+    }
   }
+
+  /** The VM is stopped by the migration: the final, consistent FIC checkpoint, then the lease goes. */
+  private async switchover(): Promise<void> {
+    const { host: h, r, qmp } = this;
+    try {
+      if (r.ckpt) {
+        await r.ckpt.pause();
+        // A round under way when the migration stopped the VM, which left it stopped, is
+        // already the final consistent checkpoint (its stage 2 ran with the VM stopped for good).
+        const last = r.ckpt.lastRound;
+        let m = last && last.at > this.t0 && !last.resumed && last.endStatus === 'finish-migrate' && last.meta.version === r.ckpt.head ? last.meta : undefined;
+        if (m) h.note(r, `the FIC round under way ended with the VM stopped by the migration: version ${m.version} is the final checkpoint`);
+        for (let i = 0; !m; i++) {
+          try {
+            // The VM is stopped: one stage, one compare of RAM.
+            m = await r.ckpt.roundNow('now', { vmStopped: true });
+          } catch (e) {
+            if (i >= 3) throw e;
+            await sleep(300);
+          }
+        }
+        this.finalVersion = m.version;
+        this.finalPause = m.pauseMs;
+      } else {
+        this.finalVersion = await r.store.head().catch(() => 0);
+      }
+      const token = await r.lease.handOver(this.to);
+      if (!token) throw new Error('lost the lease before switchover');
+      this.peer.notify('lease', { token, version: this.finalVersion });
+      this.dispatch({ on: 'handed-over' });
+      h.note(r, `final FIC version ${this.finalVersion}; lease handed to ${this.to} (token ${token}); switching over`);
+      await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+    } catch (e) {
+      h.note(r, `switchover refused: ${(e as Error).message}; cancelling the migration`);
+      this.dispatch({ on: 'switchover-failed' });
+    }
+  }
+
+  /** QEMU completed: the VM runs at the destination; this side lets its QEMU go. */
+  private async complete(): Promise<void> {
+    const { host: h, r, qmp, peer } = this;
+    const info = await qmp
+      .execute<{ downtime?: number; 'total-time'?: number }>('query-migrate')
+      .catch(() => ({}) as { downtime?: number; 'total-time'?: number });
+    await h.stop(r);
+    peer.notify('done');
+    setTimeout(() => peer.close(), 2000);
+    r.peer = undefined;
+    await qmp.execute('quit').catch(() => {});
+    r.qemu = undefined;
+    h.setRole(r, 'none', 'migration completed; the VM runs at the destination');
+    this.finish({ status: 'completed', downtimeMs: info.downtime, qemuTotalMs: info['total-time'] });
+  }
+}
+
+/** The migration status an event that ended it reported. */
+function failure(ev: SourceEvent): string {
+  return ev.on === 'status' || ev.on === 'failed' ? ev.status : 'failed';
 }
