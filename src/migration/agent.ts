@@ -1,21 +1,14 @@
 // The host sidecar (`migsafe agent`): one per host. It runs the VM it holds the lease for and
 // checkpoints it (FIC), migrates it to another host's agent on request, receives migrations
 // (starts QEMU with -incoming, runs RIC during post-copy), exchanges heartbeats with the other
-// side of a migration, and applies V-Recover's recovery rules when that side fails:
-//
-//   phase                      failed side      what happens
-//   pre-copy                   destination/net  the source cancels the migration and runs on
-//   pre-copy                   source           the destination recovers from the last FIC version
-//   post-copy (VM at dest.)    source           patched QEMU: LIVE — the destination's QEMU gets the
-//                                               pages the source never sent from the final FIC image
-//                                               (migsafe-postcopy-fill) and runs on (recoverLive);
-//                                               stock QEMU / a failed fill: it recovers from the newest
-//                                               version (the last RIC one; holes come from FIC)
-//   post-copy                  destination/net  the source recovers from the last RIC version
-//
-// and over all of it the ownership rule (src/ha/lease.ts): only the holder of the store lease
-// runs the VM; a side that cannot renew it kills its own QEMU; a side takes a lease only when
-// it is free. After a partition the side that reaches the store is the one that runs.
+// side of a migration, and applies V-Recover's recovery rules when that side fails. This file is
+// the wiring; the parts:
+//   vm-runtime.ts     what is kept per VM, and the host's services on it (QEMU, the checkpoint
+//                     loops, the one teardown, fencing, recovery from the store)
+//   source.ts         the outgoing migration;  destination.ts, live-recovery.ts  the incoming one
+//   decisions.ts      what to do when the source, the destination, the network or the store
+//                     fails, in each phase (the table), and the ownership rule
+//   src/ha/ownership.ts  renewing, checking and waiting for the leases; fencing
 import { writeFileSync, renameSync } from 'node:fs';
 import type { Server } from 'node:net';
 import type { Redis } from 'ioredis';
@@ -26,6 +19,7 @@ import { listen, type Peer } from '../ha/peer.js';
 import { VmHost, type AgentOptions } from './vm-runtime.js';
 import { Source, type MigrateRequest, type MigrateResult } from './source.js';
 import { Destination, type PrepareRequest } from './destination.js';
+import { onLeaseTick } from './decisions.js';
 
 export type { AgentOptions, MigrationMode, Role } from './vm-runtime.js';
 export type { MigrateRequest, MigrateResult } from './source.js';
@@ -125,11 +119,8 @@ export class Agent {
   private tickLeases(): void {
     for (const r of this.host.vms.values()) {
       this.ownership.renew(r.lease);
-      const running = r.qemu && ['owner', 'postcopy-dst', 'migrating-src'].includes(r.role);
-      if (!running) continue;
-      const standing = this.ownership.standing(r.lease);
-      if (standing === 'lost') this.host.fence(r, 'the lease is held by another host');
-      else if (standing === 'unrenewed') this.host.fence(r, 'cannot reach the store to renew the lease');
+      const d = onLeaseTick({ role: r.role, hasQemu: r.qemu !== undefined, lease: this.ownership.standing(r.lease) });
+      if (d.fence) this.host.fence(r, d.why);
     }
   }
 

@@ -141,3 +141,72 @@ function onSourceFailed(s: SourceState): SourceStep {
   if (s.phase === 'switched-over' && s.mode === 'precopy') return { phase: 'lease-wait', actions: ['wait-for-lease'] };
   return { phase: s.phase, actions: [] };
 }
+
+// ------------------------------------------------------------------ ownership
+
+/** The roles in which this side's QEMU runs the guest: they need the lease (post-copy's source only serves pages). */
+const RUNS_THE_VM: readonly Role[] = ['owner', 'postcopy-dst', 'migrating-src'];
+
+/** Every lease tick, per VM: a side running the VM without a safe lease kills its QEMU. */
+export function onLeaseTick(s: { role: Role; hasQemu: boolean; lease: LeaseStanding }): { fence: false } | { fence: true; why: string } {
+  if (!s.hasQemu || !RUNS_THE_VM.includes(s.role)) return { fence: false };
+  if (s.lease === 'lost') return { fence: true, why: 'the lease is held by another host' };
+  if (s.lease === 'unrenewed') return { fence: true, why: 'cannot reach the store to renew the lease' };
+  return { fence: false };
+}
+
+// ------------------------------------------------------------------ destination side
+
+/** A MIGRATION event at the destination. */
+export function onIncomingStatus(role: Role, status: string): 'nothing' | 'completed' | 'close-peer' {
+  if (status === 'completed') return 'completed';
+  // The stream broke before the VM ran here; the peer-loss rule decides.
+  if (status === 'failed' && role === 'incoming') return 'close-peer';
+  return 'nothing';
+}
+
+/** QEMU's RESUME at the destination: in post-copy the VM now runs here, RIC starts (once). */
+export function onIncomingResume(s: { mode: MigrationMode; resumedBefore: boolean }): 'nothing' | 'start-ric' {
+  if (s.resumedBefore || s.mode === 'precopy') return 'nothing'; // pre-copy: completion follows at once
+  return 'start-ric';
+}
+
+/** The migration completed here: the one checkpoint loop goes on as FIC. */
+export function afterIncomingCompleted(s: { hasLoop: boolean; hasDirtySource: boolean }): 'become-fic' | 'start-fic' | 'keep' {
+  if (!s.hasLoop) return 'start-fic';
+  // RIC's dirty source names what changes from now on: the same loop carries on as FIC.
+  return s.hasDirtySource ? 'become-fic' : 'keep';
+}
+
+/** The source went silent (or its connection closed) while this side receives the VM. */
+export function onSourceLost(s: { role: Role; migrationDone: boolean }): 'nothing' | 'secure-lease' | 'take-lease' {
+  if (s.migrationDone) return 'nothing';
+  // Post-copy: we hold the lease (handed over at switchover); the pages we lack are in the store.
+  if (s.role === 'postcopy-dst') return 'secure-lease';
+  // Before the VM ran here: the lease decides whether the source runs on or we recover.
+  if (s.role === 'incoming') return 'take-lease';
+  return 'nothing';
+}
+
+/**
+ * Post-copy, source lost, after renewing (or taking) the lease. Recover only while we hold the
+ * lease AND reach the store (else: fence, the source may run it); live when QEMU can fill the holes.
+ */
+export function postcopySourceLost(s: { leaseOk: boolean; canFill: boolean }): 'fence' | 'recover-live' | 'recover-from-store' {
+  if (!s.leaseOk) return 'fence';
+  return s.canFill ? 'recover-live' : 'recover-from-store';
+}
+
+/** Post-copy, source lost, before recovering from the store (a live one was not possible or did not work): not if the migration ended or this side changed role meanwhile. */
+export function beforeStoreRecovery(s: { role: Role; migrationDone: boolean }): 'nothing' | 'recover-from-store' {
+  return s.migrationDone || s.role !== 'postcopy-dst' ? 'nothing' : 'recover-from-store';
+}
+
+/**
+ * Source lost before the VM ran here. If the migration already handed us the lease, or the
+ * source dies for good, its lease expires and we take it. If the source is alive and reaches
+ * the store, it keeps the lease and the VM: we drop our incoming QEMU.
+ */
+export function incomingSourceLost(s: { gotLease: boolean }): 'drop-incoming' | 'recover' {
+  return s.gotLease ? 'recover' : 'drop-incoming';
+}

@@ -8,6 +8,15 @@ import { openDirtySource } from '../qemu/dirty/open.js';
 import { parseAddr, type Peer } from '../ha/peer.js';
 import { loadVersion, type MigrationMode, type VmHost, type VmRuntime } from './vm-runtime.js';
 import { recoverLive } from './live-recovery.js';
+import {
+  afterIncomingCompleted,
+  beforeStoreRecovery,
+  incomingSourceLost,
+  onIncomingResume,
+  onIncomingStatus,
+  onSourceLost,
+  postcopySourceLost,
+} from './decisions.js';
 
 export interface PrepareRequest {
   vm: string;
@@ -76,19 +85,17 @@ export class Destination {
         const s = String(e.data?.status);
         r.incomingStatus = s;
         h.note(r, `destination migration status ${s}`);
-        if (s === 'completed') void onCompleted();
-        if (s === 'failed' && r.role === 'incoming') {
-          // The stream broke before the VM ran here; the peer-loss rule decides.
-          if (!p.closed) p.close();
-        }
+        const next = onIncomingStatus(r.role, s);
+        if (next === 'completed') void onCompleted();
+        if (next === 'close-peer' && !p.closed) p.close();
       }
     };
     let resumed = false;
     let ricStarting: Promise<void> = Promise.resolve();
     const onResume = async () => {
-      if (resumed) return;
+      const next = onIncomingResume({ mode: req.mode, resumedBefore: resumed });
       resumed = true;
-      if (req.mode === 'precopy') return; // completion follows at once
+      if (next === 'nothing') return;
       h.setRole(r, 'postcopy-dst', 'the VM resumed here during post-copy; RIC on');
       ricStarting = this.startRic(r).catch((e: Error) => h.note(r, `RIC could not start: ${e.message}`));
       await ricStarting;
@@ -102,11 +109,9 @@ export class Destination {
       // RIC may still be loading its shadow (a short post-copy): wait, so that one checkpoint
       // loop runs here, never a RIC and a FIC loop side by side.
       await ricStarting;
-      if (r.ckpt && r.dirty) {
-        r.ckpt.becomeFic();
-      } else if (!r.ckpt) {
-        await this.startFicFromFinal(r);
-      }
+      const next = afterIncomingCompleted({ hasLoop: r.ckpt !== undefined, hasDirtySource: r.dirty !== undefined });
+      if (next === 'become-fic') r.ckpt!.becomeFic();
+      if (next === 'start-fic') await this.startFicFromFinal(r);
       await h.publishAgent(r.vm).catch(() => {});
       r.finalImageLoad = undefined;
       h.setRole(r, 'owner', `migration completed; ${r.ckpt ? 'FIC' : 'no checkpointing'} here`);
@@ -186,30 +191,25 @@ export class Destination {
   /** The source went silent (or its connection closed) while this side receives the VM. */
   private async onSourceLost(r: VmRuntime, why: string): Promise<void> {
     const h = this.host;
-    if (r.role === 'owner' || r.role === 'none' || r.role === 'fenced' || r.migrationDone) return;
-    if (r.role === 'postcopy-dst') {
-      // We hold the lease (handed over at switchover); the pages we lack are in the store.
+    const next = onSourceLost({ role: r.role, migrationDone: r.migrationDone ?? false });
+    if (next === 'secure-lease') {
       h.note(r, `source lost (${why}) during post-copy`);
-      // Recover only while we hold the lease AND reach the store (else: fence, the source may run it).
-      let ok = false;
+      let leaseOk = false;
       try {
-        ok = r.lease.token ? await r.lease.renew() : await h.ownership.takeLease(r.lease);
+        leaseOk = r.lease.token ? await r.lease.renew() : await h.ownership.takeLease(r.lease);
       } catch {
-        ok = false;
+        leaseOk = false;
       }
-      if (!ok) return h.fence(r, 'source lost and the store (lease) is out of reach');
-      if (r.canFill && (await recoverLive(h, r, why, () => this.finalImage(r)))) return;
-      if (r.migrationDone || r.role !== 'postcopy-dst') return;
+      const how = postcopySourceLost({ leaseOk, canFill: r.canFill ?? false });
+      if (how === 'fence') return h.fence(r, 'source lost and the store (lease) is out of reach');
+      if (how === 'recover-live' && (await recoverLive(h, r, why, () => this.finalImage(r)))) return;
+      if (beforeStoreRecovery({ role: r.role, migrationDone: r.migrationDone ?? false }) === 'nothing') return;
       await h.recoverHere(r, `source failed in post-copy (${why})`).catch((e: Error) => h.setRole(r, 'none', `recovery failed: ${e.message}`));
-      return;
     }
-    if (r.role === 'incoming') {
+    if (next === 'take-lease') {
       h.note(r, `source lost (${why}) before the VM ran here`);
-      // If the migration already handed us the lease, or the source dies for good, its lease
-      // expires and we take it. If the source is alive and reaches the store, it keeps the lease
-      // and the VM: we drop our incoming QEMU.
-      const got = r.lease.token ? true : await h.ownership.takeLease(r.lease);
-      if (!got) {
+      const gotLease = r.lease.token ? true : await h.ownership.takeLease(r.lease);
+      if (incomingSourceLost({ gotLease }) === 'drop-incoming') {
         await h.drop(r);
         h.setRole(r, 'none', 'the source keeps the lease: it runs the VM');
         return;
