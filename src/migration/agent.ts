@@ -52,7 +52,7 @@ export class Agent {
   async close(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     for (const r of this.host.vms.values()) {
-      await r.ckpt?.stop().catch(() => {});
+      await this.host.stop(r);
       r.qmp?.close();
       r.peer?.close();
     }
