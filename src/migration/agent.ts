@@ -26,6 +26,7 @@ export type { MigrateRequest, MigrateResult } from './source.js';
 
 export class Agent {
   private redis: Redis;
+  private leaseRedis: Redis;
   private server?: Server;
   private timers: NodeJS.Timeout[] = [];
   private readonly host: VmHost;
@@ -35,8 +36,9 @@ export class Agent {
 
   constructor(readonly o: AgentOptions) {
     this.redis = connectRedis(o.redis, { retry: true });
+    this.leaseRedis = connectRedis(o.redis, { retry: true });
     this.ownership = new Ownership(o.leaseTtlMs);
-    this.host = new VmHost(o, this.redis, this.ownership, () => this.writeStatus());
+    this.host = new VmHost(o, this.redis, this.leaseRedis, this.ownership, () => this.writeStatus());
     this.source = new Source(this.host);
     this.destination = new Destination(this.host);
   }
@@ -59,6 +61,7 @@ export class Agent {
     this.server?.close();
     this.host.gate?.close();
     this.redis.disconnect();
+    this.leaseRedis.disconnect();
   }
 
   // ------------------------------------------------------------------ status

@@ -99,6 +99,8 @@ export class VmHost {
   constructor(
     readonly o: AgentOptions,
     readonly redis: Redis,
+    /** The leases' own connection: a renewal must not queue behind a checkpoint's bulk writes. */
+    private readonly leaseRedis: Redis,
     readonly ownership: Ownership,
     /** Called whenever something shown in the status changed. */
     private readonly changed: () => void,
@@ -114,7 +116,7 @@ export class VmHost {
       r = {
         vm,
         store: new CheckpointStore(this.redis, vm),
-        lease: new Lease(this.redis, vm, this.o.host, this.o.leaseTtlMs),
+        lease: new Lease(this.leaseRedis, vm, this.o.host, this.o.leaseTtlMs),
         ramBytes: 0,
         role: 'none',
         events: [],
