@@ -1,0 +1,73 @@
+// Ownership of a VM through its store lease (lease.ts): renewing it in the background, telling
+// whether it is still safe to run the VM on it, waiting for a free lease, and fencing — killing
+// this side's QEMU and dropping what the gate holds — when it is not.
+import type { Lease } from './lease.js';
+import type { OutputGate } from './gate.js';
+
+/** Where this side stands with a VM's lease, for the fencing rule. */
+export type LeaseStanding = 'none' | 'held' | 'lost' | 'unrenewed';
+
+export class Ownership {
+  private renewing = new Set<Lease>();
+
+  constructor(private readonly ttlMs: number) {}
+
+  /** How often leases are renewed and checked. */
+  get tickMs(): number {
+    return Math.max(100, Math.floor(this.ttlMs / 6));
+  }
+
+  /** How long a side waits for a lease held by a peer it lost: until that holder's lease expired, with slack. */
+  get takeOverMs(): number {
+    return this.ttlMs * 3 + 2000;
+  }
+
+  /**
+   * Renews a held lease, one renewal at a time per lease. Not awaited: a store that does not
+   * answer must not delay the fencing check that follows.
+   */
+  renew(lease: Lease): void {
+    if (!lease.token || this.renewing.has(lease)) return;
+    this.renewing.add(lease);
+    void lease
+      .renew()
+      .catch(() => false)
+      .finally(() => this.renewing.delete(lease));
+  }
+
+  standing(lease: Lease): LeaseStanding {
+    if (lease.lost) return 'lost';
+    if (!lease.token) return 'none';
+    return lease.safe(Math.max(500, this.ttlMs / 3)) ? 'held' : 'unrenewed';
+  }
+
+  /** Waits for the lease to be free and takes it; false when another host keeps holding it. */
+  async takeLease(lease: Lease, giveUpMs = this.takeOverMs): Promise<boolean> {
+    const deadline = performance.now() + giveUpMs;
+    while (performance.now() < deadline) {
+      try {
+        if (await lease.acquire()) return true;
+      } catch {
+        /* store unreachable: keep trying until the deadline */
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return false;
+  }
+}
+
+/** This side may no longer run the VM: kill its QEMU, drop what it would have sent, forget the lease. Returns the dropped packets. */
+export function fence(pid: number | undefined, lease: Lease, gate: OutputGate | undefined): number {
+  if (pid) killPid(pid);
+  const dropped = gate?.discard() ?? 0;
+  lease.token = 0;
+  return dropped;
+}
+
+export function killPid(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+}

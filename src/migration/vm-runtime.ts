@@ -1,0 +1,304 @@
+// What a host's agent keeps per VM (VmRuntime) and the host's services every side of a migration
+// uses on it (VmHost): notes and roles, watching QEMU, the dirty sources and the checkpoint
+// loops, the one teardown (stop), fencing, and recovery from the store.
+import { openSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Redis } from 'ioredis';
+import { vmPaths, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
+import { QmpClient } from '../qemu/qmp.js';
+import type { DirtySource } from '../qemu/dirty/source.js';
+import { openDirtySource, useFt } from '../qemu/dirty/open.js';
+import { CheckpointStore } from '../store/checkpoint-store.js';
+import { loadImage, planRestore } from '../store/reader.js';
+import type { CodecChoice } from '../store/frame.js';
+import { recoverVm } from '../recovery/recover.js';
+import { Lease } from '../ha/lease.js';
+import { OutputGate } from '../ha/gate.js';
+import { fence as fenceQemu, killPid, type Ownership } from '../ha/ownership.js';
+import type { Peer } from '../ha/peer.js';
+import { Checkpointer, type CheckpointerOptions, type RoundStat } from '../checkpoint/checkpointer.js';
+
+export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
+
+export type Role = 'none' | 'owner' | 'migrating-src' | 'postcopy-src' | 'incoming' | 'postcopy-dst' | 'recovering' | 'fenced';
+
+export interface AgentOptions {
+  host: string;
+  listen: string;
+  redis: string;
+  runDir: string;
+  intervalMs: number;
+  maxPages: number;
+  maxTimeMs: number;
+  codec: CodecChoice;
+  /** FIC bandwidth budget, bytes/s (0: none). */
+  ficBandwidth: number;
+  /** Fold old versions into the base once more than 2×K are stored (0: never). */
+  compactEvery?: number;
+  ricIntervalMs: number;
+  ricEvent: boolean;
+  /**
+   * RIC: also start a round once this many pages were dirtied since the last harvest (0: off).
+   * Needs the patched QEMU's dirty count (bitmap source); without it rounds are periodic and on packets.
+   */
+  ricDirtyPages?: number;
+  /** Dirty pages from the patched QEMU's bitmap (`auto`: when the QEMU binary has migsafe-ft). */
+  dirtySource?: 'auto' | 'bitmap' | 'scan';
+  hbIntervalMs: number;
+  hbTimeoutMs: number;
+  leaseTtlMs: number;
+  /** Output commit through the gate (default on). */
+  gate: boolean;
+  /** Turn checkpointing off (benchmark baseline). */
+  noCheckpoint?: boolean;
+  statusFile?: string;
+  log: (msg: string) => void;
+}
+
+export interface VmRuntime {
+  vm: string;
+  store: CheckpointStore;
+  lease: Lease;
+  qemu?: LaunchedQemu;
+  qmp?: QmpClient;
+  paths?: VmPaths;
+  ramBytes: number;
+  ckpt?: Checkpointer;
+  /** The checkpoint loop's dirty source when it is not a plain compare: QEMU's bitmap (migsafe-ft), or SEEK_DATA at a post-copy destination. */
+  dirty?: DirtySource;
+  /** What RIC runs on here: source and triggers (shown in the status). */
+  ric?: { dirtySource: 'bitmap' | 'present-pages'; dirtyPagesThreshold: number | null; note?: string };
+  role: Role;
+  peer?: Peer;
+  mode?: MigrationMode;
+  /** Version the destination starts from (the final FIC version). */
+  finalVersion?: number;
+  /** The source said the migration completed: its going away is no failure. */
+  migrationDone?: boolean;
+  /** The final FIC image, loaded once per incoming post-copy (startRic, a live recovery). */
+  finalImageLoad?: { finalVersion: number | undefined; p: Promise<{ image: Buffer; version: number }> };
+  /** Incoming side: the last MIGRATION status QEMU reported here. */
+  incomingStatus?: string;
+  /** Incoming side: QEMU has migsafe-postcopy-fill (patched) and QMP runs it out of band. */
+  canFill?: boolean;
+  /** Incoming migrations so far: a late notice of an old one must not touch the current one. */
+  gen?: number;
+  events: string[];
+  /** Statistics of every checkpoint round this host took for the VM. */
+  rounds: RoundStat[];
+  recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
+}
+
+/** What a checkpoint loop needs beyond the VM's I/O: FIC's or RIC's schedule. */
+export type LoopSettings = Omit<CheckpointerOptions, 'store' | 'qmp' | 'ramPath' | 'ramBytes' | 'deviceStatePath' | 'codec' | 'gate' | 'log' | 'onRound' | 'rounds'>;
+
+export class VmHost {
+  readonly vms = new Map<string, VmRuntime>();
+  gate?: OutputGate;
+
+  constructor(
+    readonly o: AgentOptions,
+    readonly redis: Redis,
+    /** The leases' own connection: a renewal must not queue behind a checkpoint's bulk writes. */
+    private readonly leaseRedis: Redis,
+    readonly ownership: Ownership,
+    /** Called whenever something shown in the status changed. */
+    private readonly changed: () => void,
+  ) {}
+
+  async openGate(): Promise<void> {
+    if (this.o.gate) this.gate = await OutputGate.open();
+  }
+
+  runtime(vm: string): VmRuntime {
+    let r = this.vms.get(vm);
+    if (!r) {
+      r = {
+        vm,
+        store: new CheckpointStore(this.redis, vm),
+        lease: new Lease(this.leaseRedis, vm, this.o.host, this.o.leaseTtlMs),
+        ramBytes: 0,
+        role: 'none',
+        events: [],
+        rounds: [],
+        recoveries: [],
+      };
+      this.vms.set(vm, r);
+    }
+    return r;
+  }
+
+  note(r: VmRuntime, msg: string): void {
+    r.events.push(`${Date.now()} ${msg}`);
+    this.o.log(`${this.o.host}: ${r.vm}: ${msg}`);
+    this.changed();
+  }
+
+  setRole(r: VmRuntime, role: Role, why: string): void {
+    r.role = role;
+    this.note(r, `role ${role} (${why})`);
+  }
+
+  /** Tells the store which agent runs the VM (the CLI's `migrate` finds it there). */
+  publishAgent(vm: string): Promise<unknown> {
+    return this.redis.set(`migsafe:{${vm}}:agent`, this.o.listen);
+  }
+
+  // ------------------------------------------------------------------ QEMU
+
+  qemuLog(vm: string): number {
+    return openSync(join(this.o.runDir, `${vm}.${this.o.host}.qemu.log`), 'a');
+  }
+
+  /** Whether to give this QEMU binary the migsafe-ft object (the patched QEMU's dirty bitmap). */
+  useFt(bin: string): boolean {
+    return !this.o.noCheckpoint && useFt(this.o.dirtySource ?? 'auto', bin);
+  }
+
+  async connectQmp(r: VmRuntime, opts: { oob?: boolean } = {}): Promise<QmpClient> {
+    const q = r.qemu!;
+    const qmp = await Promise.race([
+      QmpClient.connect(r.paths!.qmp, 30_000, opts),
+      q.exited.then((c) => {
+        throw new Error(`QEMU exited (${c}) at start: see ${this.o.runDir}/${r.vm}.${this.o.host}.qemu.log`);
+      }),
+    ]);
+    this.watchExit(r, q);
+    return qmp;
+  }
+
+  /** Notes the exit of this QEMU unless it was replaced or let go first. */
+  private watchExit(r: VmRuntime, q: LaunchedQemu): void {
+    void q.exited.then((c) => {
+      if (r.qemu !== q) return;
+      this.note(r, `QEMU exited (${c})`);
+      void this.stop(r);
+      r.qemu = undefined;
+      if (r.role === 'owner') this.setRole(r, 'none', 'QEMU gone');
+    });
+  }
+
+  /**
+   * The one teardown of the VM's checkpointing here: the loop and its dirty source (both
+   * forgotten at once, so that nothing uses them again; the source closed once the loop's last
+   * round ended). Resolves when the loop has stopped.
+   */
+  async stop(r: VmRuntime): Promise<void> {
+    const { ckpt, dirty } = r;
+    r.ckpt = undefined;
+    r.dirty = undefined;
+    await ckpt?.stop().catch(() => {});
+    void dirty?.close();
+  }
+
+  /** This side's QEMU no longer runs the VM: killed (its exit is no news), its checkpointing stopped. */
+  drop(r: VmRuntime): Promise<void> {
+    const q = r.qemu;
+    r.qemu = undefined;
+    if (q) killPid(q.pid);
+    return this.stop(r);
+  }
+
+  /** This side may no longer run the VM: kill its QEMU, drop what it would have sent. */
+  fence(r: VmRuntime, why: string): void {
+    const pid = r.qemu?.pid;
+    const dropped = fenceQemu(pid, r.lease, this.gate);
+    r.qemu = undefined;
+    void this.stop(r);
+    this.setRole(r, 'fenced', `${why}: QEMU ${pid} killed, ${dropped} held packet(s) dropped`);
+  }
+
+  /**
+   * QEMU's dirty bitmap (the patched QEMU's migsafe-ft). For FIC tracking starts now, after the
+   * guest ran: the first round compares all of RAM, then only what the bitmap names. At a
+   * destination it is tracked from before the guest runs (`incoming`). Undefined, with a note
+   * saying what is used instead, when it cannot be used.
+   */
+  async openBitmap(r: VmRuntime, use: 'fic' | 'incoming'): Promise<DirtySource | undefined> {
+    try {
+      return await openDirtySource({ ftSocket: r.paths!.ft, ramPath: r.paths!.ram, ramBytes: r.ramBytes, trackedFromStart: use === 'incoming' });
+    } catch (e) {
+      const instead = use === 'fic' ? 'FIC compares all of RAM' : 'RIC falls back to the SEEK_DATA source';
+      this.note(r, `migsafe-ft unusable (${(e as Error).message}): ${instead}`);
+      return undefined;
+    }
+  }
+
+  // ------------------------------------------------------------------ checkpoint loops
+
+  /**
+   * Whether checkpointing is on. The gate holds what the guest sends (output commit) exactly
+   * when it is: with it off no loop would ever release a packet.
+   */
+  checkpointing(): boolean {
+    if (this.gate) this.gate.holding = this.o.gate && !this.o.noCheckpoint;
+    return !this.o.noCheckpoint;
+  }
+
+  /** Starts the VM's checkpoint loop on its store, QMP and RAM file (checkpointing() said yes). */
+  startLoop(r: VmRuntime, settings: LoopSettings): Checkpointer {
+    r.ckpt = new Checkpointer({
+      ...settings,
+      store: r.store,
+      qmp: r.qmp!,
+      ramPath: r.paths!.ram,
+      ramBytes: r.ramBytes,
+      deviceStatePath: r.paths!.deviceState,
+      codec: this.o.codec,
+      gate: this.gate,
+      log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
+      onRound: () => this.changed(),
+      rounds: r.rounds,
+    });
+    r.ckpt.start();
+    return r.ckpt;
+  }
+
+  /** FIC on `dirty` (default: a compare of RAM), from `resumeFrom` when the shadow is known. */
+  startFic(r: VmRuntime, resumeFrom?: { image: Buffer; version: number }, dirty?: DirtySource): void {
+    if (!this.checkpointing()) return;
+    this.startLoop(r, {
+      kind: 'fic',
+      dirty,
+      intervalMs: this.o.intervalMs,
+      maxPages: this.o.maxPages,
+      maxTimeMs: this.o.maxTimeMs,
+      bandwidth: this.o.ficBandwidth,
+      resumeFrom,
+      compactEvery: this.o.compactEvery ?? 0,
+    });
+  }
+
+  // ------------------------------------------------------------------ recovery
+
+  /** Non-live recovery here: a new QEMU from the store's newest version, FIC on it. */
+  async recoverHere(r: VmRuntime, why: string): Promise<void> {
+    const t0 = performance.now();
+    this.setRole(r, 'recovering', why);
+    await this.drop(r);
+    r.qmp?.close();
+    r.peer?.close();
+    this.gate?.discard();
+    await r.store.cleanupPending().catch(() => []);
+    const paths = vmPaths(this.o.runDir, `${r.vm}.${this.o.host}.r${Date.now()}`);
+    const rec = await recoverVm({ store: r.store, paths, logFd: this.qemuLog(r.vm), ft: (bin) => this.useFt(bin) });
+    r.paths = paths;
+    r.qemu = rec.qemu;
+    r.qmp = rec.qmp;
+    r.ramBytes = rec.plan.vm.ramBytes;
+    r.dirty = rec.ft ? await this.openBitmap(r, 'fic') : undefined;
+    this.watchExit(r, rec.qemu);
+    await this.publishAgent(r.vm).catch(() => {});
+    this.startFic(r, { image: rec.image, version: rec.plan.target.version }, r.dirty);
+    const ms = performance.now() - t0;
+    r.recoveries.push({ at: Date.now(), fromVersion: rec.plan.target.version, ms, why });
+    this.setRole(r, 'owner', `recovered from version ${rec.plan.target.version} in ${ms.toFixed(0)} ms, QEMU pid ${rec.qemu.pid}`);
+  }
+}
+
+/** A version's full image from the store (the version itself, or the head when undefined). */
+export async function loadVersion(store: CheckpointStore, version: number | undefined): Promise<{ image: Buffer; version: number }> {
+  const plan = await planRestore(store, version);
+  const img = await loadImage(store, plan);
+  return { image: img.image, version: plan.target.version };
+}
