@@ -2,6 +2,7 @@
 import type { Redis } from 'ioredis';
 import { STORE_FORMAT, vmKeys, type VmKeys } from './keys.js';
 import { metaFromHash, metaToHash, type VersionMeta } from './version-meta.js';
+import { PendingBase } from './base-writer.js';
 
 export interface VmRecord {
   format: number;
@@ -48,11 +49,15 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return head
 `;
 
+/** A list of page frames: a version's own, or the base image's (compaction). */
+export type ChunkList = number | 'base';
+
+/** The only door to a VM's keys in Redis: writers, readers and compaction go through it. */
 export class CheckpointStore {
-  readonly keys: VmKeys;
+  private readonly keys: VmKeys;
 
   constructor(
-    readonly redis: Redis,
+    private readonly redis: Redis,
     readonly vmId: string,
   ) {
     this.keys = vmKeys(vmId);
@@ -132,7 +137,7 @@ export class CheckpointStore {
     if (pending.length === 0) return [];
     const pipe = this.redis.pipeline();
     for (const v of pending) {
-      pipe.del(this.keys.version(v), this.keys.chunks(v), this.keys.device(v));
+      pipe.del(...this.keys.versionAll(v));
       pipe.srem(this.keys.pending, String(v));
     }
     await pipe.exec();
@@ -142,7 +147,42 @@ export class CheckpointStore {
   async begin(parent: number): Promise<PendingVersion> {
     const version = await this.redis.incr(this.keys.seq);
     await this.redis.sadd(this.keys.pending, String(version));
-    return new PendingVersion(this, version, parent);
+    return new PendingVersion(this.redis, this.keys, version, parent);
+  }
+
+  /** Starts a new base image holding version `version` whole (see compaction.ts). */
+  async beginBase(version: number): Promise<PendingBase> {
+    const base = new PendingBase(this.redis, this.keys, version);
+    await base.clear();
+    return base;
+  }
+
+  private listKey(list: ChunkList): string {
+    return list === 'base' ? this.keys.baseChunks : this.keys.chunks(list);
+  }
+
+  /** Frames in a chunk list (0 when it does not exist). */
+  chunkCount(list: ChunkList): Promise<number> {
+    return this.redis.llen(this.listKey(list));
+  }
+
+  /** Frames `first`..`last` (inclusive) of a chunk list. */
+  chunkRange(list: ChunkList, first: number, last: number): Promise<Buffer[]> {
+    return this.redis.lrangeBuffer(this.listKey(list), first, last);
+  }
+
+  /** The device state frame of a version, or null. */
+  deviceState(version: number): Promise<Buffer | null> {
+    return this.redis.getBuffer(this.keys.device(version));
+  }
+
+  /** Where the agent that runs the VM listens (ADDR:PORT), for `migsafe migrate`. */
+  async setAgentAddress(address: string): Promise<void> {
+    await this.redis.set(this.keys.agent, address);
+  }
+
+  async agentAddress(): Promise<string | null> {
+    return this.redis.get(this.keys.agent);
   }
 
   /** Removes every key of the VM. */
@@ -166,7 +206,8 @@ export class PendingVersion {
   private inflight: Promise<unknown>[] = [];
 
   constructor(
-    private readonly store: CheckpointStore,
+    private readonly redis: Redis,
+    private readonly keys: VmKeys,
     readonly version: number,
     readonly parent: number,
   ) {}
@@ -175,17 +216,16 @@ export class PendingVersion {
     return this.chunks;
   }
 
-
   /** Queues a frame of page records; ioredis pipelines the writes, commit() awaits them. */
   addChunk(frame: Buffer): void {
     this.chunks++;
     this.pageBytes += frame.length;
-    this.inflight.push(this.store.redis.rpush(this.store.keys.chunks(this.version), frame));
+    this.inflight.push(this.redis.rpush(this.keys.chunks(this.version), frame));
   }
 
   setDeviceState(frame: Buffer): void {
     this.deviceBytes = frame.length;
-    this.inflight.push(this.store.redis.set(this.store.keys.device(this.version), frame));
+    this.inflight.push(this.redis.set(this.keys.device(this.version), frame));
   }
 
   /** Waits for every write, then makes the version visible atomically. */
@@ -202,9 +242,9 @@ export class PendingVersion {
       deviceStateStored: this.deviceBytes,
       committedAt: Date.now(),
     };
-    const k = this.store.keys;
+    const k = this.keys;
     try {
-      await this.store.redis.eval(
+      await this.redis.eval(
         COMMIT_LUA,
         5,
         k.committed,
@@ -228,11 +268,10 @@ export class PendingVersion {
   /** Drops what was written (best effort: cleanupPending() catches what this misses). */
   async abort(): Promise<void> {
     await Promise.allSettled(this.inflight.splice(0));
-    const k = this.store.keys;
-    await this.store.redis
+    await this.redis
       .multi()
-      .del(k.version(this.version), k.chunks(this.version), k.device(this.version))
-      .srem(k.pending, String(this.version))
+      .del(...this.keys.versionAll(this.version))
+      .srem(this.keys.pending, String(this.version))
       .exec();
   }
 }

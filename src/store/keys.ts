@@ -10,6 +10,10 @@
 //   migsafe:{id}:v:{n}:chunks  list    frames of page records
 //   migsafe:{id}:v:{n}:device  string  frame of the device state
 //   migsafe:{id}:base:chunks   list    frames of the base image (pages of version `base`)
+//   migsafe:{id}:base:chunks:new:{n}  list  a base image of version n being written (compaction)
+//   migsafe:{id}:owner         string  the lease: "<host>|<token>", with a TTL (PX) (see lease-store.ts)
+//   migsafe:{id}:epoch         string  the lease's fencing token counter (INCR on every new owner)
+//   migsafe:{id}:agent         string  ADDR:PORT of the agent that runs the VM
 
 export const STORE_FORMAT = 1;
 
@@ -31,9 +35,15 @@ export function vmKeys(id: string) {
     pending: `${p}pending`,
     base: `${p}base`,
     baseChunks: `${p}base:chunks`,
+    newBaseChunks: (n: number) => `${p}base:chunks:new:${n}`,
     version: (n: number) => `${p}v:${n}`,
     chunks: (n: number) => `${p}v:${n}:chunks`,
     device: (n: number) => `${p}v:${n}:device`,
+    /** Every key of version n. */
+    versionAll: (n: number) => [`${p}v:${n}`, `${p}v:${n}:chunks`, `${p}v:${n}:device`],
+    owner: `${p}owner`,
+    epoch: `${p}epoch`,
+    agent: `${p}agent`,
     prefix: p,
   };
 }

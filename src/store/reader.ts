@@ -1,7 +1,7 @@
 // Folding committed versions into one RAM image: base, then each delta version in order.
 // Everything is checked (chain, frame, per-page CRC) before anything leaves this module.
-import { native } from '../kernel/native.js';
-import type { CheckpointStore, VmRecord } from './checkpoint-store.js';
+import { applyBatch } from '../kernel/page-delta.js';
+import type { ChunkList, CheckpointStore, VmRecord } from './checkpoint-store.js';
 import { CorruptCheckpointError, decodeFrame } from './frame.js';
 import type { VersionMeta } from './version-meta.js';
 
@@ -70,13 +70,11 @@ export async function loadImage(
   plan: RestorePlan,
   onProgress?: (p: LoadProgress) => void,
 ): Promise<LoadedImage> {
-  const n = native();
-  const k = store.keys;
-  const lists: { key: string; where: string; expect?: number }[] = [];
-  if (plan.base) lists.push({ key: k.baseChunks, where: `base image (version ${plan.base})` });
-  for (const m of plan.chain) lists.push({ key: k.chunks(m.version), where: `version ${m.version}`, expect: m.chunks });
+  const lists: { list: ChunkList; where: string; expect?: number }[] = [];
+  if (plan.base) lists.push({ list: 'base', where: `base image (version ${plan.base})` });
+  for (const m of plan.chain) lists.push({ list: m.version, where: `version ${m.version}`, expect: m.chunks });
 
-  const lengths = await Promise.all(lists.map((l) => store.redis.llen(l.key)));
+  const lengths = await Promise.all(lists.map((l) => store.chunkCount(l.list)));
   lists.forEach((l, i) => {
     if (l.expect !== undefined && lengths[i] !== l.expect) {
       throw new CorruptCheckpointError(`${l.where}: ${lengths[i]} chunks in the store, its metadata says ${l.expect}`);
@@ -91,12 +89,12 @@ export async function loadImage(
   const SLICE = 16;
   for (const [i, l] of lists.entries()) {
     for (let at = 0; at < lengths[i]!; at += SLICE) {
-      const frames = await store.redis.lrangeBuffer(l.key, at, at + SLICE - 1);
+      const frames = await store.chunkRange(l.list, at, at + SLICE - 1);
       for (const [j, f] of frames.entries()) {
         const where = `${l.where}, chunk ${at + j}`;
         const frame = await decodeFrame(f, 'pages', where);
         try {
-          pagesApplied += n.applyBatch(image, frame.raw).records;
+          pagesApplied += applyBatch(image, frame.raw).records;
         } catch (e) {
           throw new CorruptCheckpointError(`${where}: ${(e as Error).message}`);
         }
@@ -104,7 +102,7 @@ export async function loadImage(
       }
     }
   }
-  const dev = await store.redis.getBuffer(k.device(plan.target.version));
+  const dev = await store.deviceState(plan.target.version);
   if (!dev) throw new CorruptCheckpointError(`version ${plan.target.version}: device state is missing`);
   const device = await decodeFrame(dev, 'device', `version ${plan.target.version}, device state`);
   return { plan, image, deviceState: device.raw, pagesApplied };

@@ -1,5 +1,10 @@
 // What a committed version says about itself (the `migsafe:{id}:v:{n}` hash).
-import type { DirtySourceKind } from '../qemu/dirty/source.js';
+
+/**
+ * Where the version's dirty pages came from (the dirty sources of src/qemu; spelled here, since
+ * the store and src/qemu do not import each other).
+ */
+export type DirtySourceName = 'bitmap' | 'scan' | 'present-pages';
 
 export interface VersionMeta {
   version: number;
@@ -17,7 +22,7 @@ export interface VersionMeta {
   deviceStateBytes: number;
   /** Bytes of the device state in Redis (compressed). */
   deviceStateStored: number;
-  dirtySource: DirtySourceKind;
+  dirtySource: DirtySourceName;
   /** Frames in the version's chunk list: a commit checks it, a reader checks it again. */
   chunks: number;
   codec: string;

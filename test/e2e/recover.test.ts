@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitFor } from '../helpers/wait.js';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
+import { vmKeys } from '../../src/store/keys.js';
 import { startRedisServer } from '../../src/store/redis-server.js';
 import { loadImage, planRestore } from '../../src/store/reader.js';
 import { ensureGuestBuilt, findProgressInImage, guestQemuArgs, waitForConsole, type GuestWorkload } from '../helpers/guest.js';
@@ -115,7 +116,8 @@ t.test('recovery refuses what it cannot do, and changes nothing', async (t) => {
     env,
   );
   t.teardown(() => killQuietly(run.child.pid));
-  const store = new CheckpointStore(testClient(t, srv.url), 'c1');
+  const redis = testClient(t, srv.url);
+  const store = new CheckpointStore(redis, 'c1');
   await waitFor('two versions', 90_000, async () => ((await store.committed()).length >= 2 ? true : undefined));
   run.child.kill('SIGTERM');
   t.equal(await run.exited, 0, 'SIGTERM stops the sidecar cleanly');
@@ -123,13 +125,14 @@ t.test('recovery refuses what it cannot do, and changes nothing', async (t) => {
   await waitFor('QEMU to quit', 10_000, async () => (alive(Number(readFileSync(pidfile, 'utf8'))) ? undefined : true));
 
   const head = await store.head();
-  const key = store.keys.chunks(head);
-  const n = await store.redis.llen(key);
+  // Damage done behind the store's back, at its keys (keys.ts).
+  const key = vmKeys('c1').chunks(head);
+  const n = await store.chunkCount(head);
   t.ok(n > 0, 'the newest version has chunks');
-  const frame = (await store.redis.lindexBuffer(key, n - 1))!;
+  const frame = (await redis.lindexBuffer(key, n - 1))!;
   const bad = Buffer.from(frame);
   bad[bad.length - 5] ^= 0xff;
-  await store.redis.lset(key, n - 1, bad);
+  await redis.lset(key, n - 1, bad);
   const ramFilesBefore = readdirSync(env.MIGSAFE_RUN_DIR!).filter((f) => f.endsWith('.ram'));
   const r3 = await runCli(['recover', '--vm', 'c1', '--redis', srv.url, '--detach'], env);
   t.not(r3.code, 0, 'a corrupt checkpoint is refused');
@@ -137,7 +140,7 @@ t.test('recovery refuses what it cannot do, and changes nothing', async (t) => {
   t.same(readdirSync(env.MIGSAFE_RUN_DIR!).filter((f) => f.endsWith('.ram')), ramFilesBefore, 'no RAM file was written');
 
   // Truncated: the older version is still whole and can be asked for by number.
-  await store.redis.lset(key, n - 1, frame.subarray(0, 10));
+  await redis.lset(key, n - 1, frame.subarray(0, 10));
   const r4 = await runCli(['recover', '--vm', 'c1', '--redis', srv.url, '--detach'], env);
   t.not(r4.code, 0, 'a truncated checkpoint is refused');
   const r5 = await runCli(['recover', '--vm', 'c1', '--redis', srv.url, '--detach', '--version', '99'], env);
@@ -202,12 +205,13 @@ t.test('redis-server killed during checkpointing: no half version, the sidecar c
   );
   const again = await startRedisServer({ dir: srv.dir, port: Number(srv.url.split(':').pop()), appendfsync: 'always' });
   t.teardown(() => again.stop());
-  const s2 = new CheckpointStore(testClient(t, again.url), 'rk');
+  const r2 = testClient(t, again.url);
+  const s2 = new CheckpointStore(r2, 'rk');
   const afterRestart = await s2.committed();
   t.ok(afterRestart.length >= 3, `committed versions survived the restart: ${afterRestart.join(',')}`);
   const metas = await Promise.all(afterRestart.map((v) => s2.meta(v)));
   t.ok(metas.every((m) => m !== null), 'every committed version has its metadata');
-  const pending = (await s2.redis.smembers(s2.keys.pending)).map(Number);
+  const pending = (await r2.smembers(vmKeys('rk').pending)).map(Number);
   t.same(pending.filter((v) => afterRestart.includes(v)), [], 'a half-written (pending) version is never among the committed');
 
   // The sidecar reconnects by itself and commits again, starting over with a full version.

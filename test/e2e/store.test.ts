@@ -7,6 +7,7 @@ import { CheckpointStore, ParentMismatchError } from '../../src/store/checkpoint
 import { encodeFrame, parseCodec, CorruptCheckpointError } from '../../src/store/frame.js';
 import { loadImage, planRestore, MissingCheckpointError } from '../../src/store/reader.js';
 import { compact } from '../../src/store/compaction.js';
+import { vmKeys } from '../../src/store/keys.js';
 import { startRedisServer, connectRedis } from '../../src/store/redis-server.js';
 import { summarizeBatch } from '../../src/kernel/page-delta.js';
 import { testRedis, testClient } from '../helpers/redis.js';
@@ -76,19 +77,20 @@ t.test('versions fold back into the exact image; uncommitted data is never used'
   const { pending } = await writeVersion(store, ram, shadow, parent, false);
   t.equal((await planRestore(store)).target.version, 5, 'newest committed is still 5');
   t.same(await store.cleanupPending(), [pending.version]);
-  t.equal(await store.redis.exists(store.keys.chunks(pending.version)), 0, 'its chunks are gone');
+  t.equal(await store.chunkCount(pending.version), 0, 'its chunks are gone');
 });
 
 t.test('a commit is refused when data is missing or the parent is not the head', async (t) => {
   const srv = await testRedis(t);
-  const store = new CheckpointStore(testClient(t, srv.url), 'vm-b');
+  const redis = testClient(t, srv.url);
+  const store = new CheckpointStore(redis, 'vm-b');
   await store.init(['q'], RAM);
   const ram = randomBytes(RAM);
   const shadow = Buffer.alloc(RAM);
   const { meta } = await writeVersion(store, ram, shadow, 0);
   mutate(ram, 30, 16);
   const { pending } = await writeVersion(store, ram, shadow, meta!.version, false);
-  await store.redis.rpop(store.keys.chunks(pending.version)); // a chunk lost on the way
+  await redis.rpop(vmKeys('vm-b').chunks(pending.version)); // a chunk lost on the way
   await t.rejects(
     pending.commit({ pages: 1, bytesRaw: 4096, pauseMs: 0, deviceStateBytes: 0, dirtySource: 'scan', codec: 'x', stage1Pages: 0, stage2Pages: 0 }),
     /INCOMPLETE/,
@@ -118,7 +120,7 @@ t.test('corrupt, truncated or missing data is refused with what and where', asyn
   await t.rejects(planRestore(new CheckpointStore(redis, 'no-such-vm')), MissingCheckpointError);
   await t.rejects(planRestore(store, 7), /version 7 of VM "vm-c" is not committed/);
 
-  const key = store.keys.chunks(2);
+  const key = vmKeys('vm-c').chunks(2);
   const good = await redis.lindexBuffer(key, 0);
   // One flipped bit in the compressed payload.
   const flipped = Buffer.from(good!);
@@ -135,7 +137,7 @@ t.test('corrupt, truncated or missing data is refused with what and where', asyn
   t.ok(last, 'had a chunk to remove');
   await t.rejects(loadImage(store, await planRestore(store)), /chunks in the store, its metadata says/);
   // A hole in the chain.
-  await redis.zrem(store.keys.committed, '1');
+  await redis.zrem(vmKeys('vm-c').committed, '1');
   await t.rejects(planRestore(store, 2), /broken delta chain: version 2 applies to version 1/);
   // Version 1 is complete on its own and still readable elsewhere: nothing was changed by refusals.
   t.equal(parent, 2);
