@@ -105,7 +105,7 @@ export class Agent {
     }
     await r.store.init(argv, ramBytes);
     await r.store.cleanupPending();
-    await h.publishAgent(vm);
+    await h.publishAgent(r);
     r.ramBytes = ramBytes;
     r.paths = vmPaths(this.o.runDir, `${vm}.${this.o.host}`);
     createRamFile(r.paths.ram, ramBytes);

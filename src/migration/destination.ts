@@ -112,7 +112,7 @@ export class Destination {
       const next = afterIncomingCompleted({ hasLoop: r.ckpt !== undefined, hasDirtySource: r.dirty !== undefined });
       if (next === 'become-fic') r.ckpt!.becomeFic();
       if (next === 'start-fic') await this.startFicFromFinal(r);
-      await h.publishAgent(r.vm).catch(() => {});
+      await h.publishAgent(r).catch(() => {});
       r.finalImageLoad = undefined;
       h.setRole(r, 'owner', `migration completed; ${r.ckpt ? 'FIC' : 'no checkpointing'} here`);
     };

@@ -140,8 +140,8 @@ export class VmHost {
   }
 
   /** Tells the store which agent runs the VM (the CLI's `migrate` finds it there). */
-  publishAgent(vm: string): Promise<unknown> {
-    return this.redis.set(`migsafe:{${vm}}:agent`, this.o.listen);
+  publishAgent(r: VmRuntime): Promise<void> {
+    return r.store.setAgentAddress(this.o.listen);
   }
 
   // ------------------------------------------------------------------ QEMU
@@ -288,7 +288,7 @@ export class VmHost {
     r.ramBytes = rec.plan.vm.ramBytes;
     r.dirty = rec.ft ? await this.openBitmap(r, 'fic') : undefined;
     this.watchExit(r, rec.qemu);
-    await this.publishAgent(r.vm).catch(() => {});
+    await this.publishAgent(r).catch(() => {});
     this.startFic(r, { image: rec.image, version: rec.plan.target.version }, r.dirty);
     const ms = performance.now() - t0;
     r.recoveries.push({ at: Date.now(), fromVersion: rec.plan.target.version, ms, why });

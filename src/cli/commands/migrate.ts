@@ -3,6 +3,7 @@
 import type { CommandModule } from 'yargs';
 import { Peer } from '../../ha/peer.js';
 import { connectRedis } from '../../store/redis-server.js';
+import { CheckpointStore } from '../../store/checkpoint-store.js';
 import type { MigrateResult } from '../../migration/agent.js';
 import { log } from '../context.js';
 
@@ -38,7 +39,7 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
     let from = a.from;
     if (!from) {
       const r = connectRedis(a.redis!);
-      from = (await r.get(`migsafe:{${a.vm}}:agent`)) ?? undefined;
+      from = (await new CheckpointStore(r, a.vm).agentAddress()) ?? undefined;
       r.disconnect();
       if (!from) throw new Error(`no agent runs VM ${a.vm} (nothing in the store): give --from`);
     }
