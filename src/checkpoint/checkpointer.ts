@@ -19,6 +19,7 @@ import type { CodecChoice } from '../store/frame.js';
 import { loadImage, planRestore } from '../store/reader.js';
 import { compact } from '../store/compaction.js';
 import type { VersionMeta } from '../store/version-meta.js';
+import type { Metrics } from '../util/metrics.js';
 
 /**
  * Output commit (src/ha/gate.ts's OutputGate): frames the guest sent up to a mark are
@@ -71,6 +72,8 @@ export interface CheckpointerOptions {
   /** The line logged for a committed round (default: kind, pages, pause, replication, trigger). */
   formatRound?: (m: VersionMeta, st: RoundStat, released: number) => string;
   onRound?: (m: VersionMeta) => void;
+  /** Where round figures go for `--metrics` (src/util/metrics.ts). */
+  metrics?: Metrics;
   /** FIC outside a migration: fold old versions into the base once more than 2×K are stored (0: never). */
   compactEvery?: number;
   /** Where round statistics go (kept by the caller across checkpointers); default: a new array. */
@@ -202,10 +205,12 @@ export class Checkpointer {
       };
       this.rounds.push(st);
       this.o.log((this.o.formatRound ?? this.describeRound)(m, st, released));
+      this.o.metrics?.round(this.o.store.vmId, { ...st, commitMs: this.engine.lastCommitMs, bytesRaw: m.bytesRaw, committedAt: m.committedAt });
       this.o.onRound?.(m);
       return m;
     } catch (e) {
       this.failures++;
+      this.o.metrics?.roundFailed(this.o.store.vmId, this.kind);
       if (this.o.reloadOnFailure && !this.o.qmp.isClosed) {
         this.needsReload = true;
         try {

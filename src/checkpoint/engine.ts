@@ -52,6 +52,8 @@ export class CheckpointEngine {
    * so it is a consistent checkpoint of the VM as the migration stopped it.
    */
   lastRoundEnd?: { status?: string; resumed: boolean };
+  /** The last commit: waiting for the version's writes plus the commit script, ms. */
+  lastCommitMs = 0;
 
   constructor(private readonly o: EngineOptions) {
     if (o.resumeFrom) {
@@ -90,6 +92,7 @@ export class CheckpointEngine {
       }
       pending.setDeviceState(await encodeFrame('device', stage2.device, 0, o.codec));
       const pages = stage1.pages + stage2Pages;
+      const commitStart = performance.now();
       const meta = await pending.commit({
         pages,
         bytesRaw: pages * 4096,
@@ -100,6 +103,7 @@ export class CheckpointEngine {
         stage1Pages: stage1.pages,
         stage2Pages,
       });
+      this.lastCommitMs = performance.now() - commitStart;
       this.parent = meta.version;
       return meta;
     } catch (e) {

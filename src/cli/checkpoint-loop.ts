@@ -12,7 +12,7 @@ export type LoopSettings = Pick<
 
 export interface CheckpointLoopOptions
   extends LoopSettings,
-    Pick<CheckpointerOptions, 'store' | 'qmp' | 'ramPath' | 'ramBytes' | 'deviceStatePath' | 'resumeFrom'> {
+    Pick<CheckpointerOptions, 'store' | 'qmp' | 'ramPath' | 'ramBytes' | 'deviceStatePath' | 'resumeFrom' | 'metrics'> {
   vm: string;
   /** Resolves when the QEMU process ends, if migsafe started it. */
   qemuExited?: Promise<number | string>;

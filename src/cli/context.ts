@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { CheckpointStore } from '../store/checkpoint-store.js';
 import { connectRedis, ensureLocalRedis } from '../store/redis-server.js';
+import { Metrics, serveMetrics } from '../util/metrics.js';
 
 /** Persistent state (the private Redis and its AOF): $MIGSAFE_STATE_DIR or ~/.local/state/migsafe. */
 export function stateDir(): string {
@@ -50,4 +51,19 @@ export function fmtBytes(n: number): string {
   if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
   if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
   return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+export interface MetricsHandle {
+  /** Undefined without --metrics: nothing is counted. */
+  metrics?: Metrics;
+  close(): Promise<void>;
+}
+
+/** Starts the `--metrics ADDR:PORT` endpoint, if asked for, and says where it is. */
+export async function openMetrics(listen: string | undefined): Promise<MetricsHandle> {
+  if (listen === undefined) return { close: async () => {} };
+  const metrics = new Metrics();
+  const server = await serveMetrics(metrics, listen);
+  log(`metrics at ${server.url}`);
+  return { metrics, close: () => server.close() };
 }

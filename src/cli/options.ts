@@ -2,6 +2,7 @@
 import type { Argv } from 'yargs';
 import { parseCodec } from '../store/frame.js';
 import { checkVmId } from '../store/keys.js';
+import { parseListen } from '../util/metrics.js';
 import type { LoopSettings } from './checkpoint-loop.js';
 
 export function withStore<T>(y: Argv<T>) {
@@ -33,6 +34,10 @@ export function withCheckpointing<T>(y: Argv<T>) {
       default: 'auto' as const,
       describe: "where dirty pages come from: the patched QEMU's dirty bitmap, or a compare of all RAM (auto: bitmap when QEMU has it)",
     })
+    .option('metrics', {
+      type: 'string',
+      describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)',
+    })
     .option('compact-every', {
       type: 'number',
       default: 20,
@@ -47,6 +52,7 @@ export function withCheckpointing<T>(y: Argv<T>) {
       }
       if (Number(o.threads) < 1) throw new Error('--threads must be at least 1');
       if (Number(o.interval) < 10) throw new Error('--interval must be at least 10 ms');
+      if (o.metrics !== undefined) parseListen(String(o.metrics));
       return true;
     });
 }
@@ -61,6 +67,7 @@ export interface CheckpointArgs {
   threads: number;
   'compact-every': number;
   'dirty-source': 'auto' | 'bitmap' | 'scan';
+  metrics?: string;
 }
 
 export function loopSettings(a: CheckpointArgs): LoopSettings {

@@ -13,3 +13,10 @@ export interface MapFileOptions {
 export function mapFile(path: string, size: number, opts: MapFileOptions = {}): Buffer {
   return native().mapFile(path, size, opts.writable ?? false);
 }
+
+/** mmap(MAP_SHARED) `length` bytes of an fd at `offset` (the ft socket's bitmap); aliases as above. */
+export function mapFd(fd: number, length: number, offset = 0, opts: MapFileOptions = {}): Buffer {
+  if (!Number.isInteger(fd) || fd < 0) throw new TypeError(`mapFd: not a file descriptor (${fd})`);
+  if (!Number.isInteger(length) || length <= 0) throw new RangeError(`mapFd: length must be a whole number > 0 (got ${length})`);
+  return native().mapFd(fd, length, offset, opts.writable ?? false);
+}

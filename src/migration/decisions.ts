@@ -109,6 +109,8 @@ export function sourceStep(s: SourceState, ev: SourceEvent): SourceStep {
       if (s.phase !== 'lease-wait') return stay();
       return ev.got ? { phase: 'recovering', actions: ['recover'] } : { phase: 'over', actions: ['yield'] };
     case 'qemu-exited':
+      // Recovering here replaces the source QEMU on purpose: its exit is not the outcome.
+      if (s.phase === 'recovering') return stay();
       return { phase: 'over', actions: ['fail-qemu-exited'] };
   }
 }

@@ -52,6 +52,8 @@ export async function recoverLive(
       })
       .join(', ');
     r.recoveries.push({ at: Date.now(), fromVersion: from.version, ms, why: `source failed in post-copy (${why}): live, missing pages filled from version ${from.version}` });
+    // Live: 'load' is up to the final image written for QEMU, 'start' the fill of what was missing.
+    h.o.metrics?.recovered(r.vm, { loadMs: tWritten - t0, startMs: ms - (tWritten - t0), totalMs: ms });
     r.finalImageLoad = undefined;
     h.note(
       r,

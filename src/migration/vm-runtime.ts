@@ -17,6 +17,7 @@ import { OutputGate } from '../ha/gate.js';
 import { fence as fenceQemu, killPid, type Ownership } from '../ha/ownership.js';
 import type { Peer } from '../ha/peer.js';
 import { Checkpointer, type CheckpointerOptions, type RoundStat } from '../checkpoint/checkpointer.js';
+import type { Metrics } from '../util/metrics.js';
 
 export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
 
@@ -52,6 +53,8 @@ export interface AgentOptions {
   /** Turn checkpointing off (benchmark baseline). */
   noCheckpoint?: boolean;
   statusFile?: string;
+  /** Where `--metrics` figures go: rounds, recoveries, the gate, the leases. */
+  metrics?: Metrics;
   log: (msg: string) => void;
 }
 
@@ -124,6 +127,9 @@ export class VmHost {
         recoveries: [],
       };
       this.vms.set(vm, r);
+      const lease = r.lease;
+      this.o.metrics?.watchLease(vm, () => lease.token);
+      this.o.metrics?.watchGate(vm, () => this.gate?.pending ?? 0);
     }
     return r;
   }
@@ -248,6 +254,7 @@ export class VmHost {
       gate: this.gate,
       log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
       onRound: () => this.changed(),
+      metrics: this.o.metrics,
       rounds: r.rounds,
     });
     r.ckpt.start();
@@ -292,6 +299,7 @@ export class VmHost {
     this.startFic(r, { image: rec.image, version: rec.plan.target.version }, r.dirty);
     const ms = performance.now() - t0;
     r.recoveries.push({ at: Date.now(), fromVersion: rec.plan.target.version, ms, why });
+    this.o.metrics?.recovered(r.vm, { ...rec.timings, totalMs: ms });
     this.setRole(r, 'owner', `recovered from version ${rec.plan.target.version} in ${ms.toFixed(0)} ms, QEMU pid ${rec.qemu.pid}`);
   }
 }

@@ -2,7 +2,8 @@
 // the shared dirty bitmap and the eventfds arrive with SCM_RIGHTS through the addon.
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { native } from '../kernel/native.js';
+import * as ft from '../kernel/ft-socket.js';
+import { mapFd } from '../kernel/map-file.js';
 
 export interface FtBlock {
   name: string;
@@ -47,13 +48,12 @@ export class FtClient {
 
   /** Connects (waiting for QEMU to create the socket) and says hello. */
   static async connect(path: string, timeoutMs = 30_000): Promise<FtClient> {
-    const n = native();
     const deadline = Date.now() + timeoutMs;
     let sock = -1;
     for (;;) {
       try {
         if (existsSync(path)) {
-          sock = n.ftConnect(path);
+          sock = ft.ftConnect(path);
           break;
         }
       } catch {
@@ -62,29 +62,28 @@ export class FtClient {
       if (Date.now() > deadline) throw new Error(`cannot connect to QEMU's migsafe-ft socket ${path}`);
       await sleep(50);
     }
-    n.ftSend(sock, JSON.stringify({ cmd: 'hello' }));
-    const { message, fds } = n.ftRecv(sock, REPLY_TIMEOUT_MS);
+    ft.ftSend(sock, JSON.stringify({ cmd: 'hello' }));
+    const { message, fds } = ft.ftRecv(sock, REPLY_TIMEOUT_MS);
     const h = JSON.parse(message) as HelloReply;
     if (h.error || h.reply !== 'hello') {
-      fds.forEach((f) => n.closeFd(f));
-      n.closeFd(sock);
+      fds.forEach((f) => ft.closeFd(f));
+      ft.closeFd(sock);
       throw new Error(`migsafe-ft hello refused: ${h.error ?? message}`);
     }
     if (h.version !== 1 || h['page-size'] !== 4096) {
-      fds.forEach((f) => n.closeFd(f));
-      n.closeFd(sock);
+      fds.forEach((f) => ft.closeFd(f));
+      ft.closeFd(sock);
       throw new Error(`migsafe-ft protocol version ${h.version} / page size ${h['page-size']} is not supported`);
     }
-    const bitmap = n.mapFd(fds[h['bitmap-fd']]!, h['bitmap-size'], 0, false);
+    const bitmap = mapFd(fds[h['bitmap-fd']]!, h['bitmap-size']);
     if (bitmap.readBigUInt64LE(0) !== MAGIC) throw new Error('migsafe-ft bitmap has a wrong magic number');
     return new FtClient(sock, h.blocks, bitmap, h['bitmap-header'], fds[h['harvest-fd']]!, fds[h['done-fd']]!, fds[h['threshold-fd']]!, fds);
   }
 
   request<T = Record<string, unknown>>(cmd: string, args: Record<string, unknown> = {}, sendFd?: number): T {
-    const n = native();
-    n.ftSend(this.sock, JSON.stringify({ cmd, ...args }), sendFd);
-    const { message, fds } = n.ftRecv(this.sock, REPLY_TIMEOUT_MS);
-    fds.forEach((f) => n.closeFd(f));
+    ft.ftSend(this.sock, JSON.stringify({ cmd, ...args }), sendFd);
+    const { message, fds } = ft.ftRecv(this.sock, REPLY_TIMEOUT_MS);
+    fds.forEach((f) => ft.closeFd(f));
     const r = JSON.parse(message) as T & { reply: string; error?: string };
     if (r.error) throw new Error(`migsafe-ft ${cmd}: ${r.error}`);
     return r;
@@ -105,10 +104,9 @@ export class FtClient {
 
   /** Asks QEMU to fill the bitmap and waits for it; returns how many pages it holds. */
   async harvest(timeoutMs = 10_000): Promise<number> {
-    const n = native();
     const seq = this.bitmap.readBigUInt64LE(16);
-    n.eventfdSignal(this.harvestFd);
-    const v = await n.eventfdWaitAsync(this.doneFd, timeoutMs);
+    ft.eventfdSignal(this.harvestFd);
+    const v = await ft.eventfdWaitAsync(this.doneFd, timeoutMs);
     if (v === 0) throw new Error(`QEMU did not finish a dirty-bitmap harvest within ${timeoutMs} ms`);
     if (this.bitmap.readBigUInt64LE(16) === seq) throw new Error('migsafe-ft harvest-done without a new bitmap');
     return Number(this.bitmap.readBigUInt64LE(24));
@@ -132,8 +130,7 @@ export class FtClient {
   }
 
   close(): void {
-    const n = native();
-    for (const f of this.ownedFds) n.closeFd(f);
-    n.closeFd(this.sock);
+    for (const f of this.ownedFds) ft.closeFd(f);
+    ft.closeFd(this.sock);
   }
 }

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitFor } from '../helpers/wait.js';
 import { ensureGuestBuilt, parseConsole, waitForConsole } from '../helpers/guest.js';
-import { udpGuestArgs, createCluster, peerDatagrams, qemuPidsIn, type Cluster } from '../helpers/hosts.js';
+import { udpGuestArgs, createCluster, fetchIn, peerDatagrams, qemuPidsIn, type Cluster } from '../helpers/hosts.js';
 
 ensureGuestBuilt();
 
@@ -14,10 +14,12 @@ for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
   t.test(`${mode}: the VM moves to the destination and goes on; checkpoints and packets follow it`, async (t) => {
     const c = await createCluster({ t });
     const serial = join(c.dir, 'serial.log');
-    c.startAgent('dst');
+    // Post-copy: both agents serve metrics on their own host's loopback.
+    const metrics = mode === 'postcopy' ? ['--metrics', '127.0.0.1:9464'] : [];
+    c.startAgent('dst', metrics);
     // Pre-copy also migrates a VM whose older versions were compacted into a base image.
     const compact = mode === 'precopy' ? ['--compact-every', '3'] : [];
-    c.startAgent('src', ['--interval', '700', ...compact, '--vm', 'm1', '--', ...udpGuestArgs(c, serial)]);
+    c.startAgent('src', [...metrics, '--interval', '700', ...compact, '--vm', 'm1', '--', ...udpGuestArgs(c, serial)]);
     await waitForConsole(serial, (p) => p.verifiedCount >= 3, 120_000);
     await waitFor('a committed FIC version', 60_000, () => ((c.status('src')?.vms[0]?.head ?? 0) > 0 ? true : undefined));
     const r = await c.cli('src', [
@@ -49,5 +51,16 @@ for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
     t.ok(st.head > res.finalFicVersion, `the destination checkpoints on (head ${st.head})`);
     const got = peerDatagrams(c.peerLog);
     t.ok(got.length > 10, `the peer got ${got.length} datagrams`);
+    if (mode === 'postcopy') {
+      const series = (text: string, name: string) => Number(new RegExp(`^${name.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+      const dst = fetchIn(c.hosts.dst, 'http://127.0.0.1:9464/metrics');
+      const src = fetchIn(c.hosts.src, 'http://127.0.0.1:9464/metrics');
+      t.ok(series(dst, 'migsafe_checkpoint_versions_committed_total{vm="m1",kind="ric"}') > 0, 'the destination agent counts its RIC versions');
+      t.ok(series(dst, 'migsafe_checkpoint_versions_committed_total{vm="m1",kind="fic"}') > 0, 'and its FIC versions after the migration');
+      t.ok(series(src, 'migsafe_checkpoint_versions_committed_total{vm="m1",kind="fic"}') > 0, 'the source agent counted FIC before it');
+      t.equal(series(dst, 'migsafe_lease_token{vm="m1"}'), st.leaseToken, 'the lease token in the metrics is the one in the status');
+      t.equal(series(src, 'migsafe_lease_token{vm="m1"}'), 0, 'the source holds no lease any more');
+      t.ok(series(dst, 'migsafe_gate_held_packets{vm="m1"}') >= 0, 'the gate reports what it holds');
+    }
   });
 }

@@ -137,6 +137,7 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   const migRes = await mig;
   if (scenario === 'redis-restart') t.equal(migRes.code, 0, `run ${run}: the migration completes across a Redis restart`);
   if (cancelled) t.match(migRes.stdout, /"status":"(cancelled|failed)"/, `run ${run}: the migration is called off`);
+  if (scenario === 'destination-postcopy') t.match(migRes.stdout, /"status":"recovered-at-source"/, `run ${run}: migrate reports the recovery at the source`);
   if (scenario === 'network-precopy') {
     t.equal(st.recoveries.length, 0, `run ${run}: the source ran on without a recovery`);
     // The cut-off destination cannot reach the store: it never gets the lease, so its incoming

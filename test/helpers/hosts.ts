@@ -48,6 +48,12 @@ function ip(args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
+/** GET `url` from inside the host's namespace (its loopback is its own); the body. */
+export function fetchIn(host: Host, url: string): string {
+  const script = `fetch(${JSON.stringify(url)}).then(async (r) => { if (r.status !== 200) throw new Error('HTTP ' + r.status); process.stdout.write(await r.text()); })`;
+  return execFileSync('ip', ['netns', 'exec', host.ns, process.execPath, '-e', script], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
 function pidsIn(ns: string): number[] {
   try {
     return ip(['netns', 'pids', ns])

@@ -4,7 +4,8 @@ import type { CommandModule } from 'yargs';
 import { checkUserArgv } from '../../qemu/launch.js';
 import { Agent } from '../../migration/agent.js';
 import { parseCodec } from '../../store/frame.js';
-import { log, runDir } from '../context.js';
+import { log, openMetrics, runDir } from '../context.js';
+import { parseListen } from '../../util/metrics.js';
 
 interface AgentArgs {
   host: string;
@@ -27,6 +28,7 @@ interface AgentArgs {
   gate: boolean;
   checkpoint: boolean;
   'status-file'?: string;
+  metrics?: string;
   '--'?: (string | number)[];
 }
 
@@ -66,8 +68,14 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('lease-ttl', { type: 'number', default: 3000, describe: 'ownership lease in the store, ms' })
       .option('gate', { type: 'boolean', default: true, describe: 'output commit: hold guest packets until their round commits' })
       .option('checkpoint', { type: 'boolean', default: true, describe: 'FIC/RIC on (off: plain migration, for comparison)' })
-      .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' }) as never,
+      .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' })
+      .option('metrics', { type: 'string', describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)' })
+      .check((a) => {
+        if (a.metrics !== undefined) parseListen(String(a.metrics));
+        return true;
+      }) as never,
   handler: async (a) => {
+    const m = await openMetrics(a.metrics);
     const agent = new Agent({
       host: a.host,
       listen: a.listen,
@@ -89,6 +97,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       gate: a.gate,
       noCheckpoint: !a.checkpoint,
       statusFile: a['status-file'],
+      metrics: m.metrics,
       log,
     });
     await agent.start();
@@ -102,5 +111,6 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       process.once('SIGINT', () => resolve());
     });
     await agent.close();
+    await m.close();
   },
 };

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { reusableArgv } from '../../qemu/launch.js';
 import { QmpClient } from '../../qemu/qmp.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, openStore, runDir } from '../context.js';
+import { log, openMetrics, openStore, runDir } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 
 interface AttachArgs extends CheckpointArgs {
@@ -45,6 +45,7 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
         throw new Error(`--pid ${a.pid}: no such process`);
       }
     }
+    const m = await openMetrics(a.metrics);
     const h = await openStore(a.redis, a.vm, true);
     try {
       await h.store.init(argv, ramBytes, cwd);
@@ -61,9 +62,11 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
         quitVmOnStop: false,
         ftSocket: a.ft,
         ...loopSettings(a),
+        metrics: m.metrics,
       });
     } finally {
       h.close();
+      await m.close();
     }
   },
 };

@@ -1,6 +1,7 @@
-// `migsafe bench <what>`: micro-benchmarks. A thin layer over bench/diff.ts.
+// `migsafe bench <what>`: micro-benchmarks. The work is bench/diff.ts, run as its own entry
+// point (bench/diff-main.ts) so that the product does not depend on its benchmark.
 import type { CommandModule } from 'yargs';
-import { formatJson, formatTable, runDiffBench } from '../../../bench/diff.js';
+import { runEntry } from '../entry.js';
 
 interface BenchArgs {
   what: 'diff';
@@ -25,12 +26,9 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
       .option('repeats', { type: 'number', default: 7, describe: 'samples per case (median reported)' })
       .option('sample-ms', { type: 'number', default: 40, describe: 'target duration of one sample' }) as never,
   handler: async (args) => {
-    const results = await runDiffBench({
-      files: args.corpus,
-      repeats: args.repeats,
-      sampleMs: args['sample-ms'],
-      progress: (line) => process.stderr.write(`bench: ${line}\n`),
-    });
-    process.stdout.write(args.json ? formatJson(results) : formatTable(results));
+    const flags = ['--repeats', String(args.repeats), '--sample-ms', String(args['sample-ms'])];
+    for (const f of args.corpus ?? []) flags.push('--corpus', f);
+    if (args.json) flags.push('--json');
+    process.exitCode = await runEntry('bench/diff-main.js', flags);
   },
 };

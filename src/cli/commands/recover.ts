@@ -6,7 +6,7 @@ import { vmPaths } from '../../qemu/launch.js';
 import { recoverVm } from '../../recovery/recover.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { fmtBytes, log, openStore, runDir } from '../context.js';
+import { fmtBytes, log, openMetrics, openStore, runDir } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { ProgressBar } from '../progress-bar.js';
 
@@ -18,6 +18,7 @@ export interface RecoverArgs extends CheckpointArgs {
 }
 
 export async function recoverHandler(a: RecoverArgs): Promise<number> {
+  const m = await openMetrics(a.metrics);
   const h = await openStore(a.redis, a.vm, !a.detach);
   try {
     // A new RAM file per recovery: never write under a QEMU that might still run.
@@ -40,6 +41,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       onProgress: (p) => bar.update(p.done, p.total),
     });
     if (a.pidfile) writeFileSync(a.pidfile, `${r.qemu.pid}\n`);
+    m.metrics?.recovered(a.vm, r.timings);
     log(
       `${a.vm}: recovered version ${r.plan.target.version}: ${r.pagesApplied} page records, ` +
         `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; read+verify ${r.timings.loadMs.toFixed(0)} ms, ` +
@@ -75,9 +77,11 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       ftSocket: r.ft ? paths.ft : undefined,
       resumeFrom: { image: r.image, version: r.plan.target.version },
       ...loopSettings(a),
+      metrics: m.metrics,
     });
   } finally {
     h.close();
+    await m.close();
   }
 }
 

@@ -6,7 +6,7 @@ import { checkUserArgv, launchQemu, ramBytesFromArgv, vmPaths, createRamFile } f
 import { QmpClient } from '../../qemu/qmp.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, openStore, runDir } from '../context.js';
+import { log, openMetrics, openStore, runDir } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 
 export interface RunArgs extends CheckpointArgs {
@@ -19,6 +19,7 @@ export async function runHandler(a: RunArgs): Promise<number> {
   const argv = [...(a['--'] ?? [])].map(String);
   checkUserArgv(argv);
   const ramBytes = ramBytesFromArgv(argv);
+  const m = await openMetrics(a.metrics);
   const h = await openStore(a.redis, a.vm, true);
   try {
     await h.store.init(argv, ramBytes);
@@ -48,9 +49,11 @@ export async function runHandler(a: RunArgs): Promise<number> {
       quitVmOnStop: true,
       ftSocket: ft ? paths.ft : undefined,
       ...loopSettings(a),
+      metrics: m.metrics,
     });
   } finally {
     h.close();
+    await m.close();
   }
 }
 

@@ -1,7 +1,7 @@
 // The `bitmap` dirty source: the patched QEMU's fault-tolerance dirty log (DIRTY_MEMORY_FT).
 import type { DirtySource, HarvestRequest } from './source.js';
 import { FtClient, type FtBlock } from '../ft-client.js';
-import { native } from '../../kernel/native.js';
+import { eventfdWaitAsync } from '../../kernel/ft-socket.js';
 
 export interface BitmapSourceOptions {
   /**
@@ -83,7 +83,7 @@ export class BitmapDirtySource implements DirtySource {
       st.loop = (async () => {
         while (!st.stop) {
           // Off the event loop, in short waits so that stopping never waits long.
-          const v = await native().eventfdWaitAsync(this.ft.thresholdFd, 250).catch(() => 0);
+          const v = await eventfdWaitAsync(this.ft.thresholdFd, 250).catch(() => 0);
           if (v > 0 && !st.stop) onReached();
         }
       })();
