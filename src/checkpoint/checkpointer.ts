@@ -14,7 +14,7 @@ import { mapFile } from '../kernel/map-file.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
 import { ScanDirtySource } from '../qemu/dirty/scan.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import type { CheckpointStore } from '../store/checkpoint-store.js';
+import { FencedError, type CheckpointStore } from '../store/checkpoint-store.js';
 import type { CodecChoice } from '../store/frame.js';
 import { loadImage, planRestore } from '../store/reader.js';
 import { compact } from '../store/compaction.js';
@@ -72,6 +72,8 @@ export interface CheckpointerOptions {
   /** The line logged for a committed round (default: kind, pages, pause, replication, trigger). */
   formatRound?: (m: VersionMeta, st: RoundStat, released: number) => string;
   onRound?: (m: VersionMeta) => void;
+  /** The store refused a commit: this writer lost the VM's lease. The loop has stopped. */
+  onFenced?: (e: FencedError) => void;
   /** Where round figures go for `--metrics` (src/util/metrics.ts). */
   metrics?: Metrics;
   /** FIC outside a migration: fold old versions into the base once more than 2×K are stored (0: never). */
@@ -181,6 +183,8 @@ export class Checkpointer {
    * consistent checkpoint of that migration.
    */
   lastRound?: { meta: VersionMeta; endStatus?: string; resumed: boolean; at: number };
+  /** Set when the store fenced this writer off (the loop stopped). */
+  fenced?: FencedError;
 
   private async doRound(trigger: RoundTrigger, opts: { vmStopped?: boolean } = {}): Promise<VersionMeta> {
     const t0 = performance.now();
@@ -211,7 +215,7 @@ export class Checkpointer {
     } catch (e) {
       this.failures++;
       this.o.metrics?.roundFailed(this.o.store.vmId, this.kind);
-      if (this.o.reloadOnFailure && !this.o.qmp.isClosed) {
+      if (this.o.reloadOnFailure && !this.o.qmp.isClosed && !(e instanceof FencedError)) {
         this.needsReload = true;
         try {
           await this.reload(`round failed (${(e as Error).message})`);
@@ -255,8 +259,13 @@ export class Checkpointer {
         try {
           stored = (await this.roundNow(trigger)).bytesStored;
           await this.maybeCompact();
-        } catch {
-          /* logged */
+        } catch (e) {
+          // Logged; but a writer the store fenced off is no longer the VM's owner: it stops.
+          if (e instanceof FencedError) {
+            this.fenced = e;
+            this.running = false;
+            this.o.onFenced?.(e);
+          }
         }
       } else {
         this.wokenBy = undefined; // no rounds while paused: an event now must not make the loop spin
@@ -286,6 +295,7 @@ export class Checkpointer {
       this.o.log(`compacted ${r.dropped.length} old versions into the base at version ${r.base}`);
     } catch (e) {
       this.o.log(`compaction failed: ${(e as Error).message}`);
+      if (e instanceof FencedError) throw e;
     }
   }
 

@@ -2,6 +2,7 @@
 // checkpoint one VM every interval until a signal or until QEMU goes, then say so and exit.
 import { Checkpointer, type CheckpointerOptions } from '../checkpoint/checkpointer.js';
 import { openDirtySource } from '../qemu/dirty/open.js';
+import type { WriterLease } from '../ha/writer-lease.js';
 import { fmtBytes, log } from './context.js';
 
 /** What the shared loop needs from the CLI (the store, the VM's QMP and RAM, the settings). */
@@ -20,14 +21,17 @@ export interface CheckpointLoopOptions
   quitVmOnStop: boolean;
   /** The patched QEMU's migsafe-ft socket: dirty pages from its bitmap instead of a scan. */
   ftSocket?: string;
+  /** The VM's lease, which fences the store's commits: losing it ends the loop. */
+  lease?: WriterLease;
 }
 
-/** Returns the process exit code: 0 stopped or guest shut down, 3 QEMU died. */
+/** Returns the process exit code: 0 stopped or guest shut down, 3 QEMU died, 4 another writer took the VM. */
 export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> {
   const dirty = await openDirtySource({ ftSocket: o.ftSocket, ramPath: o.ramPath, ramBytes: o.ramBytes });
   log(`${o.vm}: dirty pages from ${dirty.kind === 'bitmap' ? "QEMU's fault-tolerance dirty bitmap" : 'a compare of all guest RAM'}`);
   let head = o.resumeFrom?.version ?? 0;
-  const { vm: _vm, qemuExited: _exited, quitVmOnStop: _quit, ftSocket: _ft, ...loop } = o;
+  const { vm: _vm, qemuExited: _exited, quitVmOnStop: _quit, ftSocket: _ft, lease: _lease, ...loop } = o;
+  let fenced: string | undefined;
   const ckpt = new Checkpointer({
     kind: 'fic',
     ...loop,
@@ -39,6 +43,13 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
     onRound: (m) => {
       head = m.version;
     },
+    onFenced: (e) => {
+      fenced ??= e.message;
+    },
+  });
+  o.lease?.whenLost((holder) => {
+    fenced ??= `the lease was taken by ${holder}`;
+    void ckpt.stop();
   });
   let stopped = false;
   const onSignal = (sig: string) => {
@@ -57,6 +68,17 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   await dirty.close();
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
+  if (fenced !== undefined) {
+    // Another writer owns the VM now: a QEMU this process started is a stale copy.
+    if (o.quitVmOnStop && !o.qmp.isClosed) await o.qmp.execute('quit').catch(() => {});
+    o.qmp.close();
+    log(
+      `${o.vm}: fenced off (${fenced}): another migsafe owns this VM now; ` +
+        (o.quitVmOnStop ? 'QEMU told to quit' : 'checkpointing stopped, the VM was left alone') +
+        `; last version committed here ${head || 'none'}`,
+    );
+    return 4;
+  }
   if (stopped) {
     if (o.quitVmOnStop && !o.qmp.isClosed) {
       await o.qmp.execute('quit').catch(() => {});

@@ -6,6 +6,7 @@ import type { Redis } from 'ioredis';
 import { CheckpointStore } from '../store/checkpoint-store.js';
 import { connectRedis, ensureLocalRedis } from '../store/redis-server.js';
 import { Metrics, serveMetrics } from '../util/metrics.js';
+import { WriterLease } from '../ha/writer-lease.js';
 
 /** Persistent state (the private Redis and its AOF): $MIGSAFE_STATE_DIR or ~/.local/state/migsafe. */
 export function stateDir(): string {
@@ -66,4 +67,24 @@ export async function openMetrics(listen: string | undefined): Promise<MetricsHa
   const server = await serveMetrics(metrics, listen);
   log(`metrics at ${server.url}`);
   return { metrics, close: () => server.close() };
+}
+
+/**
+ * Takes the VM's lease on a connection of its own and fences the store's commits with it
+ * (src/ha/writer-lease.ts); `waitMs`: how long to wait for another holder's lease to expire.
+ */
+export async function takeWriterLease(h: StoreHandle, ttlMs: number, waitMs = 0): Promise<WriterLease & { close(): Promise<void> }> {
+  const redis = connectRedis(h.url, { retry: true });
+  try {
+    const w = await WriterLease.take({ redis, store: h.store, ttlMs, waitMs, log });
+    return Object.assign(w, {
+      close: async () => {
+        await w.release().catch(() => {});
+        redis.disconnect();
+      },
+    });
+  } catch (e) {
+    redis.disconnect();
+    throw e;
+  }
 }

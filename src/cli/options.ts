@@ -34,6 +34,11 @@ export function withCheckpointing<T>(y: Argv<T>) {
       default: 'auto' as const,
       describe: "where dirty pages come from: the patched QEMU's dirty bitmap, or a compare of all RAM (auto: bitmap when QEMU has it)",
     })
+    .option('lease-ttl', {
+      type: 'number',
+      default: 3000,
+      describe: "the VM's lease in the store, ms: one writer per VM id, the others' commits are refused",
+    })
     .option('metrics', {
       type: 'string',
       describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)',
@@ -46,12 +51,13 @@ export function withCheckpointing<T>(y: Argv<T>) {
     .check((a) => {
       const o = a as unknown as Record<string, number | string>;
       parseCodec(String(o.codec));
-      for (const k of ['interval', 'max-pages', 'max-time', 'threads', 'compact-every']) {
+      for (const k of ['interval', 'max-pages', 'max-time', 'threads', 'compact-every', 'lease-ttl']) {
         const v = Number(o[k]);
         if (!Number.isInteger(v) || v < 0) throw new Error(`--${k} must be a whole number ≥ 0 (got ${o[k]})`);
       }
       if (Number(o.threads) < 1) throw new Error('--threads must be at least 1');
       if (Number(o.interval) < 10) throw new Error('--interval must be at least 10 ms');
+      if (Number(o['lease-ttl']) < 500) throw new Error('--lease-ttl must be at least 500 ms');
       if (o.metrics !== undefined) parseListen(String(o.metrics));
       return true;
     });
@@ -68,6 +74,7 @@ export interface CheckpointArgs {
   'compact-every': number;
   'dirty-source': 'auto' | 'bitmap' | 'scan';
   metrics?: string;
+  'lease-ttl': number;
 }
 
 export function loopSettings(a: CheckpointArgs): LoopSettings {

@@ -1,7 +1,4 @@
-// Who may run the VM: a lease in the store.
-//
-//   migsafe:{id}:owner   string  "<host>|<token>", with a TTL (PX)
-//   migsafe:{id}:epoch   string  fencing token counter (INCR on every new owner)
+// Who may run the VM: a lease in the store (its keys and scripts: store/lease-store.ts).
 //
 // The rule that decides which copy runs after a failure or a partition: ONLY THE HOLDER OF
 // THE LEASE RUNS THE VM. The holder renews it every ttl/4; a holder that has not renewed for
@@ -9,52 +6,12 @@
 // Redis; another side may take the lease only after it expired (or is handed over). So the
 // side that can reach the store wins, and two copies never run at once.
 import type { Redis } from 'ioredis';
+import { LeaseStore, type LeaseHolder } from '../store/lease-store.js';
 
-const ACQUIRE = `
-local v = redis.call('GET', KEYS[1])
-if v then
-  local h = string.match(v, '^([^|]*)|')
-  if h ~= ARGV[1] then return nil end
-end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
-return token
-`;
-
-const RENEW = `
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-if v ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-`;
-
-const HANDOVER = `
-local v = redis.call('GET', KEYS[1])
-if v ~= ARGV[1] then return nil end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[2] .. '|' .. token, 'PX', ARGV[3])
-return token
-`;
-
-const RELEASE = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-`;
-
-export interface LeaseHolder {
-  host: string;
-  token: number;
-  /** ms left. */
-  ttlMs: number;
-}
-
-export function leaseKeys(vm: string) {
-  return { owner: `migsafe:{${vm}}:owner`, epoch: `migsafe:{${vm}}:epoch` };
-}
+export type { LeaseHolder };
 
 export class Lease {
-  private readonly k: { owner: string; epoch: string };
+  private readonly store: LeaseStore;
   /** Token while this side holds the lease, else 0. */
   token = 0;
   /** performance.now() of the last successful acquire/renew. */
@@ -62,21 +19,22 @@ export class Lease {
   /** A renewal found another holder: this side lost the lease. */
   lost = false;
 
+  /** `redis`: the leases' own connection, so that a renewal never waits behind a checkpoint's bulk writes. */
   constructor(
-    private readonly redis: Redis,
+    redis: Redis,
     readonly vm: string,
     readonly host: string,
     readonly ttlMs: number,
   ) {
-    this.k = leaseKeys(vm);
+    this.store = new LeaseStore(redis, vm);
   }
 
   /** Every store call gives up after ttl/3: an unreachable store must not stall the fencing. */
-  private eval(script: string, keys: number, ...args: string[]): Promise<unknown> {
+  private timed<T>(call: Promise<T>): Promise<T> {
     const limit = Math.max(200, Math.floor(this.ttlMs / 3));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`the store did not answer in ${limit} ms`)), limit);
-      this.redis.eval(script, keys, ...args).then(
+      call.then(
         (v) => {
           clearTimeout(timer);
           resolve(v);
@@ -90,16 +48,16 @@ export class Lease {
   }
 
   get value(): string {
-    return `${this.host}|${this.token}`;
+    return LeaseStore.value(this.host, this.token);
   }
 
   /** Takes the lease if it is free (or already ours). */
   async acquire(): Promise<boolean> {
     const t = performance.now();
-    const r = (await this.eval(ACQUIRE, 2, this.k.owner, this.k.epoch, this.host, String(this.ttlMs))) as number | null;
+    const r = await this.timed(this.store.acquire(this.host, this.ttlMs));
     if (r === null) return false;
     this.lost = false;
-    this.token = Number(r);
+    this.token = r;
     this.lastRenewed = t;
     return true;
   }
@@ -107,8 +65,7 @@ export class Lease {
   async renew(): Promise<boolean> {
     if (!this.token) return false;
     const t = performance.now();
-    const r = Number(await this.eval(RENEW, 1, this.k.owner, this.value, String(this.ttlMs)));
-    if (r === 1) {
+    if (await this.timed(this.store.renew(this.value, this.ttlMs))) {
       this.lastRenewed = t;
       return true;
     }
@@ -119,17 +76,15 @@ export class Lease {
 
   /** Gives the lease to `to` (this side must hold it). Returns the new token or 0. */
   async handOver(to: string): Promise<number> {
-    const r = (await this.eval(HANDOVER, 2, this.k.owner, this.k.epoch, this.value, to, String(this.ttlMs))) as
-      | number
-      | null;
+    const r = await this.timed(this.store.handOver(this.value, to, this.ttlMs));
     if (r === null) return 0;
     this.token = 0;
-    return Number(r);
+    return r;
   }
 
   async release(): Promise<void> {
     if (!this.token) return;
-    await this.eval(RELEASE, 1, this.k.owner, this.value).catch(() => {});
+    await this.timed(this.store.release(this.value)).catch(() => {});
     this.token = 0;
   }
 
@@ -145,10 +100,7 @@ export class Lease {
     return this.token !== 0 && performance.now() - this.lastRenewed < this.ttlMs - marginMs;
   }
 
-  async holder(): Promise<LeaseHolder | null> {
-    const [v, ttl] = await Promise.all([this.redis.get(this.k.owner), this.redis.pttl(this.k.owner)]);
-    if (!v) return null;
-    const [host, token] = v.split('|');
-    return { host: host!, token: Number(token), ttlMs: ttl };
+  holder(): Promise<LeaseHolder | null> {
+    return this.store.holder();
   }
 }

@@ -128,6 +128,8 @@ export class VmHost {
       };
       this.vms.set(vm, r);
       const lease = r.lease;
+      // Only the lease holder's commits and compactions are accepted by the store.
+      r.store.fenceWith(() => (lease.token ? lease.value : ''));
       this.o.metrics?.watchLease(vm, () => lease.token);
       this.o.metrics?.watchGate(vm, () => this.gate?.pending ?? 0);
     }
@@ -254,6 +256,7 @@ export class VmHost {
       gate: this.gate,
       log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
       onRound: () => this.changed(),
+      onFenced: (e) => this.note(r, `checkpointing stopped: ${e.message}`),
       metrics: this.o.metrics,
       rounds: r.rounds,
     });

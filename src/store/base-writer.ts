@@ -2,9 +2,13 @@
 // list, which one Lua script puts in place of the old base while dropping the versions it holds.
 import type { Redis } from 'ioredis';
 import type { VmKeys } from './keys.js';
+import { FencedError } from './fenced-error.js';
 
 const SWITCH_LUA = `
--- KEYS: newBase, baseChunks, base, committed ; ARGV: version
+-- KEYS: newBase, baseChunks, base, committed, owner ; ARGV: version, lease ('' : unfenced)
+if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then
+  return redis.error_reply('FENCED compaction to version ' .. ARGV[1] .. ': written under lease ' .. ARGV[2] .. ', which is no longer held')
+end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) == false then
   return redis.error_reply('version ' .. ARGV[1] .. ' is no longer committed')
 end
@@ -23,6 +27,7 @@ export class PendingBase {
     private readonly redis: Redis,
     private readonly keys: VmKeys,
     readonly version: number,
+    private readonly fence: () => string = () => '',
   ) {
     this.tmp = keys.newBaseChunks(version);
   }
@@ -44,9 +49,16 @@ export class PendingBase {
    */
   async install(): Promise<number[]> {
     const k = this.keys;
-    const dropped = (
-      (await this.redis.eval(SWITCH_LUA, 4, this.tmp, k.baseChunks, k.base, k.committed, String(this.version))) as string[]
-    ).map(Number);
+    let dropped: number[];
+    try {
+      dropped = (
+        (await this.redis.eval(SWITCH_LUA, 5, this.tmp, k.baseChunks, k.base, k.committed, k.owner, String(this.version), this.fence())) as string[]
+      ).map(Number);
+    } catch (e) {
+      await this.clear().catch(() => {});
+      const msg = (e as Error).message;
+      throw msg.includes('FENCED') ? new FencedError(msg) : e;
+    }
     if (dropped.length) {
       const pipe = this.redis.pipeline();
       for (const v of dropped) pipe.del(...k.versionAll(v));

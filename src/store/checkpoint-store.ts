@@ -3,6 +3,9 @@ import type { Redis } from 'ioredis';
 import { STORE_FORMAT, vmKeys, type VmKeys } from './keys.js';
 import { metaFromHash, metaToHash, type VersionMeta } from './version-meta.js';
 import { PendingBase } from './base-writer.js';
+import { FencedError } from './fenced-error.js';
+
+export { FencedError };
 
 export interface VmRecord {
   format: number;
@@ -20,11 +23,18 @@ export class ParentMismatchError extends Error {
   override name = 'ParentMismatchError';
 }
 
-// Atomic commit: the version becomes visible only if all its data is there and its parent is
+// Atomic commit: the version becomes visible only if the writer still holds the VM's lease
+// (when it writes under one: ARGV[4], "host|token"), all its data is there and its parent is
 // the head (else the deltas would apply to the wrong image).
 const COMMIT_LUA = `
 local version = tonumber(ARGV[1])
 local parent = tonumber(ARGV[2])
+if ARGV[4] ~= '' then
+  local owner = redis.call('GET', KEYS[6])
+  if owner ~= ARGV[4] then
+    return redis.error_reply('FENCED version ' .. version .. ': written under lease ' .. ARGV[4] .. ' but the lease is ' .. (owner or 'free'))
+  end
+end
 local top = redis.call('ZREVRANGE', KEYS[1], 0, 0)
 local head = 0
 if #top > 0 then head = tonumber(top[1]) end
@@ -42,7 +52,7 @@ if redis.call('EXISTS', KEYS[5]) == 0 then
   return redis.error_reply('INCOMPLETE version ' .. version .. ' has no device state')
 end
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[3], unpack(fields))
 redis.call('ZADD', KEYS[1], version, version)
 redis.call('SREM', KEYS[2], ARGV[1])
@@ -55,12 +65,22 @@ export type ChunkList = number | 'base';
 /** The only door to a VM's keys in Redis: writers, readers and compaction go through it. */
 export class CheckpointStore {
   private readonly keys: VmKeys;
+  /** The lease this writer commits under ("host|token"), '' when unfenced (tests, benchmarks). */
+  private fence: () => string = () => '';
 
   constructor(
     private readonly redis: Redis,
     readonly vmId: string,
   ) {
     this.keys = vmKeys(vmId);
+  }
+
+  /**
+   * From now on every commit and compaction of this writer is refused atomically (FencedError)
+   * unless the VM's lease is still `lease()` — the holder's "host|token" (see lease-store.ts).
+   */
+  fenceWith(lease: () => string): void {
+    this.fence = () => lease() || 'no lease held';
   }
 
   /** Records (or checks) the VM: a VM id keeps its RAM size for life. */
@@ -147,12 +167,12 @@ export class CheckpointStore {
   async begin(parent: number): Promise<PendingVersion> {
     const version = await this.redis.incr(this.keys.seq);
     await this.redis.sadd(this.keys.pending, String(version));
-    return new PendingVersion(this.redis, this.keys, version, parent);
+    return new PendingVersion(this.redis, this.keys, version, parent, this.fence);
   }
 
   /** Starts a new base image holding version `version` whole (see compaction.ts). */
   async beginBase(version: number): Promise<PendingBase> {
-    const base = new PendingBase(this.redis, this.keys, version);
+    const base = new PendingBase(this.redis, this.keys, version, this.fence);
     await base.clear();
     return base;
   }
@@ -210,6 +230,7 @@ export class PendingVersion {
     private readonly keys: VmKeys,
     readonly version: number,
     readonly parent: number,
+    private readonly fence: () => string = () => '',
   ) {}
 
   get chunkCount(): number {
@@ -246,19 +267,22 @@ export class PendingVersion {
     try {
       await this.redis.eval(
         COMMIT_LUA,
-        5,
+        6,
         k.committed,
         k.pending,
         k.version(this.version),
         k.chunks(this.version),
         k.device(this.version),
+        k.owner,
         String(this.version),
         String(this.parent),
         String(this.chunks),
+        this.fence(),
         ...metaToHash(full),
       );
     } catch (e) {
       const msg = (e as Error).message;
+      if (msg.includes('FENCED')) throw new FencedError(msg);
       if (msg.includes('PARENT')) throw new ParentMismatchError(msg);
       throw e;
     }

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { reusableArgv } from '../../qemu/launch.js';
 import { QmpClient } from '../../qemu/qmp.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, openMetrics, openStore, runDir } from '../context.js';
+import { log, openMetrics, openStore, runDir, takeWriterLease } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 
 interface AttachArgs extends CheckpointArgs {
@@ -47,7 +47,9 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
     }
     const m = await openMetrics(a.metrics);
     const h = await openStore(a.redis, a.vm, true);
+    let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
     try {
+      lease = await takeWriterLease(h, a['lease-ttl']);
       await h.store.init(argv, ramBytes, cwd);
       await h.store.cleanupPending();
       const qmp = await QmpClient.connect(a.qmp, 5_000);
@@ -63,8 +65,10 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
         ftSocket: a.ft,
         ...loopSettings(a),
         metrics: m.metrics,
+        lease,
       });
     } finally {
+      await lease?.close();
       h.close();
       await m.close();
     }

@@ -6,7 +6,7 @@ import { vmPaths } from '../../qemu/launch.js';
 import { recoverVm } from '../../recovery/recover.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { fmtBytes, log, openMetrics, openStore, runDir } from '../context.js';
+import { fmtBytes, log, openMetrics, openStore, runDir, takeWriterLease } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { ProgressBar } from '../progress-bar.js';
 
@@ -20,7 +20,10 @@ export interface RecoverArgs extends CheckpointArgs {
 export async function recoverHandler(a: RecoverArgs): Promise<number> {
   const m = await openMetrics(a.metrics);
   const h = await openStore(a.redis, a.vm, !a.detach);
+  let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
   try {
+    // One copy of the VM: nobody may be checkpointing it (a killed writer's lease runs out first).
+    lease = await takeWriterLease(h, a['lease-ttl'], a['lease-ttl'] + 1000);
     // A new RAM file per recovery: never write under a QEMU that might still run.
     const paths = { ...vmPaths(runDir(), `${a.vm}.r${Date.now()}`) };
     const logFile = join(runDir(), `${a.vm}.qemu.log`);
@@ -78,8 +81,10 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       resumeFrom: { image: r.image, version: r.plan.target.version },
       ...loopSettings(a),
       metrics: m.metrics,
+      lease,
     });
   } finally {
+    await lease?.close();
     h.close();
     await m.close();
   }

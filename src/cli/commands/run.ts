@@ -6,7 +6,7 @@ import { checkUserArgv, launchQemu, ramBytesFromArgv, vmPaths, createRamFile } f
 import { QmpClient } from '../../qemu/qmp.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, openMetrics, openStore, runDir } from '../context.js';
+import { log, openMetrics, openStore, runDir, takeWriterLease } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 
 export interface RunArgs extends CheckpointArgs {
@@ -21,7 +21,10 @@ export async function runHandler(a: RunArgs): Promise<number> {
   const ramBytes = ramBytesFromArgv(argv);
   const m = await openMetrics(a.metrics);
   const h = await openStore(a.redis, a.vm, true);
+  let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
   try {
+    // The lease first: another writer's pending versions must not be cleaned up under it.
+    lease = await takeWriterLease(h, a['lease-ttl']);
     await h.store.init(argv, ramBytes);
     const stale = await h.store.cleanupPending();
     if (stale.length) log(`${a.vm}: removed ${stale.length} uncommitted version(s) left by an earlier run`);
@@ -50,8 +53,10 @@ export async function runHandler(a: RunArgs): Promise<number> {
       ftSocket: ft ? paths.ft : undefined,
       ...loopSettings(a),
       metrics: m.metrics,
+      lease,
     });
   } finally {
+    await lease?.close();
     h.close();
     await m.close();
   }

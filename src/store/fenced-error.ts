@@ -1,0 +1,5 @@
+// A write refused by the store because the writer no longer holds the VM's lease: another
+// owner took it (this writer was paused, partitioned or too slow to renew). Nothing was changed.
+export class FencedError extends Error {
+  override name = 'FencedError';
+}
