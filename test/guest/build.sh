@@ -66,7 +66,8 @@ fetch_deb() { # <package>
 
 inputs_hash() { # <kernel deb> <busybox deb>
   {
-    sha256sum "$HERE/build.sh" "$HERE/init.sh" "$HERE"/src/*
+    # Relative names: the same sources in another clone or worktree are the same inputs.
+    (cd "$HERE" && sha256sum build.sh init.sh src/*)
     sha256sum "$1" "$2" | awk '{print $1}'
     gcc --version | head -n1
   } | sha256sum | awk '{print $1}'
