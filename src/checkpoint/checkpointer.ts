@@ -14,7 +14,7 @@ import { mapFile } from '../kernel/map-file.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
 import { ScanDirtySource } from '../qemu/dirty/scan.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import { FencedError, type CheckpointStore } from '../store/checkpoint-store.js';
+import { FencedError, NotDurableError, type CheckpointStore } from '../store/checkpoint-store.js';
 import type { CodecChoice } from '../store/frame.js';
 import { loadImage, planRestore } from '../store/reader.js';
 import { compact } from '../store/compaction.js';
@@ -215,7 +215,7 @@ export class Checkpointer {
     } catch (e) {
       this.failures++;
       this.o.metrics?.roundFailed(this.o.store.vmId, this.kind);
-      if (this.o.reloadOnFailure && !this.o.qmp.isClosed && !(e instanceof FencedError)) {
+      if (this.o.reloadOnFailure && !this.o.qmp.isClosed && !(e instanceof FencedError) && !(e instanceof NotDurableError)) {
         this.needsReload = true;
         try {
           await this.reload(`round failed (${(e as Error).message})`);

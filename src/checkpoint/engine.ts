@@ -8,7 +8,7 @@ import { readFile, rm } from 'node:fs/promises';
 import type { CpuLevel, EncodeBatchOptions } from '../kernel/native.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
-import { ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
+import { NotDurableError, ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
 import { encodeFrame, type CodecChoice } from '../store/frame.js';
 import type { VersionMeta } from '../store/version-meta.js';
 import { encodeBatchAsync, scanDirty, summarizeBatch } from '../kernel/page-delta.js';
@@ -107,6 +107,11 @@ export class CheckpointEngine {
       this.parent = meta.version;
       return meta;
     } catch (e) {
+      // Committed but not yet durable: the store has it, so the shadow is still its image.
+      if (e instanceof NotDurableError) {
+        this.parent = e.version;
+        throw e;
+      }
       // The shadow may hold pages the store never got: start over from a zero image.
       this.shadow.fill(0);
       this.parent = 0;

@@ -7,6 +7,7 @@ import { CheckpointStore } from '../store/checkpoint-store.js';
 import { connectRedis, ensureLocalRedis } from '../store/redis-server.js';
 import { Metrics, serveMetrics } from '../util/metrics.js';
 import { WriterLease } from '../ha/writer-lease.js';
+import { describeDurability, parseDurability, settleDurability } from '../store/durability.js';
 
 /** Persistent state (the private Redis and its AOF): $MIGSAFE_STATE_DIR or ~/.local/state/migsafe. */
 export function stateDir(): string {
@@ -26,6 +27,8 @@ export interface StoreHandle {
   redis: Redis;
   store: CheckpointStore;
   url: string;
+  /** migsafe's own redis-server (no --redis): migsafe may configure it. */
+  own: boolean;
   close(): void;
 }
 
@@ -39,7 +42,7 @@ export async function openStore(redisUrl: string | undefined, vm: string, retry 
     redis.disconnect();
     throw new Error(`cannot reach Redis at ${url}: ${(e as Error).message}`);
   }
-  return { redis, store: new CheckpointStore(redis, vm), url, close: () => redis.disconnect() };
+  return { redis, store: new CheckpointStore(redis, vm), url, own: redisUrl === undefined, close: () => redis.disconnect() };
 }
 
 export function log(msg: string): void {
@@ -87,4 +90,14 @@ export async function takeWriterLease(h: StoreHandle, ttlMs: number, waitMs = 0)
     redis.disconnect();
     throw e;
   }
+}
+
+/** Settles `--durability` with the server (refusing what it cannot honour) and says what it means. */
+export async function applyDurability(h: StoreHandle, spec: string): Promise<void> {
+  const d = await settleDurability(h.redis, parseDurability(spec), h.own, h.url);
+  h.store.setDurability(d);
+  log(
+    `${h.store.vmId}: commits count when ${describeDurability(d)}` +
+      (d.kind === 'none' ? ': a crash of the store host can lose the newest versions' : ''),
+  );
 }

@@ -3,6 +3,7 @@ import type { Argv } from 'yargs';
 import { parseCodec } from '../store/frame.js';
 import { checkVmId } from '../store/keys.js';
 import { parseListen } from '../util/metrics.js';
+import { parseDurability } from '../store/durability.js';
 import type { LoopSettings } from './checkpoint-loop.js';
 
 export function withStore<T>(y: Argv<T>) {
@@ -34,6 +35,11 @@ export function withCheckpointing<T>(y: Argv<T>) {
       default: 'auto' as const,
       describe: "where dirty pages come from: the patched QEMU's dirty bitmap, or a compare of all RAM (auto: bitmap when QEMU has it)",
     })
+    .option('durability', {
+      type: 'string',
+      default: 'auto',
+      describe: 'when a commit counts: fsync (appendfsync always), replicas:N[:MS] (WAIT), none; auto: fsync where the server does it',
+    })
     .option('lease-ttl', {
       type: 'number',
       default: 3000,
@@ -59,6 +65,7 @@ export function withCheckpointing<T>(y: Argv<T>) {
       if (Number(o.interval) < 10) throw new Error('--interval must be at least 10 ms');
       if (Number(o['lease-ttl']) < 500) throw new Error('--lease-ttl must be at least 500 ms');
       if (o.metrics !== undefined) parseListen(String(o.metrics));
+      parseDurability(String(o.durability));
       return true;
     });
 }
@@ -75,6 +82,7 @@ export interface CheckpointArgs {
   'dirty-source': 'auto' | 'bitmap' | 'scan';
   metrics?: string;
   'lease-ttl': number;
+  durability: string;
 }
 
 export function loopSettings(a: CheckpointArgs): LoopSettings {

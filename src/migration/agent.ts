@@ -22,7 +22,11 @@ import { Destination, type PrepareRequest } from './destination.js';
 import { onLeaseTick } from './decisions.js';
 
 export type { AgentOptions, MigrationMode, Role } from './vm-runtime.js';
+import { describeDurability, settleDurability } from '../store/durability.js';
+
 export type { MigrateRequest, MigrateResult } from './source.js';
+
+const NONE_RISK = ': a crash of the store host can lose the newest versions, and packets they explained may have left';
 
 export class Agent {
   private redis: Redis;
@@ -44,6 +48,9 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    const d = await settleDurability(this.redis, this.o.durability ?? { kind: 'auto' }, false, this.o.redis);
+    this.host.durability = d;
+    this.o.log(`${this.o.host}: commits count when ${describeDurability(d)}${d.kind === 'none' ? NONE_RISK : ''}`);
     await this.host.openGate();
     this.server = await listen(this.o.listen, (p) => this.onPeer(p), (m, p) => this.handle(m, p));
     this.timers.push(setInterval(() => this.tickLeases(), this.ownership.tickMs));

@@ -11,6 +11,7 @@ import { openDirtySource, useFt } from '../qemu/dirty/open.js';
 import { CheckpointStore } from '../store/checkpoint-store.js';
 import { loadImage, planRestore } from '../store/reader.js';
 import type { CodecChoice } from '../store/frame.js';
+import type { Durability, DurabilityChoice } from '../store/durability.js';
 import { recoverVm } from '../recovery/recover.js';
 import { Lease } from '../ha/lease.js';
 import { OutputGate } from '../ha/gate.js';
@@ -53,6 +54,8 @@ export interface AgentOptions {
   /** Turn checkpointing off (benchmark baseline). */
   noCheckpoint?: boolean;
   statusFile?: string;
+  /** When a commit counts (default auto: fsync where the server does it, else none). */
+  durability?: DurabilityChoice;
   /** Where `--metrics` figures go: rounds, recoveries, the gate, the leases. */
   metrics?: Metrics;
   log: (msg: string) => void;
@@ -98,6 +101,8 @@ export type LoopSettings = Omit<CheckpointerOptions, 'store' | 'qmp' | 'ramPath'
 export class VmHost {
   readonly vms = new Map<string, VmRuntime>();
   gate?: OutputGate;
+  /** The durability policy as settled with the store at start (Agent.start). */
+  durability: Durability = { kind: 'none' };
 
   constructor(
     readonly o: AgentOptions,
@@ -130,6 +135,7 @@ export class VmHost {
       const lease = r.lease;
       // Only the lease holder's commits and compactions are accepted by the store.
       r.store.fenceWith(() => (lease.token ? lease.value : ''));
+      r.store.setDurability(this.durability);
       this.o.metrics?.watchLease(vm, () => lease.token);
       this.o.metrics?.watchGate(vm, () => this.gate?.pending ?? 0);
     }

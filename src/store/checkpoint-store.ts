@@ -4,8 +4,15 @@ import { STORE_FORMAT, vmKeys, type VmKeys } from './keys.js';
 import { metaFromHash, metaToHash, type VersionMeta } from './version-meta.js';
 import { PendingBase } from './base-writer.js';
 import { FencedError } from './fenced-error.js';
+import { NotDurableError, waitDurable, type Durability } from './durability.js';
 
-export { FencedError };
+export { FencedError, NotDurableError };
+
+interface WriterSettings {
+  /** The lease this writer commits under ("host|token"), '' when unfenced (tests, benchmarks). */
+  fence: () => string;
+  durability: Durability;
+}
 
 export interface VmRecord {
   format: number;
@@ -65,8 +72,8 @@ export type ChunkList = number | 'base';
 /** The only door to a VM's keys in Redis: writers, readers and compaction go through it. */
 export class CheckpointStore {
   private readonly keys: VmKeys;
-  /** The lease this writer commits under ("host|token"), '' when unfenced (tests, benchmarks). */
-  private fence: () => string = () => '';
+  /** How this writer commits: under which lease, and when a commit counts (see fenceWith, setDurability). */
+  private readonly writer: WriterSettings = { fence: () => '', durability: { kind: 'none' } };
 
   constructor(
     private readonly redis: Redis,
@@ -80,7 +87,12 @@ export class CheckpointStore {
    * unless the VM's lease is still `lease()` — the holder's "host|token" (see lease-store.ts).
    */
   fenceWith(lease: () => string): void {
-    this.fence = () => lease() || 'no lease held';
+    this.writer.fence = () => lease() || 'no lease held';
+  }
+
+  /** From now on a commit returns only once it is durable by `d` (durability.ts), or throws NotDurableError. */
+  setDurability(d: Durability): void {
+    this.writer.durability = d;
   }
 
   /** Records (or checks) the VM: a VM id keeps its RAM size for life. */
@@ -167,12 +179,12 @@ export class CheckpointStore {
   async begin(parent: number): Promise<PendingVersion> {
     const version = await this.redis.incr(this.keys.seq);
     await this.redis.sadd(this.keys.pending, String(version));
-    return new PendingVersion(this.redis, this.keys, version, parent, this.fence);
+    return new PendingVersion(this.redis, this.keys, version, parent, this.writer);
   }
 
   /** Starts a new base image holding version `version` whole (see compaction.ts). */
   async beginBase(version: number): Promise<PendingBase> {
-    const base = new PendingBase(this.redis, this.keys, version, this.fence);
+    const base = new PendingBase(this.redis, this.keys, version, () => this.writer.fence());
     await base.clear();
     return base;
   }
@@ -230,7 +242,7 @@ export class PendingVersion {
     private readonly keys: VmKeys,
     readonly version: number,
     readonly parent: number,
-    private readonly fence: () => string = () => '',
+    private readonly writer: WriterSettings = { fence: () => '', durability: { kind: 'none' } },
   ) {}
 
   get chunkCount(): number {
@@ -277,7 +289,7 @@ export class PendingVersion {
         String(this.version),
         String(this.parent),
         String(this.chunks),
-        this.fence(),
+        this.writer.fence(),
         ...metaToHash(full),
       );
     } catch (e) {
@@ -285,6 +297,14 @@ export class PendingVersion {
       if (msg.includes('FENCED')) throw new FencedError(msg);
       if (msg.includes('PARENT')) throw new ParentMismatchError(msg);
       throw e;
+    }
+    const d = this.writer.durability;
+    if (!(await waitDurable(this.redis, d))) {
+      throw new NotDurableError(
+        `version ${this.version} is in the store but fewer than ${d.kind === 'replicas' ? d.replicas : 0} replica(s) acknowledged it ` +
+          `within ${d.kind === 'replicas' ? d.timeoutMs : 0} ms: not reported as committed, held packets stay held`,
+        this.version,
+      );
     }
     return full;
   }

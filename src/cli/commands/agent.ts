@@ -6,6 +6,7 @@ import { Agent } from '../../migration/agent.js';
 import { parseCodec } from '../../store/frame.js';
 import { log, openMetrics, runDir } from '../context.js';
 import { parseListen } from '../../util/metrics.js';
+import { parseDurability } from '../../store/durability.js';
 
 interface AgentArgs {
   host: string;
@@ -29,6 +30,7 @@ interface AgentArgs {
   checkpoint: boolean;
   'status-file'?: string;
   metrics?: string;
+  durability: string;
   '--'?: (string | number)[];
 }
 
@@ -69,9 +71,15 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('gate', { type: 'boolean', default: true, describe: 'output commit: hold guest packets until their round commits' })
       .option('checkpoint', { type: 'boolean', default: true, describe: 'FIC/RIC on (off: plain migration, for comparison)' })
       .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' })
+      .option('durability', {
+        type: 'string',
+        default: 'auto',
+        describe: 'when a commit counts: fsync (appendfsync always), replicas:N[:MS] (WAIT), none; auto: fsync where the server does it',
+      })
       .option('metrics', { type: 'string', describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)' })
       .check((a) => {
         if (a.metrics !== undefined) parseListen(String(a.metrics));
+        parseDurability(String(a.durability));
         return true;
       }) as never,
   handler: async (a) => {
@@ -98,6 +106,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       noCheckpoint: !a.checkpoint,
       statusFile: a['status-file'],
       metrics: m.metrics,
+      durability: parseDurability(a.durability),
       log,
     });
     await agent.start();

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { reusableArgv } from '../../qemu/launch.js';
 import { QmpClient } from '../../qemu/qmp.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, openMetrics, openStore, runDir, takeWriterLease } from '../context.js';
+import { log, openMetrics, openStore, runDir, takeWriterLease, applyDurability } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 
 interface AttachArgs extends CheckpointArgs {
@@ -50,6 +50,7 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
     let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
     try {
       lease = await takeWriterLease(h, a['lease-ttl']);
+      await applyDurability(h, a.durability);
       await h.store.init(argv, ramBytes, cwd);
       await h.store.cleanupPending();
       const qmp = await QmpClient.connect(a.qmp, 5_000);

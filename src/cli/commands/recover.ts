@@ -6,7 +6,7 @@ import { vmPaths } from '../../qemu/launch.js';
 import { recoverVm } from '../../recovery/recover.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { fmtBytes, log, openMetrics, openStore, runDir, takeWriterLease } from '../context.js';
+import { fmtBytes, log, openMetrics, openStore, runDir, takeWriterLease, applyDurability } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { ProgressBar } from '../progress-bar.js';
 
@@ -24,6 +24,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
   try {
     // One copy of the VM: nobody may be checkpointing it (a killed writer's lease runs out first).
     lease = await takeWriterLease(h, a['lease-ttl'], a['lease-ttl'] + 1000);
+    await applyDurability(h, a.durability);
     // A new RAM file per recovery: never write under a QEMU that might still run.
     const paths = { ...vmPaths(runDir(), `${a.vm}.r${Date.now()}`) };
     const logFile = join(runDir(), `${a.vm}.qemu.log`);

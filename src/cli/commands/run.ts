@@ -6,7 +6,7 @@ import { checkUserArgv, launchQemu, ramBytesFromArgv, vmPaths, createRamFile } f
 import { QmpClient } from '../../qemu/qmp.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, openMetrics, openStore, runDir, takeWriterLease } from '../context.js';
+import { log, openMetrics, openStore, runDir, takeWriterLease, applyDurability } from '../context.js';
 import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 
 export interface RunArgs extends CheckpointArgs {
@@ -25,6 +25,7 @@ export async function runHandler(a: RunArgs): Promise<number> {
   try {
     // The lease first: another writer's pending versions must not be cleaned up under it.
     lease = await takeWriterLease(h, a['lease-ttl']);
+    await applyDurability(h, a.durability);
     await h.store.init(argv, ramBytes);
     const stale = await h.store.cleanupPending();
     if (stale.length) log(`${a.vm}: removed ${stale.length} uncommitted version(s) left by an earlier run`);

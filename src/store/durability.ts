@@ -1,0 +1,80 @@
+// When a commit counts: a version is reported committed (to the output gate, to a migration's
+// switch-over, to the round's log and metrics) only once it is durable by the chosen policy.
+//
+//   fsync        the server writes its append-only file with `appendfsync always`: the commit
+//                script's reply comes after the fsync (Redis 7.0 has no WAITAOF to ask for it)
+//   replicas:N   after the commit, WAIT N: at least N replicas acknowledged every write so far
+//   none         the commit script's reply is enough (a crash of the store host can lose the
+//                newest versions, and packets they explained may already have left)
+//   auto         fsync where the server does it (migsafe's own server is told to), else none
+import type { Redis } from 'ioredis';
+
+export type Durability = { kind: 'fsync' } | { kind: 'none' } | { kind: 'replicas'; replicas: number; timeoutMs: number };
+export type DurabilityChoice = Durability | { kind: 'auto' };
+
+/** The default time a commit waits for its replicas. */
+const REPLICA_TIMEOUT_MS = 1000;
+
+export function parseDurability(spec: string): DurabilityChoice {
+  if (spec === 'auto' || spec === 'fsync' || spec === 'none') return { kind: spec };
+  const m = /^replicas:(\d+)(?::(\d+))?$/.exec(spec);
+  if (m && Number(m[1]) >= 1) return { kind: 'replicas', replicas: Number(m[1]), timeoutMs: m[2] ? Number(m[2]) : REPLICA_TIMEOUT_MS };
+  throw new Error(`--durability ${spec}: use auto, fsync, none or replicas:N[:TIMEOUT_MS] (N >= 1)`);
+}
+
+export function describeDurability(d: Durability): string {
+  if (d.kind === 'replicas') return `replicas:${d.replicas} (WAIT ${d.replicas} ${d.timeoutMs} ms after each commit)`;
+  return d.kind === 'fsync' ? 'fsync (appendfsync always)' : 'none';
+}
+
+/** A commit that is in the store but not yet durable by the policy: not reported, packets stay held. */
+export class NotDurableError extends Error {
+  override name = 'NotDurableError';
+  constructor(
+    message: string,
+    /** The version, which is in the store: the next round's deltas apply to it. */
+    readonly version: number,
+  ) {
+    super(message);
+  }
+}
+
+async function config(redis: Redis, key: string): Promise<string | undefined> {
+  const r = (await redis.call('CONFIG', 'GET', key)) as string[];
+  return r[1];
+}
+
+/**
+ * Checks that the server can honour `choice` and settles `auto`. `own`: migsafe started the
+ * server, so it may set appendfsync itself. Refuses, naming the setting, what it cannot honour.
+ */
+export async function settleDurability(redis: Redis, choice: DurabilityChoice, own: boolean, where: string): Promise<Durability> {
+  if (choice.kind === 'none') return choice;
+  if (choice.kind === 'replicas') {
+    const info = (await redis.info('replication')) as string;
+    const role = /^role:(\w+)/m.exec(info)?.[1];
+    if (role !== 'master') throw new Error(`--durability replicas:${choice.replicas}: Redis at ${where} is a ${role}, not a primary`);
+    return choice;
+  }
+  const aof = await config(redis, 'appendonly');
+  let fsync = await config(redis, 'appendfsync');
+  if (own && aof === 'yes' && fsync !== 'always') {
+    await redis.call('CONFIG', 'SET', 'appendfsync', 'always');
+    fsync = 'always';
+  }
+  if (aof === 'yes' && fsync === 'always') return { kind: 'fsync' };
+  if (choice.kind === 'fsync') {
+    throw new Error(
+      `--durability fsync: Redis at ${where} has appendonly ${aof} and appendfsync ${fsync}, so a commit is not on disk when it returns; ` +
+        'set `appendonly yes` and `appendfsync always` there, or use --durability replicas:N or none',
+    );
+  }
+  return { kind: 'none' };
+}
+
+/** After the commit script: waits for the policy; false when the version is not durable yet. */
+export async function waitDurable(redis: Redis, d: Durability): Promise<boolean> {
+  if (d.kind !== 'replicas') return true;
+  const acks = Number(await redis.call('WAIT', String(d.replicas), String(d.timeoutMs)));
+  return acks >= d.replicas;
+}
