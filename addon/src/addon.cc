@@ -18,24 +18,13 @@
 #include <vector>
 
 #include "batch.h"
+#include "binding.h"
 #include "codecs.h"
 #include "kernel.h"
 
 using namespace migsafe;
 
 namespace {
-
-struct Span {
-  uint8_t* p;
-  size_t n;
-};
-
-Span bytes_arg(const Napi::Env& env, const Napi::Value& v, const char* name) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    throw Napi::TypeError::New(env, std::string(name) + " must be a Uint8Array or Buffer");
-  auto a = v.As<Napi::Uint8Array>();
-  return {a.Data(), a.ByteLength()};
-}
 
 Span page_arg(const Napi::Env& env, const Napi::Value& v, const char* name) {
   Span s = bytes_arg(env, v, name);
@@ -222,21 +211,6 @@ Napi::Value EncodeBatchInto(const Napi::CallbackInfo& info) {
   if (!run_batch(a, out, err)) throw Napi::RangeError::New(env, err);
   return Napi::Number::New(env, double(out.size));
 }
-
-// Keeps the JS buffers alive while a worker uses their memory.
-class PromiseWorker : public Napi::AsyncWorker {
- public:
-  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Keep(const Napi::Value& v) {
-    if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- protected:
-  Napi::Promise::Deferred deferred_;
-  std::vector<Napi::ObjectReference> refs_;
-};
 
 class EncodeWorker : public PromiseWorker {
  public:
@@ -592,12 +566,14 @@ Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void InitFdPass(Napi::Env env, Napi::Object exports);  // fdpass.cc: the patched QEMU's socket
+void InitFdPass(Napi::Env env, Napi::Object exports);     // fdpass.cc: the patched QEMU's socket
+void InitDataPages(Napi::Env env, Napi::Object exports);  // datapages.cc: SEEK_DATA over a file
 
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFdPass(env, exports);
+  InitDataPages(env, exports);
   exports.Set("cpuLevel", Napi::Function::New(env, CpuLevel));
   exports.Set("levels", Napi::Function::New(env, Levels));
   exports.Set("crc32cHardware", Napi::Function::New(env, Crc32cHardware));
