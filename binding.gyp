@@ -5,6 +5,7 @@
       "target_name": "migsafe",
       "sources": [
         "addon/src/addon.cc", "addon/src/batch.cc", "addon/src/codecs.cc", "addon/src/fdpass.cc", "addon/src/datapages.cc",
+        "addon/src/mapfile.cc", "addon/src/bench.cc",
         "addon/src/cpu.cc", "addon/src/xbzrle.cc", "addon/src/crc32c.cc", "addon/src/shuffle.cc", "addon/src/words.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -1,11 +1,17 @@
-// What the N-API files of the addon share: byte-array arguments and the promise worker.
+// What the N-API files of the addon share: argument checks, the one async-job helper, and
+// each file's Init (addon.cc calls them all).
 #pragma once
 #include <napi.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "codecs.h"
+#include "kernel.h"
 
 namespace migsafe {
 
@@ -21,19 +27,47 @@ inline Span bytes_arg(const Napi::Env& env, const Napi::Value& v, const char* na
   return {a.Data(), a.ByteLength()};
 }
 
-// Keeps the JS buffers alive while a worker uses their memory.
-class PromiseWorker : public Napi::AsyncWorker {
+// In addon.cc. undefined or null: the best level.
+Level level_arg(const Napi::Env& env, const Napi::Value& v);
+Codec codec_arg(const Napi::Env& env, const Napi::Value& v);
+
+// A Job is `bool run(std::string& err)`, called off the event loop, and
+// `Napi::Value done(Napi::Env)`, called on it after run returned true.
+template <class Job>
+class JobWorker : public Napi::AsyncWorker {
  public:
-  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Keep(const Napi::Value& v) {
-    if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  JobWorker(Napi::Env env, Job job)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), job_(std::move(job)) {}
+  void Execute() override {
+    std::string err;
+    if (!job_.run(err)) SetError(err);
   }
+  void OnOK() override { deferred_.Resolve(job_.done(Env())); }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
- protected:
   Napi::Promise::Deferred deferred_;
   std::vector<Napi::ObjectReference> refs_;
+
+ private:
+  Job job_;
 };
+
+// Runs job on the thread pool; the promise resolves with job.done(env) or rejects with the
+// error run reported. keep: the JS buffers whose memory the job uses, held until it settles.
+template <class Job>
+Napi::Promise queue_job(Napi::Env env, Job job, std::initializer_list<Napi::Value> keep = {}) {
+  auto* w = new JobWorker<Job>(env, std::move(job));
+  for (const auto& v : keep)
+    if (v.IsObject()) w->refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  Napi::Promise p = w->deferred_.Promise();
+  w->Queue();
+  return p;
+}
+
+// The other N-API files, each adding its functions to the exports.
+void InitBench(Napi::Env env, Napi::Object exports);      // bench.cc: the in-addon benchmark loop
+void InitDataPages(Napi::Env env, Napi::Object exports);  // datapages.cc: SEEK_DATA over a file
+void InitFdPass(Napi::Env env, Napi::Object exports);     // fdpass.cc: the patched QEMU's socket
+void InitMapFile(Napi::Env env, Napi::Object exports);    // mapfile.cc: mmap of guest RAM
 
 }  // namespace migsafe

@@ -42,32 +42,32 @@ bool walk(int fd, off_t page, std::vector<uint32_t>& out, std::string& err) {
   return true;
 }
 
-class DataPagesWorker : public PromiseWorker {
- public:
-  DataPagesWorker(Napi::Env env, int fd, std::string path, off_t page)
-      : PromiseWorker(env), fd_(fd), path_(std::move(path)), page_(page) {}
-  void Execute() override {
-    int fd = fd_;
-    if (fd < 0) {
-      fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) return SetError("dataPages: open " + path_ + ": " + strerror(errno));
+// fd < 0: open path for the walk.
+struct DataPagesJob {
+  int fd;
+  std::string path;
+  off_t page;
+  std::vector<uint32_t> pages;
+  bool run(std::string& err) {
+    int f = fd;
+    if (f < 0) {
+      f = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (f < 0) {
+        err = "dataPages: open " + path + ": " + strerror(errno);
+        return false;
+      }
     }
-    std::string err;
-    bool ok = walk(fd, page_, pages_, err);
-    if (fd_ < 0) close(fd);
-    if (!ok) SetError("dataPages: " + (fd_ < 0 ? path_ : "fd " + std::to_string(fd_)) + ": " + err);
+    std::string e;
+    bool ok = walk(f, page, pages, e);
+    if (fd < 0) close(f);
+    if (!ok) err = "dataPages: " + (fd < 0 ? path : "fd " + std::to_string(fd)) + ": " + e;
+    return ok;
   }
-  void OnOK() override {
-    auto out = Napi::Uint32Array::New(Env(), pages_.size());
-    if (!pages_.empty()) memcpy(out.Data(), pages_.data(), pages_.size() * 4);
-    deferred_.Resolve(out);
+  Napi::Value done(Napi::Env env) {
+    auto out = Napi::Uint32Array::New(env, pages.size());
+    if (!pages.empty()) memcpy(out.Data(), pages.data(), pages.size() * 4);
+    return out;
   }
-
- private:
-  int fd_;
-  std::string path_;
-  off_t page_;
-  std::vector<uint32_t> pages_;
 };
 
 // dataPagesAsync(fd or path, pageSize) -> Promise<Uint32Array>
@@ -87,14 +87,11 @@ Napi::Value DataPagesAsync(const Napi::CallbackInfo& info) {
   int64_t page = info[1].As<Napi::Number>().Int64Value();
   if (page < 512 || page > (int64_t(1) << 30) || (page & (page - 1)))
     throw Napi::RangeError::New(env, "dataPages: pageSize must be a power of two in 512..2^30");
-  auto* w = new DataPagesWorker(env, fd, std::move(path), off_t(page));
-  auto p = w->Promise();
-  w->Queue();
-  return p;
+  return queue_job(env, DataPagesJob{fd, std::move(path), off_t(page), {}});
 }
 
 }  // namespace
 
-void InitDataPages(Napi::Env env, Napi::Object exports) {
+void migsafe::InitDataPages(Napi::Env env, Napi::Object exports) {
   exports.Set("dataPagesAsync", Napi::Function::New(env, DataPagesAsync));
 }

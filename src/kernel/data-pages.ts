@@ -3,7 +3,8 @@ import { native, PAGE_SIZE } from './native.js';
 
 /**
  * Indexes of the `pageSize` pages of `file` (an open fd, or a path) that are not wholly holes,
- * ascending. Rejects with the file and the failing call when it cannot be walked.
+ * ascending. Rejects with the file and the failing call when it cannot be walked. An fd's file
+ * offset is moved by the walk.
  */
 export function dataPages(file: number | string, pageSize: number = PAGE_SIZE): Promise<Uint32Array> {
   if (typeof file === 'number') {
