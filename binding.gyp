@@ -4,8 +4,10 @@
     {
       "target_name": "migsafe",
       "sources": [
-        "addon/src/addon.cc", "addon/src/batch.cc", "addon/src/codecs.cc", "addon/src/fdpass.cc",
-        "addon/src/cpu.cc", "addon/src/xbzrle.cc", "addon/src/crc32c.cc", "addon/src/shuffle.cc", "addon/src/words.cc"
+        "addon/src/addon.cc", "addon/src/batch.cc", "addon/src/codecs.cc", "addon/src/fdpass.cc", "addon/src/datapages.cc",
+        "addon/src/mapfile.cc", "addon/src/bench.cc",
+        "addon/src/cpu.cc", "addon/src/xbzrle_diff.cc", "addon/src/xbzrle_encode.cc", "addon/src/xbzrle_ref.cc",
+        "addon/src/crc32c.cc", "addon/src/shuffle.cc", "addon/src/words.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

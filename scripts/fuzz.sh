@@ -10,7 +10,7 @@ RUNS=${1:-2000000}
 ITERS=${2:-300000}
 OUT=build-fuzz
 mkdir -p "$OUT/corpus"
-SRC="addon/fuzz/fuzz_kernel.cc addon/src/xbzrle.cc addon/src/cpu.cc addon/src/crc32c.cc addon/src/batch.cc addon/src/shuffle.cc addon/src/words.cc"
+SRC="addon/fuzz/fuzz_kernel.cc addon/src/xbzrle_diff.cc addon/src/xbzrle_encode.cc addon/src/xbzrle_ref.cc addon/src/cpu.cc addon/src/crc32c.cc addon/src/batch.cc addon/src/shuffle.cc addon/src/words.cc"
 FLAGS="-std=c++17 -O1 -g -march=x86-64-v2 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CXX=${CXX:-clang++}
 

@@ -1,49 +1,18 @@
 // N-API surface of the kernel: argument checks, Buffers and workers only. The contract is
 // src/kernel/native.ts.
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <time.h>
-
-#include <algorithm>
-#include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <napi.h>
 #include <string>
-#include <system_error>
-#include <thread>
 #include <vector>
 
 #include "batch.h"
+#include "binding.h"
 #include "codecs.h"
 #include "kernel.h"
 
 using namespace migsafe;
 
-namespace {
-
-struct Span {
-  uint8_t* p;
-  size_t n;
-};
-
-Span bytes_arg(const Napi::Env& env, const Napi::Value& v, const char* name) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    throw Napi::TypeError::New(env, std::string(name) + " must be a Uint8Array or Buffer");
-  auto a = v.As<Napi::Uint8Array>();
-  return {a.Data(), a.ByteLength()};
-}
-
-Span page_arg(const Napi::Env& env, const Napi::Value& v, const char* name) {
-  Span s = bytes_arg(env, v, name);
-  if (s.n != kPage) throw Napi::RangeError::New(env, std::string(name) + " must be exactly 4096 bytes");
-  return s;
-}
-
-Level level_arg(const Napi::Env& env, const Napi::Value& v) {
+Level migsafe::level_arg(const Napi::Env& env, const Napi::Value& v) {
   if (v.IsUndefined() || v.IsNull()) return best_level();
   if (!v.IsString()) throw Napi::TypeError::New(env, "level must be a string");
   std::string s = v.As<Napi::String>();
@@ -53,12 +22,20 @@ Level level_arg(const Napi::Env& env, const Napi::Value& v) {
   return l;
 }
 
-Codec codec_arg(const Napi::Env& env, const Napi::Value& v) {
+Codec migsafe::codec_arg(const Napi::Env& env, const Napi::Value& v) {
   if (!v.IsString()) throw Napi::TypeError::New(env, "codec must be a string");
   std::string s = v.As<Napi::String>();
   Codec c;
   if (!parse_codec(s.c_str(), &c)) throw Napi::RangeError::New(env, "unknown codec '" + s + "'");
   return c;
+}
+
+namespace {
+
+Span page_arg(const Napi::Env& env, const Napi::Value& v, const char* name) {
+  Span s = bytes_arg(env, v, name);
+  if (s.n != kPage) throw Napi::RangeError::New(env, std::string(name) + " must be exactly 4096 bytes");
+  return s;
 }
 
 // A synchronous batch is encoded into memory kept warm from call to call and copied once
@@ -223,44 +200,15 @@ Napi::Value EncodeBatchInto(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, double(out.size));
 }
 
-// Keeps the JS buffers alive while a worker uses their memory.
-class PromiseWorker : public Napi::AsyncWorker {
- public:
-  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Keep(const Napi::Value& v) {
-    if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- protected:
-  Napi::Promise::Deferred deferred_;
-  std::vector<Napi::ObjectReference> refs_;
-};
-
-class EncodeWorker : public PromiseWorker {
- public:
-  EncodeWorker(Napi::Env env, BatchArgs a) : PromiseWorker(env), a_(std::move(a)) {}
-  void Execute() override {
-    std::string err;
-    if (!run_batch(a_, out_, err)) SetError(err);
-  }
-  void OnOK() override { deferred_.Resolve(hand_over(Env(), out_)); }
-
- private:
-  BatchArgs a_;
-  Bytes out_;
+struct EncodeJob {
+  BatchArgs a;
+  Bytes out;
+  bool run(std::string& err) { return run_batch(a, out, err); }
+  Napi::Value done(Napi::Env env) { return hand_over(env, out); }
 };
 
 Napi::Value EncodeBatchAsync(const Napi::CallbackInfo& info) {
-  auto env = info.Env();
-  BatchArgs a = batch_args(info);
-  auto* w = new EncodeWorker(env, std::move(a));
-  w->Keep(info[0]);
-  w->Keep(info[1]);
-  auto p = w->Promise();
-  w->Queue();
-  return p;
+  return queue_job(info.Env(), EncodeJob{batch_args(info), Bytes()}, {info[0], info[1]});
 }
 
 Napi::Value ApplyBatch(const Napi::CallbackInfo& info) {
@@ -325,30 +273,19 @@ Napi::Value Decompress(const Napi::CallbackInfo& info) {
   return out;
 }
 
-class CodecWorker : public PromiseWorker {
- public:
-  CodecWorker(Napi::Env env, bool comp, Codec c, int level, Span d, size_t raw)
-      : PromiseWorker(env), comp_(comp), c_(c), level_(level), d_(d), raw_(raw) {}
-  void Execute() override {
-    std::string err;
-    bool ok;
-    if (comp_) {
-      ok = compress(c_, level_, d_.p, d_.n, out_, err);
-    } else {
-      out_.resize(raw_);
-      ok = decompress(c_, d_.p, d_.n, out_.data(), raw_, err);
-    }
-    if (!ok) SetError(err);
+struct CodecJob {
+  bool comp;
+  Codec c;
+  int level;
+  Span d;
+  size_t raw;
+  ByteVec out;
+  bool run(std::string& err) {
+    if (comp) return compress(c, level, d.p, d.n, out, err);
+    out.resize(raw);
+    return decompress(c, d.p, d.n, out.data(), raw, err);
   }
-  void OnOK() override { deferred_.Resolve(Napi::Buffer<uint8_t>::Copy(Env(), out_.data(), out_.size())); }
-
- private:
-  bool comp_;
-  Codec c_;
-  int level_;
-  Span d_;
-  size_t raw_;
-  ByteVec out_;
+  Napi::Value done(Napi::Env env) { return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size()); }
 };
 
 Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
@@ -356,11 +293,7 @@ Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
   Codec c = codec_arg(env, info[0]);
   int level = level_num(env, info[1]);
   Span d = bytes_arg(env, info[2], "data");
-  auto* w = new CodecWorker(env, true, c, level, d, 0);
-  w->Keep(info[2]);
-  auto p = w->Promise();
-  w->Queue();
-  return p;
+  return queue_job(env, CodecJob{true, c, level, d, 0, ByteVec()}, {info[2]});
 }
 
 Napi::Value DecompressAsync(const Napi::CallbackInfo& info) {
@@ -368,11 +301,7 @@ Napi::Value DecompressAsync(const Napi::CallbackInfo& info) {
   Codec c = codec_arg(env, info[0]);
   Span d = bytes_arg(env, info[1], "data");
   size_t raw = raw_len_arg(env, info[2]);
-  auto* w = new CodecWorker(env, false, c, 0, d, raw);
-  w->Keep(info[1]);
-  auto p = w->Promise();
-  w->Queue();
-  return p;
+  return queue_job(env, CodecJob{false, c, 0, d, raw, ByteVec()}, {info[1]});
 }
 
 Napi::Value PackBatch(const Napi::CallbackInfo& info) {
@@ -412,192 +341,11 @@ Napi::Value Crc32c(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, crc32c(d.p, d.n, seed));
 }
 
-Napi::Value MapFile(const Napi::CallbackInfo& info) {
-  auto env = info.Env();
-  if (!info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
-  std::string path = info[0].As<Napi::String>();
-  if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "size must be a number");
-  double sz = info[1].As<Napi::Number>().DoubleValue();
-  bool writable = info[2].ToBoolean();
-  if (!(sz > 0) || sz != double(size_t(sz))) throw Napi::RangeError::New(env, "size must be a positive integer");
-  size_t size = size_t(sz);
-  int fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) throw Napi::Error::New(env, "mapFile: open " + path + ": " + strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) != 0 || size_t(st.st_size) < size) {
-    close(fd);
-    throw Napi::RangeError::New(env, "mapFile: " + path + " is smaller than " + std::to_string(size) + " bytes");
-  }
-  void* p = mmap(nullptr, size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
-  int e = errno;
-  close(fd);  // the mapping keeps the file referenced
-  if (p == MAP_FAILED) throw Napi::Error::New(env, "mapFile: mmap " + path + ": " + strerror(e));
-  // The finalizer unmaps when the Buffer (and every view of its ArrayBuffer) is collected.
-  return Napi::Buffer<uint8_t>::New(env, static_cast<uint8_t*>(p), size,
-                                    [size](Napi::Env, uint8_t* q) { munmap(q, size); });
-}
-
-// benchKernel(op, pairs, {level, repeats, inner, codec, codecLevel, threads}): runs a kernel
-// loop over the page pairs (8192-byte records: old page, new page) entirely in C++, so the
-// numbers carry no per-call N-API cost. Returns {seconds, cpuSeconds: per-repeat wall and
-// thread-CPU times of `inner` passes, bytes: output bytes of one pass}. Setup is outside the
-// timed region. `threads` (floor only) splits each pass over that many threads, started per
-// pass as encode_batch starts its own: what reading the pages scales to on this host, the
-// reference for the batch's thread scaling.
-Napi::Value BenchKernel(const Napi::CallbackInfo& info) {
-  auto env = info.Env();
-  std::string op = info[0].As<Napi::String>();
-  Span pairs = bytes_arg(env, info[1], "pairs");
-  if (pairs.n % (2 * kPage)) throw Napi::RangeError::New(env, "pairs must be 8192-byte records");
-  size_t n = pairs.n / (2 * kPage);
-  auto o = info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(env);
-  Level l = level_arg(env, o.Get("level"));
-  int repeats = o.Has("repeats") ? o.Get("repeats").As<Napi::Number>().Int32Value() : 5;
-  int inner = o.Has("inner") ? o.Get("inner").As<Napi::Number>().Int32Value() : 1;
-  Codec codec = Codec::None;
-  int clevel = 1;
-  if (o.Has("codec")) codec = codec_arg(env, o.Get("codec"));
-  if (o.Has("codecLevel")) clevel = o.Get("codecLevel").As<Napi::Number>().Int32Value();
-  int threads = o.Has("threads") ? o.Get("threads").As<Napi::Number>().Int32Value() : 1;
-  if (threads < 1 || threads > 64) throw Napi::RangeError::New(env, "benchKernel: threads must be 1..64");
-  if (threads > 1 && op != "floor") throw Napi::RangeError::New(env, "benchKernel: threads > 1 is only for op floor");
-  auto oldp = [&](size_t i) { return pairs.p + i * 2 * kPage; };
-  auto newp = [&](size_t i) { return pairs.p + i * 2 * kPage + kPage; };
-
-  // Inputs some ops need, prepared outside the timed region.
-  std::vector<uint8_t> deltas, scratch, ram, shadow;
-  std::vector<std::pair<size_t, int>> dl;  // offset, length (-1: full page)
-  if (op == "decode") {
-    alignas(64) uint8_t tmp[kDeltaCap];
-    for (size_t i = 0; i < n; i++) {
-      int len = encode_page(best_level(), oldp(i), newp(i), tmp);
-      dl.push_back({deltas.size(), len});
-      if (len > 0) deltas.insert(deltas.end(), tmp, tmp + len);
-    }
-    scratch.resize(n * kPage);
-    for (size_t i = 0; i < n; i++) memcpy(scratch.data() + i * kPage, oldp(i), kPage);
-  } else if (op == "batch") {
-    ram.resize(n * kPage);
-    shadow.resize(n * kPage);
-  }
-
-  std::vector<double> secs, cpu_secs;
-  double bytes = 0;
-  auto thread_cpu = [] {
-    timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
-  };
-  alignas(64) uint8_t buf[kDeltaCap];
-  ByteVec cbuf;
-  Bytes batch_out;
-  std::string err;
-  for (int r = 0; r < repeats; r++) {
-    if (op == "batch") {
-      for (size_t i = 0; i < n; i++) memcpy(ram.data() + i * kPage, newp(i), kPage);
-    }
-    double pass_bytes = 0;
-    double t_excl = 0, c_excl = 0;
-    double c0 = thread_cpu();
-    auto t0 = std::chrono::steady_clock::now();
-    for (int k = 0; k < inner; k++) {
-      pass_bytes = 0;
-      if (op == "encode") {
-        for (size_t i = 0; i < n; i++) {
-          int len = encode_page(l, oldp(i), newp(i), buf);
-          pass_bytes += len < 0 ? double(kPage) : double(len);
-        }
-      } else if (op == "encode-overlapped") {
-        // The same encoder, each page's compare pass spread over the previous page's runs.
-        PageDiff pd[2];
-        DiffCursor cur[2];
-        diff_begin(&cur[0], l, oldp(0), newp(0), nullptr, &pd[0], false);
-        for (size_t i = 0; i < n; i++) {
-          uint32_t crc;
-          diff_end(&cur[i & 1], &crc);
-          DiffCursor* next = i + 1 < n ? &cur[(i + 1) & 1] : nullptr;
-          if (next) diff_begin(next, l, oldp(i + 1), newp(i + 1), nullptr, &pd[(i + 1) & 1], false);
-          int len = encode_diff_overlapped(l, pd[i & 1], newp(i), buf, next);
-          pass_bytes += len < 0 ? double(kPage) : double(len);
-        }
-      } else if (op == "wordwise") {
-        for (size_t i = 0; i < n; i++) {
-          int len = encode_page_wordwise(oldp(i), newp(i), buf);
-          pass_bytes += len < 0 ? double(kPage) : double(len);
-        }
-      } else if (op == "floor") {
-        auto part = [&](int t) {
-          int differ = 0;
-          for (size_t i = n * size_t(t) / size_t(threads); i < n * size_t(t + 1) / size_t(threads); i++)
-            differ += floor_compare(l, oldp(i), newp(i));
-          return differ;
-        };
-        std::vector<int> differ(size_t(threads), 0);
-        std::vector<std::thread> others;
-        try {
-          for (int t = 1; t < threads; t++) others.emplace_back([&, t] { differ[size_t(t)] = part(t); });
-        } catch (const std::system_error& e) {  // no thread: join those started, then report
-          for (auto& th : others) th.join();
-          throw Napi::Error::New(env, std::string("benchKernel: cannot start a thread: ") + e.what());
-        }
-        differ[0] = part(0);
-        for (auto& th : others) th.join();
-        for (int d : differ) pass_bytes += d;
-      } else if (op == "decode") {
-        // Applying the same delta again is idempotent, so the page can be decoded in place.
-        const char* e;
-        for (size_t i = 0; i < n; i++) {
-          if (dl[i].second > 0) decode_page(deltas.data() + dl[i].first, size_t(dl[i].second), scratch.data() + i * kPage, &e);
-          else if (dl[i].second < 0) memcpy(scratch.data() + i * kPage, newp(i), kPage);
-          pass_bytes += scratch[i * kPage];
-        }
-      } else if (op == "crc") {
-        for (size_t i = 0; i < n; i++) pass_bytes += crc32c(newp(i), kPage) & 1;
-      } else if (op == "compress-page") {
-        for (size_t i = 0; i < n; i++) {
-          if (!compress(codec, clevel, newp(i), kPage, cbuf, err)) throw Napi::Error::New(env, err);
-          pass_bytes += double(cbuf.size());
-        }
-      } else if (op == "batch") {
-        // Shadow reset excluded from the time: each pass must see the same changes.
-        auto ta = std::chrono::steady_clock::now();
-        double ca = thread_cpu();
-        for (size_t i = 0; i < n; i++) memcpy(shadow.data() + i * kPage, oldp(i), kPage);
-        c_excl += thread_cpu() - ca;
-        t_excl += std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
-        // Output memory kept from pass to pass, as encodeBatch keeps it from call to call.
-        batch_out.size = 0;
-        BatchOptions bo;
-        bo.level = l;
-        if (!encode_batch(ram.data(), shadow.data(), n, nullptr, 0, bo, batch_out, err)) throw Napi::Error::New(env, err);
-        pass_bytes = double(batch_out.size);
-      } else {
-        throw Napi::RangeError::New(env, "unknown bench op " + op);
-      }
-    }
-    secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - t_excl);
-    cpu_secs.push_back(thread_cpu() - c0 - c_excl);
-    bytes = pass_bytes;
-  }
-  auto res = Napi::Object::New(env);
-  auto arr = Napi::Array::New(env, secs.size());
-  for (size_t i = 0; i < secs.size(); i++) arr.Set(uint32_t(i), secs[i]);
-  res.Set("seconds", arr);
-  auto carr = Napi::Array::New(env, cpu_secs.size());
-  for (size_t i = 0; i < cpu_secs.size(); i++) carr.Set(uint32_t(i), cpu_secs[i]);
-  res.Set("cpuSeconds", carr);
-  res.Set("bytes", bytes);
-  return res;
-}
-
-}  // namespace
-
-void InitFdPass(Napi::Env env, Napi::Object exports);  // fdpass.cc: the patched QEMU's socket
-
-namespace {
-
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFdPass(env, exports);
+  InitDataPages(env, exports);
+  InitMapFile(env, exports);
+  InitBench(env, exports);
   exports.Set("cpuLevel", Napi::Function::New(env, CpuLevel));
   exports.Set("levels", Napi::Function::New(env, Levels));
   exports.Set("crc32cHardware", Napi::Function::New(env, Crc32cHardware));
@@ -622,8 +370,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
   exports.Set("packBatch", Napi::Function::New(env, PackBatch));
   exports.Set("unpackBatch", Napi::Function::New(env, UnpackBatch));
-  exports.Set("mapFile", Napi::Function::New(env, MapFile));
-  exports.Set("benchKernel", Napi::Function::New(env, BenchKernel));
   return exports;
 }
 

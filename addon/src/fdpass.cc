@@ -1,8 +1,6 @@
 // The sidecar's end of the patched QEMU's migsafe-ft socket (qemu-patches/PROTOCOL.md):
 // SOCK_SEQPACKET messages with SCM_RIGHTS, eventfds, and mapping a received fd.
 // Node has no SCM_RIGHTS of its own; everything here is a thin wrapper over the syscalls.
-#include <napi.h>
-
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -13,6 +11,10 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include "binding.h"
+
+using namespace migsafe;
 
 namespace {
 
@@ -144,35 +146,29 @@ Napi::Value EventfdSignal(const Napi::CallbackInfo& info) {
 }
 
 // Waits for an eventfd off the event loop; resolves with the counter, or 0 on timeout.
-class EventfdWait : public Napi::AsyncWorker {
- public:
-  EventfdWait(Napi::Env env, int fd, int timeout)
-      : Napi::AsyncWorker(env), fd_(fd), timeout_(timeout), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    int r = PollFor(fd_, timeout_);
-    if (r < 0) return SetError(std::string("poll: ") + strerror(errno));
-    if (r == 0) return;
+struct EventfdWaitJob {
+  int fd, timeout;
+  uint64_t value = 0;
+  bool run(std::string& err) {
+    int r = PollFor(fd, timeout);
+    if (r < 0) {
+      err = std::string("poll: ") + strerror(errno);
+      return false;
+    }
+    if (r == 0) return true;
     ssize_t n;
-    do n = read(fd_, &value_, sizeof(value_));
+    do n = read(fd, &value, sizeof(value));
     while (n < 0 && errno == EINTR);
-    if (n != sizeof(value_)) SetError(std::string("eventfd read: ") + strerror(errno));
+    if (n == sizeof(value)) return true;
+    err = std::string("eventfd read: ") + strerror(errno);
+    return false;
   }
-  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), double(value_))); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  int fd_, timeout_;
-  uint64_t value_ = 0;
-  Napi::Promise::Deferred deferred_;
+  Napi::Value done(Napi::Env env) { return Napi::Number::New(env, double(value)); }
 };
 
 Napi::Value EventfdWaitAsync(const Napi::CallbackInfo& info) {
-  auto* w = new EventfdWait(info.Env(), info[0].As<Napi::Number>().Int32Value(),
-                            info[1].As<Napi::Number>().Int32Value());
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return queue_job(info.Env(), EventfdWaitJob{info[0].As<Napi::Number>().Int32Value(),
+                                              info[1].As<Napi::Number>().Int32Value()});
 }
 
 // mapFd(fd, length, offset, writable) -> Buffer aliasing a MAP_SHARED mapping.
@@ -199,7 +195,7 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void InitFdPass(Napi::Env env, Napi::Object exports) {
+void migsafe::InitFdPass(Napi::Env env, Napi::Object exports) {
   exports.Set("ftConnect", Napi::Function::New(env, FtConnect));
   exports.Set("ftSend", Napi::Function::New(env, FtSend));
   exports.Set("ftRecv", Napi::Function::New(env, FtRecv));

@@ -145,6 +145,12 @@ export interface NativeAddon {
    */
   mapFile(path: string, size: number, writable: boolean): Buffer;
 
+  /**
+   * Indexes of the pages of a file (an fd, or a path opened for the call) that hold data, by
+   * lseek(SEEK_DATA/SEEK_HOLE), off the event loop; no page is read. addon/src/datapages.cc.
+   */
+  dataPagesAsync(file: number | string, pageSize: number): Promise<Uint32Array>;
+
   // The patched QEMU's migsafe-ft socket (qemu-patches/PROTOCOL.md), addon/src/fdpass.cc.
   /** Connects a SOCK_SEQPACKET unix socket; returns its fd. */
   ftConnect(path: string): number;

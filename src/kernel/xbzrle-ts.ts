@@ -1,6 +1,6 @@
 // Pure-TypeScript XBZRLE (QEMU's migration/xbzrle.c format): the reference the native kernel
 // is tested against, and the "no addon" line of the benchmark. Same bytes, same overflow rule,
-// same decoder checks as addon/src/xbzrle.cc.
+// same decoder checks as addon/src/xbzrle_ref.cc.
 //
 //   page  = zrun nzrun | zrun nzrun page     (the trailing unchanged run is omitted)
 //   zrun  = ULEB128 length of an unchanged run (only the first may be 0)
