@@ -5,7 +5,7 @@
 //   each round is a delta against it; if a round fails, the shadow no longer matches the store
 //   and the next round starts over from a zero image (a full checkpoint).
 import { readFile, rm } from 'node:fs/promises';
-import type { CpuLevel, EncodeBatchOptions } from '../kernel/native.js';
+import type { CpuLevel, EncodeBatchOptions } from '../kernel/index.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
 import { NotDurableError, ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';

@@ -1,12 +1,13 @@
 // A frame is one stored blob: msgpack of {format, kind, codec, raw length, CRC32C of the raw
 // bytes, payload}. A frame says what it holds and is refused when it does not add up.
 import { pack, unpack } from 'msgpackr';
-import { native, type Codec } from '../kernel/native.js';
+import { CODECS as KERNEL_CODECS, DEFAULT_LEVEL, compressAsync, crc32c, decompressAsync, type Codec } from '../kernel/index.js';
 import { STORE_FORMAT } from './keys.js';
 
 export type FrameKind = 'pages' | 'device';
 
-const CODECS: readonly Codec[] = ['none', 'gzip', 'lz4', 'zstd'];
+// The kernel's codecs less raw deflate, which the store format has never used.
+const CODECS: readonly Codec[] = KERNEL_CODECS.filter((c) => c !== 'deflate');
 
 export interface CodecChoice {
   codec: Codec;
@@ -18,13 +19,9 @@ export function parseCodec(spec: string): CodecChoice {
   if (!CODECS.includes(name as Codec)) {
     throw new Error(`unknown codec "${spec}": use one of ${CODECS.join(', ')} (optionally with a level, e.g. zstd:3)`);
   }
-  const level = lvl === undefined ? defaultLevel(name as Codec) : Number(lvl);
+  const level = lvl === undefined ? DEFAULT_LEVEL[name as Codec] : Number(lvl);
   if (!Number.isInteger(level) || level < 0 || level > 22) throw new Error(`invalid codec level in "${spec}"`);
   return { codec: name as Codec, level };
-}
-
-function defaultLevel(codec: Codec): number {
-  return codec === 'zstd' ? 1 : codec === 'gzip' ? 1 : 0;
 }
 
 interface FrameWire {
@@ -39,9 +36,8 @@ interface FrameWire {
 
 /** Compresses `raw` and wraps it. `count` is the number of records inside (0 for device state). */
 export async function encodeFrame(kind: FrameKind, raw: Uint8Array, count: number, codec: CodecChoice): Promise<Buffer> {
-  const n = native();
-  const data = codec.codec === 'none' ? raw : await n.compressAsync(codec.codec, codec.level, raw);
-  const wire: FrameWire = { f: STORE_FORMAT, k: kind, c: codec.codec, r: raw.length, x: n.crc32c(raw), n: count, d: data };
+  const data = codec.codec === 'none' ? raw : await compressAsync(codec.codec, raw, codec.level);
+  const wire: FrameWire = { f: STORE_FORMAT, k: kind, c: codec.codec, r: raw.length, x: crc32c(raw), n: count, d: data };
   return pack(wire);
 }
 
@@ -74,14 +70,13 @@ export async function decodeFrame(buf: Uint8Array, expect: FrameKind, where: str
   if (!Number.isInteger(wire.r) || wire.r < 0 || !(wire.d instanceof Uint8Array)) {
     throw new CorruptCheckpointError(`${where}: malformed frame header`);
   }
-  const n = native();
   let raw: Buffer;
   try {
-    raw = wire.c === 'none' ? Buffer.from(wire.d) : await n.decompressAsync(wire.c, wire.d, wire.r);
+    raw = wire.c === 'none' ? Buffer.from(wire.d) : await decompressAsync(wire.c, wire.d, wire.r);
   } catch (e) {
     throw new CorruptCheckpointError(`${where}: cannot decompress (${(e as Error).message})`);
   }
   if (raw.length !== wire.r) throw new CorruptCheckpointError(`${where}: ${raw.length} bytes, header says ${wire.r}`);
-  if (n.crc32c(raw) >>> 0 !== wire.x >>> 0) throw new CorruptCheckpointError(`${where}: checksum mismatch`);
+  if (crc32c(raw) >>> 0 !== wire.x >>> 0) throw new CorruptCheckpointError(`${where}: checksum mismatch`);
   return { kind: wire.k, raw, count: wire.n };
 }
