@@ -16,7 +16,7 @@ import { ScanDirtySource } from '../qemu/dirty/scan.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import { FencedError, NotDurableError, type CheckpointStore } from '../store/checkpoint-store.js';
 import type { CodecChoice } from '../store/frame.js';
-import { loadImage, planRestore } from '../store/reader.js';
+import { loadVersion } from '../store/reader.js';
 import { compact } from '../store/compaction.js';
 import type { VersionMeta } from '../store/version-meta.js';
 import type { Metrics } from '../util/metrics.js';
@@ -168,13 +168,12 @@ export class Checkpointer {
   }
 
   private async reload(why: string): Promise<void> {
-    const plan = await planRestore(this.o.store);
-    const img = await loadImage(this.o.store, plan);
-    this.engine = this.makeEngine({ image: img.image, version: plan.target.version });
+    const img = await loadVersion(this.o.store);
+    this.engine = this.makeEngine({ image: img.image, version: img.version });
     // The dirty source must now name every page that may differ from that version.
     this.dirty.reset?.();
     this.needsReload = false;
-    this.o.log(`${this.kind.toUpperCase()} ${why}; shadow reloaded from version ${plan.target.version}`);
+    this.o.log(`${this.kind.toUpperCase()} ${why}; shadow reloaded from version ${img.version}`);
   }
 
   /**

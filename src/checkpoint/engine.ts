@@ -11,7 +11,7 @@ import type { DirtySource } from '../qemu/dirty/source.js';
 import { NotDurableError, ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
 import { encodeFrame, type CodecChoice } from '../store/frame.js';
 import type { VersionMeta } from '../store/version-meta.js';
-import { encodeBatchAsync, scanDirty, summarizeBatch } from '../kernel/page-delta.js';
+import { encodeBatchAsync, scanDirty, splitBatch } from '../kernel/page-delta.js';
 
 export interface EngineOptions {
   store: CheckpointStore;
@@ -81,15 +81,8 @@ export class CheckpointEngine {
       const stage1 = opts.vmStopped ? this.noStage1() : await this.stage1(pending);
       const stage2 = await this.stage2(stage1.leftover, opts.vmStopped === true && this.parent === 0);
       let stage2Pages = 0;
-      for (let at = 0; at < stage2.records.length; ) {
-        // Split stage 2's output into frames of at most ~16 MiB so that readers stream.
-        const end = frameEnd(stage2.records, at, 16 << 20);
-        const part = stage2.records.subarray(at, end);
-        const st = summarizeBatch(part);
-        stage2Pages += st.records;
-        pending.addChunk(await encodeFrame('pages', part, st.records, o.codec));
-        at = end;
-      }
+      // Stage 2's output goes in frames of about 16 MiB so that readers stream.
+      for (const part of splitBatch(stage2.records, 16 << 20)) stage2Pages += await pending.addPages(part, o.codec);
       pending.setDeviceState(await encodeFrame('device', stage2.device, 0, o.codec));
       const pages = stage1.pages + stage2Pages;
       const commitStart = performance.now();
@@ -169,9 +162,7 @@ export class CheckpointEngine {
       at += take;
       const raw = await encodeBatchAsync(o.ram, this.shadow, slice, this.encodeOptions());
       if (raw.length === 0) continue;
-      const st = summarizeBatch(raw);
-      pages += st.records;
-      pending.addChunk(await encodeFrame('pages', raw, st.records, o.codec));
+      pages += await pending.addPages(raw, o.codec);
     }
     // Pages not reached in stage 1 must be looked at in stage 2 (a compare of all RAM finds
     // them anyway; a dirty log would not name them again).
@@ -212,11 +203,4 @@ function mergePages(a: Uint32Array, b: Uint32Array): Uint32Array {
   const s = new Set<number>(a);
   for (const p of b) s.add(p);
   return Uint32Array.from(s).sort();
-}
-
-/** Offset of the first record boundary at or after `at + limit` (or the end). */
-function frameEnd(buf: Buffer, at: number, limit: number): number {
-  let end = at;
-  while (end < buf.length && end - at < limit) end += 16 + buf.readUInt32LE(end + 8);
-  return end;
 }

@@ -171,3 +171,27 @@ export function summarizeBatch(buf: Uint8Array): BatchSummary {
   }
   return s;
 }
+
+/**
+ * Cuts a batch buffer at record boundaries into pieces of about `limit` bytes: each piece ends
+ * at the first boundary at or after `limit` bytes (so a piece exceeds it by less than one
+ * record; a record larger than `limit` is a piece of its own). Framing is checked. The pieces
+ * alias `buf`.
+ */
+export function splitBatch(buf: Uint8Array, limit: number): Buffer[] {
+  if (!(limit > 0)) throw new RangeError(`splitBatch: limit must be > 0 (got ${limit})`);
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  const v = viewOf(buf);
+  const h = newHeader();
+  const out: Buffer[] = [];
+  let at = 0;
+  for (let off = 0; off < b.length; ) {
+    readRecordHeader(v, off, h);
+    off = h.start + h.length;
+    if (off - at >= limit || off === b.length) {
+      out.push(b.subarray(at, off));
+      at = off;
+    }
+  }
+  return out;
+}

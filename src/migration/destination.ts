@@ -6,7 +6,8 @@ import type { QmpEvent } from '../qemu/qmp.js';
 import { createRamFile, launchQemu, vmPaths } from '../qemu/launch.js';
 import { openDirtySource } from '../qemu/dirty/open.js';
 import { parseAddr, type Peer } from '../ha/peer.js';
-import { loadVersion, type MigrationMode, type VmHost, type VmRuntime } from './vm-runtime.js';
+import { loadVersion } from '../store/reader.js';
+import type { MigrationMode, VmHost, VmRuntime } from './vm-runtime.js';
 import { recoverLive } from './live-recovery.js';
 import {
   afterIncomingCompleted,

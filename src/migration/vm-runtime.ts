@@ -9,7 +9,6 @@ import { QmpClient } from '../qemu/qmp.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
 import { openDirtySource, useFt } from '../qemu/dirty/open.js';
 import { CheckpointStore } from '../store/checkpoint-store.js';
-import { loadImage, planRestore } from '../store/reader.js';
 import type { CodecChoice } from '../store/frame.js';
 import type { Durability, DurabilityChoice } from '../store/durability.js';
 import { recoverVm } from '../recovery/recover.js';
@@ -313,9 +312,3 @@ export class VmHost {
   }
 }
 
-/** A version's full image from the store (the version itself, or the head when undefined). */
-export async function loadVersion(store: CheckpointStore, version: number | undefined): Promise<{ image: Buffer; version: number }> {
-  const plan = await planRestore(store, version);
-  const img = await loadImage(store, plan);
-  return { image: img.image, version: plan.target.version };
-}

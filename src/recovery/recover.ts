@@ -5,7 +5,7 @@ import { openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import { launchQemu, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
 import { QmpClient } from '../qemu/qmp.js';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
-import { loadImage, planRestore, type LoadProgress, type RestorePlan } from '../store/reader.js';
+import { loadVersion, type LoadProgress, type RestorePlan } from '../store/reader.js';
 
 export interface RecoverOptions {
   store: CheckpointStore;
@@ -36,10 +36,9 @@ export interface Recovered {
 
 export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
   const t0 = performance.now();
-  const plan = await planRestore(o.store, o.version);
-  o.onPlan?.(plan);
   // Nothing is written before the whole image and device state have been read and verified.
-  const loaded = await loadImage(o.store, plan, o.onProgress);
+  const loaded = await loadVersion(o.store, o.version, { onPlan: o.onPlan, onProgress: o.onProgress });
+  const plan = loaded.plan;
   const t1 = performance.now();
 
   writeRam(o.paths.ram, loaded.image);

@@ -3,6 +3,8 @@ import type { Redis } from 'ioredis';
 import { STORE_FORMAT, vmKeys, type VmKeys } from './keys.js';
 import { metaFromHash, metaToHash, type VersionMeta } from './version-meta.js';
 import { PendingBase } from './base-writer.js';
+import { encodeFrame, type CodecChoice } from './frame.js';
+import { summarizeBatch } from '../kernel/page-delta.js';
 import { FencedError } from './fenced-error.js';
 import { NotDurableError, waitDurable, type Durability } from './durability.js';
 
@@ -247,6 +249,16 @@ export class PendingVersion {
 
   get chunkCount(): number {
     return this.chunks;
+  }
+
+  /**
+   * Frames a batch of page records (compressed with `codec`) and queues it: encode → frame →
+   * push in one place. Returns the number of records.
+   */
+  async addPages(records: Uint8Array, codec: CodecChoice): Promise<number> {
+    const n = summarizeBatch(records).records;
+    this.addChunk(await encodeFrame('pages', records, n, codec));
+    return n;
   }
 
   /** Queues a frame of page records; ioredis pipelines the writes, commit() awaits them. */

@@ -107,3 +107,21 @@ export async function loadImage(
   const device = await decodeFrame(dev, 'device', `version ${plan.target.version}, device state`);
   return { plan, image, deviceState: device.raw, pagesApplied };
 }
+
+export interface LoadVersionHooks {
+  /** Called once the plan is known, before anything is read. */
+  onPlan?: (plan: RestorePlan) => void;
+  onProgress?: (p: LoadProgress) => void;
+}
+
+/** planRestore + loadImage: a version's whole, checked image (default: the newest version). */
+export async function loadVersion(
+  store: CheckpointStore,
+  version?: number,
+  hooks: LoadVersionHooks = {},
+): Promise<LoadedImage & { version: number }> {
+  const plan = await planRestore(store, version);
+  hooks.onPlan?.(plan);
+  const loaded = await loadImage(store, plan, hooks.onProgress);
+  return { ...loaded, version: plan.target.version };
+}
