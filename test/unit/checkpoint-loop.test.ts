@@ -11,6 +11,7 @@ import type { DirtySource, HarvestRequest } from '../../src/qemu/dirty/source.js
 import type { QmpClient } from '../../src/qemu/qmp.js';
 import type { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import type { VersionMeta } from '../../src/store/version-meta.js';
+import { summarizeBatch } from '../../src/kernel/page-delta.js';
 
 const PAGES = 64;
 
@@ -22,6 +23,10 @@ class FakeStore {
     let chunks = 0;
     return {
       addChunk: () => void chunks++,
+      addPages: async (records: Uint8Array) => {
+        chunks++;
+        return summarizeBatch(records).records;
+      },
       setDeviceState: () => {},
       abort: async () => {},
       commit: async (meta: Omit<VersionMeta, 'version' | 'parent' | 'chunks' | 'bytesStored' | 'deviceStateStored' | 'committedAt'>) => {
