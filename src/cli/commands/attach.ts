@@ -5,8 +5,9 @@ import { join } from 'node:path';
 import { reusableArgv } from '../../qemu/launch.js';
 import { QmpClient } from '../../qemu/qmp.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, openMetrics, openStore, runDir, takeWriterLease, applyDurability } from '../context.js';
-import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { log, runDir } from '../context.js';
+import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { asWriter } from '../writer.js';
 
 interface AttachArgs extends CheckpointArgs {
   qmp: string;
@@ -45,12 +46,7 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
         throw new Error(`--pid ${a.pid}: no such process`);
       }
     }
-    const m = await openMetrics(a.metrics);
-    const h = await openStore(a.redis, a.vm, true);
-    let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
-    try {
-      lease = await takeWriterLease(h, a['lease-ttl']);
-      await applyDurability(h, a.durability);
+    await asWriter(a, { retry: true }, async ({ h, loop }) => {
       await h.store.init(argv, ramBytes, cwd);
       await h.store.cleanupPending();
       const qmp = await QmpClient.connect(a.qmp, 5_000);
@@ -64,14 +60,8 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
         deviceStatePath: join(runDir(), `${a.vm}.attach.devstate`),
         quitVmOnStop: false,
         ftSocket: a.ft,
-        ...loopSettings(a),
-        metrics: m.metrics,
-        lease,
+        ...loop,
       });
-    } finally {
-      await lease?.close();
-      h.close();
-      await m.close();
-    }
+    });
   },
 };

@@ -6,8 +6,9 @@ import { vmPaths } from '../../qemu/launch.js';
 import { recoverVm } from '../../recovery/recover.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { fmtBytes, log, openMetrics, openStore, runDir, takeWriterLease, applyDurability } from '../context.js';
-import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { fmtBytes, log, runDir } from '../context.js';
+import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { asWriter } from '../writer.js';
 import { ProgressBar } from '../progress-bar.js';
 
 export interface RecoverArgs extends CheckpointArgs {
@@ -18,13 +19,8 @@ export interface RecoverArgs extends CheckpointArgs {
 }
 
 export async function recoverHandler(a: RecoverArgs): Promise<number> {
-  const m = await openMetrics(a.metrics);
-  const h = await openStore(a.redis, a.vm, !a.detach);
-  let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
-  try {
-    // One copy of the VM: nobody may be checkpointing it (a killed writer's lease runs out first).
-    lease = await takeWriterLease(h, a['lease-ttl'], a['lease-ttl'] + 1000);
-    await applyDurability(h, a.durability);
+  // One copy of the VM: nobody may be checkpointing it (a killed writer's lease runs out first).
+  return asWriter(a, { retry: !a.detach, leaseWaitMs: a['lease-ttl'] + 1000 }, async ({ h, loop }) => {
     // A new RAM file per recovery: never write under a QEMU that might still run.
     const paths = { ...vmPaths(runDir(), `${a.vm}.r${Date.now()}`) };
     const logFile = join(runDir(), `${a.vm}.qemu.log`);
@@ -45,7 +41,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       onProgress: (p) => bar.update(p.done, p.total),
     });
     if (a.pidfile) writeFileSync(a.pidfile, `${r.qemu.pid}\n`);
-    m.metrics?.recovered(a.vm, r.timings);
+    loop.metrics?.recovered(a.vm, r.timings);
     log(
       `${a.vm}: recovered version ${r.plan.target.version}: ${r.pagesApplied} page records, ` +
         `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; read+verify ${r.timings.loadMs.toFixed(0)} ms, ` +
@@ -80,15 +76,9 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       quitVmOnStop: true,
       ftSocket: r.ft ? paths.ft : undefined,
       resumeFrom: { image: r.image, version: r.plan.target.version },
-      ...loopSettings(a),
-      metrics: m.metrics,
-      lease,
+      ...loop,
     });
-  } finally {
-    await lease?.close();
-    h.close();
-    await m.close();
-  }
+  });
 }
 
 export const recoverCommand: CommandModule<object, RecoverArgs> = {

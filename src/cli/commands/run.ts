@@ -6,8 +6,9 @@ import { checkUserArgv, launchQemu, ramBytesFromArgv, vmPaths, createRamFile } f
 import { QmpClient } from '../../qemu/qmp.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, openMetrics, openStore, runDir, takeWriterLease, applyDurability } from '../context.js';
-import { loopSettings, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { log, runDir } from '../context.js';
+import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { asWriter } from '../writer.js';
 
 export interface RunArgs extends CheckpointArgs {
   pidfile?: string;
@@ -19,13 +20,7 @@ export async function runHandler(a: RunArgs): Promise<number> {
   const argv = [...(a['--'] ?? [])].map(String);
   checkUserArgv(argv);
   const ramBytes = ramBytesFromArgv(argv);
-  const m = await openMetrics(a.metrics);
-  const h = await openStore(a.redis, a.vm, true);
-  let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
-  try {
-    // The lease first: another writer's pending versions must not be cleaned up under it.
-    lease = await takeWriterLease(h, a['lease-ttl']);
-    await applyDurability(h, a.durability);
+  return asWriter(a, { retry: true }, async ({ h, loop }) => {
     await h.store.init(argv, ramBytes);
     const stale = await h.store.cleanupPending();
     if (stale.length) log(`${a.vm}: removed ${stale.length} uncommitted version(s) left by an earlier run`);
@@ -52,15 +47,9 @@ export async function runHandler(a: RunArgs): Promise<number> {
       qemuExited: qemu.exited,
       quitVmOnStop: true,
       ftSocket: ft ? paths.ft : undefined,
-      ...loopSettings(a),
-      metrics: m.metrics,
-      lease,
+      ...loop,
     });
-  } finally {
-    await lease?.close();
-    h.close();
-    await m.close();
-  }
+  });
 }
 
 export const runCommand: CommandModule<object, RunArgs> = {
