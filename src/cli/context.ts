@@ -96,8 +96,5 @@ export async function takeWriterLease(h: StoreHandle, ttlMs: number, waitMs = 0)
 export async function applyDurability(h: StoreHandle, spec: string): Promise<void> {
   const d = await settleDurability(h.redis, parseDurability(spec), h.own, h.url);
   h.store.setDurability(d);
-  log(
-    `${h.store.vmId}: commits count when ${describeDurability(d)}` +
-      (d.kind === 'none' ? ': a crash of the store host can lose the newest versions' : ''),
-  );
+  log(`${h.store.vmId}: commits count when ${describeDurability(d)}`);
 }

@@ -14,6 +14,7 @@ import type { Server } from 'node:net';
 import type { Redis } from 'ioredis';
 import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths } from '../qemu/launch.js';
 import { connectRedis } from '../store/redis-server.js';
+import { describeDurability, settleDurability } from '../store/durability.js';
 import { Ownership } from '../ha/ownership.js';
 import { listen, type Peer } from '../ha/peer.js';
 import { VmHost, type AgentOptions } from './vm-runtime.js';
@@ -22,11 +23,7 @@ import { Destination, type PrepareRequest } from './destination.js';
 import { onLeaseTick } from './decisions.js';
 
 export type { AgentOptions, MigrationMode, Role } from './vm-runtime.js';
-import { describeDurability, settleDurability } from '../store/durability.js';
-
 export type { MigrateRequest, MigrateResult } from './source.js';
-
-const NONE_RISK = ': a crash of the store host can lose the newest versions, and packets they explained may have left';
 
 export class Agent {
   private redis: Redis;
@@ -50,7 +47,7 @@ export class Agent {
   async start(): Promise<void> {
     const d = await settleDurability(this.redis, this.o.durability ?? { kind: 'auto' }, false, this.o.redis);
     this.host.durability = d;
-    this.o.log(`${this.o.host}: commits count when ${describeDurability(d)}${d.kind === 'none' ? NONE_RISK : ''}`);
+    this.o.log(`${this.o.host}: commits count when ${describeDurability(d)}`);
     await this.host.openGate();
     this.server = await listen(this.o.listen, (p) => this.onPeer(p), (m, p) => this.handle(m, p));
     this.timers.push(setInterval(() => this.tickLeases(), this.ownership.tickMs));

@@ -27,7 +27,8 @@ export class PendingBase {
     private readonly redis: Redis,
     private readonly keys: VmKeys,
     readonly version: number,
-    private readonly fence: () => string = () => '',
+    /** The lease the writer compacts under, '' when unfenced (see CheckpointStore.fenceWith). */
+    private readonly fence: () => string,
   ) {
     this.tmp = keys.newBaseChunks(version);
   }

@@ -6,7 +6,7 @@ import { PendingBase } from './base-writer.js';
 import { encodeFrame, type CodecChoice } from './frame.js';
 import { summarizeBatch } from '../kernel/page-delta.js';
 import { FencedError } from './fenced-error.js';
-import { NotDurableError, waitDurable, type Durability } from './durability.js';
+import { NotDurableError, ensureDurable, type Durability } from './durability.js';
 
 export { FencedError, NotDurableError };
 
@@ -244,7 +244,7 @@ export class PendingVersion {
     private readonly keys: VmKeys,
     readonly version: number,
     readonly parent: number,
-    private readonly writer: WriterSettings = { fence: () => '', durability: { kind: 'none' } },
+    private readonly writer: WriterSettings,
   ) {}
 
   get chunkCount(): number {
@@ -310,14 +310,7 @@ export class PendingVersion {
       if (msg.includes('PARENT')) throw new ParentMismatchError(msg);
       throw e;
     }
-    const d = this.writer.durability;
-    if (!(await waitDurable(this.redis, d))) {
-      throw new NotDurableError(
-        `version ${this.version} is in the store but fewer than ${d.kind === 'replicas' ? d.replicas : 0} replica(s) acknowledged it ` +
-          `within ${d.kind === 'replicas' ? d.timeoutMs : 0} ms: not reported as committed, held packets stay held`,
-        this.version,
-      );
-    }
+    await ensureDurable(this.redis, this.writer.durability, this.version);
     return full;
   }
 

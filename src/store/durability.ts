@@ -22,9 +22,11 @@ export function parseDurability(spec: string): DurabilityChoice {
   throw new Error(`--durability ${spec}: use auto, fsync, none or replicas:N[:TIMEOUT_MS] (N >= 1)`);
 }
 
+/** The policy as the log states it; for `none`, with what it risks. */
 export function describeDurability(d: Durability): string {
   if (d.kind === 'replicas') return `replicas:${d.replicas} (WAIT ${d.replicas} ${d.timeoutMs} ms after each commit)`;
-  return d.kind === 'fsync' ? 'fsync (appendfsync always)' : 'none';
+  if (d.kind === 'fsync') return 'fsync (appendfsync always)';
+  return 'none: a crash of the store host can lose the newest versions, and packets they explained may have left';
 }
 
 /** A commit that is in the store but not yet durable by the policy: not reported, packets stay held. */
@@ -72,9 +74,14 @@ export async function settleDurability(redis: Redis, choice: DurabilityChoice, o
   return { kind: 'none' };
 }
 
-/** After the commit script: waits for the policy; false when the version is not durable yet. */
-export async function waitDurable(redis: Redis, d: Durability): Promise<boolean> {
-  if (d.kind !== 'replicas') return true;
+/** After the commit script of `version`: waits for the policy; throws NotDurableError when it is not met. */
+export async function ensureDurable(redis: Redis, d: Durability, version: number): Promise<void> {
+  if (d.kind !== 'replicas') return;
   const acks = Number(await redis.call('WAIT', String(d.replicas), String(d.timeoutMs)));
-  return acks >= d.replicas;
+  if (acks >= d.replicas) return;
+  throw new NotDurableError(
+    `version ${version} is in the store but fewer than ${d.replicas} replica(s) acknowledged it ` +
+      `within ${d.timeoutMs} ms: not reported as committed, held packets stay held`,
+    version,
+  );
 }
