@@ -51,6 +51,11 @@ export class Lease {
     return LeaseStore.value(this.host, this.token);
   }
 
+  /** What this side's commits are fenced with (CheckpointStore.fenceWith): its value while held, else ''. */
+  fencing(): string {
+    return this.token ? this.value : '';
+  }
+
   /** Takes the lease if it is free (or already ours). */
   async acquire(): Promise<boolean> {
     const t = performance.now();

@@ -43,8 +43,8 @@ export class WriterLease {
     let said = false;
     while (!(await lease.acquire())) {
       const h = await lease.holder();
-      if (performance.now() >= deadline || !h) {
-        if (!h) continue; // expired between the two calls
+      if (!h) continue; // expired between the two calls: try again at once
+      if (performance.now() >= deadline) {
         throw new Error(
           `VM ${o.store.vmId} is being checkpointed by ${h.host} (its lease expires in ${h.ttlMs} ms unless renewed): ` +
             'stop that process first, or give another --vm',
@@ -55,7 +55,7 @@ export class WriterLease {
       await new Promise((r) => setTimeout(r, 100));
     }
     const w = new WriterLease(lease, o);
-    o.store.fenceWith(() => (lease.token ? lease.value : ''));
+    o.store.fenceWith(() => lease.fencing());
     w.timer = setInterval(() => void w.tick(), Math.max(100, Math.floor(o.ttlMs / 4)));
     return w;
   }

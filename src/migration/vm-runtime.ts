@@ -133,7 +133,7 @@ export class VmHost {
       this.vms.set(vm, r);
       const lease = r.lease;
       // Only the lease holder's commits and compactions are accepted by the store.
-      r.store.fenceWith(() => (lease.token ? lease.value : ''));
+      r.store.fenceWith(() => lease.fencing());
       r.store.setDurability(this.durability);
       this.o.metrics?.watchLease(vm, () => lease.token);
       this.o.metrics?.watchGate(vm, () => this.gate?.pending ?? 0);
