@@ -182,8 +182,6 @@ export class Checkpointer {
    * consistent checkpoint of that migration.
    */
   lastRound?: { meta: VersionMeta; endStatus?: string; resumed: boolean; at: number };
-  /** Set when the store fenced this writer off (the loop stopped). */
-  fenced?: FencedError;
 
   private async doRound(trigger: RoundTrigger, opts: { vmStopped?: boolean } = {}): Promise<VersionMeta> {
     const t0 = performance.now();
@@ -261,7 +259,6 @@ export class Checkpointer {
         } catch (e) {
           // Logged; but a writer the store fenced off is no longer the VM's owner: it stops.
           if (e instanceof FencedError) {
-            this.fenced = e;
             this.running = false;
             this.o.onFenced?.(e);
           }
