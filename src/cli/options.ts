@@ -19,8 +19,28 @@ export function withStore<T>(y: Argv<T>) {
     });
 }
 
-export function withCheckpointing<T>(y: Argv<T>) {
+/** `--durability` and `--metrics`: the writers' (withCheckpointing) and the agent's. */
+export function withOperatorOptions<T>(y: Argv<T>) {
   return y
+    .option('durability', {
+      type: 'string',
+      default: 'auto',
+      describe: 'when a commit counts: fsync (appendfsync always), replicas:N[:MS] (WAIT), none; auto: fsync where the server does it',
+    })
+    .option('metrics', {
+      type: 'string',
+      describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)',
+    })
+    .check((a) => {
+      const o = a as unknown as { durability: string; metrics?: string };
+      if (o.metrics !== undefined) parseListen(String(o.metrics));
+      parseDurability(String(o.durability));
+      return true;
+    });
+}
+
+export function withCheckpointing<T>(y: Argv<T>) {
+  return withOperatorOptions(y)
     .option('interval', { type: 'number', default: 1000, describe: 'I: ms between the starts of two rounds' })
     .option('max-pages', { type: 'number', default: 0, describe: 'N: most pages sent live per round (0: no bound)' })
     .option('max-time', { type: 'number', default: 0, describe: 'T: longest live stage of a round, ms (0: no bound)' })
@@ -35,19 +55,10 @@ export function withCheckpointing<T>(y: Argv<T>) {
       default: 'auto' as const,
       describe: "where dirty pages come from: the patched QEMU's dirty bitmap, or a compare of all RAM (auto: bitmap when QEMU has it)",
     })
-    .option('durability', {
-      type: 'string',
-      default: 'auto',
-      describe: 'when a commit counts: fsync (appendfsync always), replicas:N[:MS] (WAIT), none; auto: fsync where the server does it',
-    })
     .option('lease-ttl', {
       type: 'number',
       default: 3000,
       describe: "the VM's lease in the store, ms: one writer per VM id, the others' commits are refused",
-    })
-    .option('metrics', {
-      type: 'string',
-      describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)',
     })
     .option('compact-every', {
       type: 'number',
@@ -64,8 +75,6 @@ export function withCheckpointing<T>(y: Argv<T>) {
       if (Number(o.threads) < 1) throw new Error('--threads must be at least 1');
       if (Number(o.interval) < 10) throw new Error('--interval must be at least 10 ms');
       if (Number(o['lease-ttl']) < 500) throw new Error('--lease-ttl must be at least 500 ms');
-      if (o.metrics !== undefined) parseListen(String(o.metrics));
-      parseDurability(String(o.durability));
       return true;
     });
 }

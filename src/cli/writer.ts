@@ -4,12 +4,12 @@
 // opened in that order, closed in the reverse one.
 import { applyDurability, openMetrics, openStore, takeWriterLease, type StoreHandle } from './context.js';
 import { loopSettings, type CheckpointArgs } from './options.js';
-import type { CheckpointLoopOptions } from './checkpoint-loop.js';
+import type { CheckpointLoopOptions, LoopSettings } from './checkpoint-loop.js';
 
 export interface Writer {
   h: StoreHandle;
   /** The checkpoint loop's settings from the command line, its metrics and its lease. */
-  loop: Pick<CheckpointLoopOptions, 'intervalMs' | 'maxPages' | 'maxTimeMs' | 'codec' | 'threads' | 'compactEvery' | 'metrics' | 'lease'>;
+  loop: LoopSettings & Pick<CheckpointLoopOptions, 'metrics' | 'lease'>;
 }
 
 export interface WriterOptions {

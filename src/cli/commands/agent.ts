@@ -5,7 +5,7 @@ import { checkUserArgv } from '../../qemu/launch.js';
 import { Agent } from '../../migration/agent.js';
 import { parseCodec } from '../../store/frame.js';
 import { log, openMetrics, runDir } from '../context.js';
-import { parseListen } from '../../util/metrics.js';
+import { withOperatorOptions } from '../options.js';
 import { parseDurability } from '../../store/durability.js';
 
 interface AgentArgs {
@@ -38,7 +38,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
   command: 'agent',
   describe: 'Run the host sidecar: checkpoint the VMs held here, send and receive migrations, recover on failure',
   builder: (y) =>
-    y
+    withOperatorOptions(y)
       .option('host', { type: 'string', demandOption: true, describe: 'name of this host (the lease holder name)' })
       .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the control channel (PORT+1 takes migrations)' })
       .option('redis', { type: 'string', demandOption: true, describe: 'Redis URL of the checkpoint store' })
@@ -70,18 +70,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('lease-ttl', { type: 'number', default: 3000, describe: 'ownership lease in the store, ms' })
       .option('gate', { type: 'boolean', default: true, describe: 'output commit: hold guest packets until their round commits' })
       .option('checkpoint', { type: 'boolean', default: true, describe: 'FIC/RIC on (off: plain migration, for comparison)' })
-      .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' })
-      .option('durability', {
-        type: 'string',
-        default: 'auto',
-        describe: 'when a commit counts: fsync (appendfsync always), replicas:N[:MS] (WAIT), none; auto: fsync where the server does it',
-      })
-      .option('metrics', { type: 'string', describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)' })
-      .check((a) => {
-        if (a.metrics !== undefined) parseListen(String(a.metrics));
-        parseDurability(String(a.durability));
-        return true;
-      }) as never,
+      .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' }) as never,
   handler: async (a) => {
     const m = await openMetrics(a.metrics);
     const agent = new Agent({
