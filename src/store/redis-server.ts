@@ -116,6 +116,14 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
         return;
       }
       for (let i = 0; i < 500 && processAlive(pid); i++) await sleep(10);
+      // Stopped means gone: a server still alive after 5 s (a slow AOF flush) is killed.
+      if (!processAlive(pid)) return;
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        return;
+      }
+      for (let i = 0; i < 500 && processAlive(pid); i++) await sleep(10);
     },
   };
 }

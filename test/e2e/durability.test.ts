@@ -72,6 +72,7 @@ t.test('replicas:1 — a commit counts only once a real replica has it', async (
   await t.rejects(settleDurability(replica, { kind: 'replicas', replicas: 1, timeoutMs: 200 }, false, replicaSrv.url), /is a slave, not a primary/);
 
   await replicaSrv.stop();
+  await waitFor('the primary to see its replica gone', 30_000, async () => (/connected_slaves:0/.test(await redis.info('replication')) ? true : undefined));
   await t.rejects(smallVersion(store, 2), NotDurableError, 'the replica gone, commits are not reported again');
 });
 
