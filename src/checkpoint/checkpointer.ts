@@ -74,6 +74,11 @@ export interface CheckpointerOptions {
   onRound?: (m: VersionMeta) => void;
   /** The store refused a commit: this writer lost the VM's lease. The loop has stopped. */
   onFenced?: (e: FencedError) => void;
+  /**
+   * A commit was refused because the lease had run out with nobody holding it: take it back
+   * (WriterLease.reclaim); true goes on with the next round instead of stopping.
+   */
+  reclaimLease?: () => Promise<boolean>;
   /** Where round figures go for `--metrics` (src/util/metrics.ts). */
   metrics?: Metrics;
   /** FIC outside a migration: fold old versions into the base once more than 2×K are stored (0: never). */
@@ -258,7 +263,7 @@ export class Checkpointer {
           await this.maybeCompact();
         } catch (e) {
           // Logged; but a writer the store fenced off is no longer the VM's owner: it stops.
-          if (e instanceof FencedError) {
+          if (e instanceof FencedError && !(e.leaseFree && (await this.o.reclaimLease?.().catch(() => false)))) {
             this.running = false;
             this.o.onFenced?.(e);
           }

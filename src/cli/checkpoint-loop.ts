@@ -46,6 +46,7 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
     onFenced: (e) => {
       fenced ??= e.message;
     },
+    reclaimLease: o.lease && (() => o.lease!.reclaim()),
   });
   o.lease?.whenLost((holder) => {
     fenced ??= `the lease was taken by ${holder}`;

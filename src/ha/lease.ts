@@ -18,6 +18,8 @@ export class Lease {
   lastRenewed = 0;
   /** A renewal found another holder: this side lost the lease. */
   lost = false;
+  /** The token this side held last (kept when a renewal finds the lease gone): what reclaim() asks back. */
+  private lastToken = 0;
 
   /** `redis`: the leases' own connection, so that a renewal never waits behind a checkpoint's bulk writes. */
   constructor(
@@ -62,7 +64,22 @@ export class Lease {
     const r = await this.timed(this.store.acquire(this.host, this.ttlMs));
     if (r === null) return false;
     this.lost = false;
-    this.token = r;
+    this.token = this.lastToken = r;
+    this.lastRenewed = t;
+    return true;
+  }
+
+  /**
+   * Takes back the lease this side held last, with the same token, if it ran out while nobody
+   * else held it (the store was away longer than the TTL): its commits stay valid. False when
+   * another owner had it meanwhile.
+   */
+  async reclaim(): Promise<boolean> {
+    if (!this.lastToken) return false;
+    const t = performance.now();
+    if (!(await this.timed(this.store.reclaim(LeaseStore.value(this.host, this.lastToken), this.lastToken, this.ttlMs)))) return false;
+    this.lost = false;
+    this.token = this.lastToken;
     this.lastRenewed = t;
     return true;
   }
@@ -83,20 +100,20 @@ export class Lease {
   async handOver(to: string): Promise<number> {
     const r = await this.timed(this.store.handOver(this.value, to, this.ttlMs));
     if (r === null) return 0;
-    this.token = 0;
+    this.token = this.lastToken = 0;
     return r;
   }
 
   async release(): Promise<void> {
     if (!this.token) return;
     await this.timed(this.store.release(this.value)).catch(() => {});
-    this.token = 0;
+    this.token = this.lastToken = 0;
   }
 
   /** Adopts a lease handed to this side (its token). */
   adopt(token: number): void {
     this.lost = false;
-    this.token = token;
+    this.token = this.lastToken = token;
     this.lastRenewed = performance.now();
   }
 

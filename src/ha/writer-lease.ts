@@ -2,9 +2,10 @@
 // its checkpoints, and the store refuses the commits of any other (CheckpointStore.fenceWith).
 //
 // Unlike an agent, which must give the VM up when it cannot renew (a peer may take it over),
-// a lone writer whose lease merely expired — the store was away longer than the TTL — takes it
-// again when the store is back, if nobody else did: no other copy can have started meanwhile
-// without holding it. Only another holder makes this writer lose.
+// a lone writer whose lease merely expired — the store was away, or failing over, for longer
+// than the TTL — takes it back under the same token when the store returns, if nobody held it
+// since (Lease.reclaim checks the epoch): no other copy can have started meanwhile without
+// holding it. Another holder, even one that has gone again, makes this writer lose.
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
@@ -71,20 +72,27 @@ export class WriterLease {
     this.renewing = true;
     try {
       if (this.lease.token && (await this.lease.renew())) return;
-      // Expired (the store was away) or taken: take it again if it is free.
-      if (await this.lease.acquire()) {
-        this.o.log(`${this.o.store.vmId}: the lease had expired (store unreachable?); taken again, token ${this.lease.token}`);
-        return;
-      }
+      // Expired (the store was away) or taken: take it back if nobody held it since.
+      if (await this.reclaim()) return;
       const h = await this.lease.holder();
-      if (!h) return; // expired meanwhile: the next tick takes it
-      this.lostTo = h.host;
-      this.onLost?.(h.host);
+      this.lostTo = h ? h.host : 'another writer, which held the lease after it expired here and has given it up';
+      this.onLost?.(this.lostTo);
     } catch {
       /* the store is away: retry on the next tick; commits cannot happen meanwhile either */
     } finally {
       this.renewing = false;
     }
+  }
+
+  /**
+   * Takes back a lease that ran out while nobody else held it, under the same token (also when
+   * the store refused a commit because the lease was free); true when held again.
+   */
+  async reclaim(): Promise<boolean> {
+    if (this.lostTo) return false;
+    if (!(await this.lease.reclaim())) return false;
+    this.o.log(`${this.o.store.vmId}: the lease had run out (the store was unreachable); taken back, token ${this.lease.token}`);
+    return true;
   }
 
   /** Stops renewing and gives the lease back (if still held). */

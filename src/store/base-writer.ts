@@ -6,8 +6,9 @@ import { FencedError } from './fenced-error.js';
 
 const SWITCH_LUA = `
 -- KEYS: newBase, baseChunks, base, committed, owner ; ARGV: version, lease ('' : unfenced)
-if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then
-  return redis.error_reply('FENCED compaction to version ' .. ARGV[1] .. ': written under lease ' .. ARGV[2] .. ', which is no longer held')
+local owner = redis.call('GET', KEYS[5])
+if ARGV[2] ~= '' and owner ~= ARGV[2] then
+  return redis.error_reply('FENCED compaction to version ' .. ARGV[1] .. ': written under lease ' .. ARGV[2] .. ' but the lease is ' .. (owner or 'free'))
 end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) == false then
   return redis.error_reply('version ' .. ARGV[1] .. ' is no longer committed')

@@ -34,6 +34,20 @@ redis.call('SET', KEYS[1], ARGV[2] .. '|' .. token, 'PX', ARGV[3])
 return token
 `;
 
+// A holder whose lease ran out while the store was away takes it back under the same token,
+// but only if nobody held it since: any other owner would have moved the epoch on.
+const RECLAIM = `
+local v = redis.call('GET', KEYS[1])
+if v then
+  if v ~= ARGV[1] then return 0 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+`;
+
 const RELEASE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -79,6 +93,11 @@ export class LeaseStore {
       | number
       | null;
     return r === null ? null : Number(r);
+  }
+
+  /** Holds `value` (token `token`) again if it is still ours or free with nobody else since; true when held. */
+  async reclaim(value: string, token: number, ttlMs: number): Promise<boolean> {
+    return Number(await this.redis.eval(RECLAIM, 2, this.keys.owner, this.keys.epoch, value, String(token), String(ttlMs))) === 1;
   }
 
   /** Drops the lease if it still holds `value`. */

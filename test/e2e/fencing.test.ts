@@ -5,6 +5,7 @@ import t from 'tap';
 import { CheckpointStore, FencedError } from '../../src/store/checkpoint-store.js';
 import { encodeFrame, parseCodec } from '../../src/store/frame.js';
 import { LeaseStore } from '../../src/store/lease-store.js';
+import { Lease } from '../../src/ha/lease.js';
 import { compact } from '../../src/store/compaction.js';
 import { planRestore } from '../../src/store/reader.js';
 import { vmKeys } from '../../src/store/keys.js';
@@ -74,6 +75,49 @@ t.test('commits and compactions are refused once another owner holds the lease',
   await redis.pexpire(vmKeys('f1').owner, 1);
   await new Promise((r) => setTimeout(r, 20));
   await t.rejects((await smallVersion(b, await b.head())).commit(), /FENCED .* but the lease is free/);
+});
+
+t.test('a lease that ran out while nobody held it is taken back under the same token; not once another held it', async (t) => {
+  const srv = await testRedis(t);
+  const redis = testClient(t, srv.url);
+  const store = new CheckpointStore(redis, 'f3');
+  await store.init(['q'], RAM);
+  const a = new Lease(redis, 'f3', 'host-a', 60_000);
+  t.ok(await a.acquire(), 'host-a holds the lease');
+  const token = a.token;
+  store.fenceWith(() => a.fencing());
+  await (await smallVersion(store, 0)).commit();
+
+  // The store away longer than the TTL (here: the key simply runs out).
+  await redis.pexpire(vmKeys('f3').owner, 1);
+  await new Promise((r) => setTimeout(r, 20));
+  const err = await (await smallVersion(store, 1)).commit().then(
+    () => undefined,
+    (e: Error) => e,
+  );
+  t.type(err, FencedError, 'the commit under the run-out lease is refused');
+  t.ok((err as FencedError).leaseFree, 'as one under a free lease');
+  t.ok(await a.reclaim(), 'host-a takes it back');
+  t.equal(a.token, token, 'with the same token');
+  const next = await smallVersion(store, 1);
+  await next.commit();
+  t.same(await store.committed(), [1, next.p.version], 'and commits on (the refused version left nothing)');
+  t.ok(await a.reclaim(), 'reclaiming a lease still held renews it');
+
+  // host-b holds it in between and gives it up: host-a may not take it back.
+  await redis.pexpire(vmKeys('f3').owner, 1);
+  await new Promise((r) => setTimeout(r, 20));
+  const b = new Lease(redis, 'f3', 'host-b', 60_000);
+  t.ok(await b.acquire(), 'host-b takes the free lease');
+  const held = await (await smallVersion(store, next.p.version)).commit().then(
+    () => undefined,
+    (e: Error) => e,
+  );
+  t.type(held, FencedError, "host-a's commit is refused while host-b holds it");
+  t.notOk((held as FencedError).leaseFree, 'as one under a lease someone holds');
+  await b.release();
+  t.notOk(await a.reclaim(), 'after host-b had it, host-a cannot take it back');
+  t.equal(await new LeaseStore(redis, 'f3').holder(), null, 'and the lease stays free');
 });
 
 t.test('one writer per VM: a second run is refused, a paused one is fenced off when it wakes', async (t) => {
