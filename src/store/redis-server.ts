@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { parseRedisTarget } from './redis-url.js';
 import { processAlive } from '../util/process.js';
 
 export interface RedisServerOptions {
@@ -145,8 +146,12 @@ export interface ConnectOptions {
   retry?: boolean;
 }
 
-/** redis://host:port[/db], rediss://..., or a unix socket path. Loopback only unless the user says otherwise. */
+/**
+ * redis://host:port[/db], rediss://..., a unix socket path, or redis+sentinel://host:port,.../NAME
+ * (src/store/redis-url.ts). Loopback only unless the user says otherwise.
+ */
 export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
+  const target = parseRedisTarget(url);
   const common = {
     lazyConnect: false,
     enableAutoPipelining: true,
@@ -155,7 +160,20 @@ export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
     // Commands wait for the (re)connection; a one-shot client fails them when it gives up.
     enableOfflineQueue: true,
   };
-  const r = url.startsWith('/') || url.startsWith('./') ? new Redis({ ...common, path: url }) : new Redis(url, common);
+  const r =
+    target.kind === 'socket'
+      ? new Redis({ ...common, path: target.path })
+      : target.kind === 'url'
+        ? new Redis(target.url, common)
+        : new Redis({
+            ...common,
+            sentinels: target.sentinels,
+            name: target.name,
+            db: target.db,
+            ...(target.password ? { password: target.password } : {}),
+            // While no sentinel answers (or none knows a primary yet): the same patience as above.
+            sentinelRetryStrategy: common.retryStrategy,
+          });
   r.on('error', () => {
     /* surfaced by the failing command */
   });
