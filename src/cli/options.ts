@@ -6,12 +6,15 @@ import { parseListen } from '../util/metrics.js';
 import { parseDurability } from '../store/durability.js';
 import type { LoopSettings } from './checkpoint-loop.js';
 
+/** What every `--redis` accepts (src/store/redis-url.ts). */
+export const REDIS_FORMS = 'redis://HOST:PORT[/DB], rediss://..., a unix socket path, or redis+sentinel://HOST:PORT,HOST:PORT/NAME (a primary found and followed through Sentinel)';
+
 export function withStore<T>(y: Argv<T>) {
   return y
     .option('vm', { type: 'string', demandOption: true, describe: 'VM id (letters, digits, . _ -)' })
     .option('redis', {
       type: 'string',
-      describe: 'Redis URL (redis://127.0.0.1:6379) or unix socket path; default: migsafe\'s own redis-server',
+      describe: `the checkpoint store: ${REDIS_FORMS}; default: migsafe's own redis-server`,
     })
     .check((a) => {
       checkVmId(String((a as { vm: string }).vm));

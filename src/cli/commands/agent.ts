@@ -5,7 +5,7 @@ import { checkUserArgv } from '../../qemu/launch.js';
 import { Agent } from '../../migration/agent.js';
 import { parseCodec } from '../../store/frame.js';
 import { log, openMetrics, runDir } from '../context.js';
-import { withOperatorOptions } from '../options.js';
+import { REDIS_FORMS, withOperatorOptions } from '../options.js';
 import { parseDurability } from '../../store/durability.js';
 
 interface AgentArgs {
@@ -41,7 +41,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
     withOperatorOptions(y)
       .option('host', { type: 'string', demandOption: true, describe: 'name of this host (the lease holder name)' })
       .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the control channel (PORT+1 takes migrations)' })
-      .option('redis', { type: 'string', demandOption: true, describe: 'Redis URL of the checkpoint store' })
+      .option('redis', { type: 'string', demandOption: true, describe: `the checkpoint store: ${REDIS_FORMS}` })
       .option('vm', { type: 'string', describe: 'start this VM here, from the QEMU command line after --' })
       .option('interval', { type: 'number', default: 1000, describe: 'FIC: ms between rounds' })
       .option('max-pages', { type: 'number', default: 0, describe: 'FIC: N, most pages sent live per round' })

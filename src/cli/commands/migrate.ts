@@ -6,6 +6,7 @@ import { connectRedis } from '../../store/redis-server.js';
 import { CheckpointStore } from '../../store/checkpoint-store.js';
 import type { MigrateResult } from '../../migration/agent.js';
 import { log } from '../context.js';
+import { REDIS_FORMS } from '../options.js';
 
 interface MigrateArgs {
   vm: string;
@@ -26,7 +27,7 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
       .option('vm', { type: 'string', demandOption: true })
       .option('to', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the destination agent' })
       .option('from', { type: 'string', describe: 'ADDR:PORT of the source agent (default: the one the store names)' })
-      .option('redis', { type: 'string', describe: 'Redis URL of the store (to find the source agent)' })
+      .option('redis', { type: 'string', describe: `the checkpoint store, to find the source agent: ${REDIS_FORMS}` })
       .option('mode', { choices: ['precopy', 'postcopy', 'hybrid'] as const, default: 'precopy' as const })
       .option('bandwidth', { type: 'number', default: 0, describe: 'migration bandwidth limit, MiB/s (0: QEMU default)' })
       .option('postcopy-bandwidth', { type: 'number', default: 0, describe: 'post-copy bandwidth limit, MiB/s (0: none)' })
