@@ -287,6 +287,8 @@ export class PendingVersion {
       deviceStateStored: this.deviceBytes,
       committedAt: Date.now(),
     };
+    const fence = this.writer.fence();
+    if (fence) full.writer = fence;
     const k = this.keys;
     try {
       await this.redis.eval(
@@ -301,7 +303,7 @@ export class PendingVersion {
         String(this.version),
         String(this.parent),
         String(this.chunks),
-        this.writer.fence(),
+        fence,
         ...metaToHash(full),
       );
     } catch (e) {

@@ -29,6 +29,11 @@ export interface VersionMeta {
   /** Pages sent in stage 1 (VM running) and stage 2 (VM paused). */
   stage1Pages: number;
   stage2Pages: number;
+  /**
+   * The lease it was committed under ("host|token"; absent when unfenced): which writer made it,
+   * and proof that no stale owner got a version in (the commit script checked this lease).
+   */
+  writer?: string;
 }
 
 const NUMERIC: (keyof VersionMeta)[] = [

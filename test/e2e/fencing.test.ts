@@ -164,6 +164,12 @@ t.test('one writer per VM: a second run is refused, a paused one is fenced off w
   const headNow = await store.head();
   await waitFor('the new owner to commit on', 30_000, async () => ((await store.head()) > headNow ? true : undefined));
   t.pass('the recovered VM is checkpointed on by its new owner');
+  // Each version names the lease it was committed under: none of the frozen writer's follows the new owner's first.
+  const metas = await store.metas();
+  const by = (pid: number | undefined) => metas.filter((m) => m.writer?.includes(`:${pid}|`)).map((m) => m.version);
+  const [fromA, fromC] = [by(a.child.pid), by(c.child.pid)];
+  t.ok(fromA.length > 0 && fromC.length > 0, `versions name their writers (${fromA.length} by the first, ${fromC.length} by the recovery)`);
+  t.ok(Math.max(...fromA) < Math.min(...fromC), `the frozen writer's last version ${Math.max(...fromA)} precedes the new owner's first ${Math.min(...fromC)}`);
   c.child.kill('SIGTERM');
   t.equal(await c.exited, 0, 'the new owner stops cleanly');
 });

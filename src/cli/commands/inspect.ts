@@ -34,6 +34,8 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
         codec: m.codec,
         stage1Pages: m.stage1Pages,
         stage2Pages: m.stage2Pages,
+        /** The lease it was committed under ("host|token"), null when written unfenced. */
+        writer: m.writer ?? null,
       }));
       if (a.json) {
         process.stdout.write(
@@ -44,12 +46,12 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
       process.stdout.write(`VM ${a.vm}: RAM ${fmtBytes(vm.ramBytes)}, ${versions.length} committed version(s)` +
         (base ? `, base image at version ${base}` : '') + `\n`);
       process.stdout.write(`QEMU: ${vm.argv.join(' ')}\n`);
-      process.stdout.write('version  committed                 pages   stored      B/page  pause ms  device     source\n');
+      process.stdout.write('version  committed                 pages   stored      B/page  pause ms  device     source   writer\n');
       for (const v of versions) {
         const perPage = v.pages ? v.bytesStored / v.pages : 0;
         process.stdout.write(
           `${String(v.version).padStart(7)}  ${v.committedAt}  ${String(v.pages).padStart(6)}  ${fmtBytes(v.bytesStored).padStart(10)}  ` +
-            `${perPage.toFixed(1).padStart(6)}  ${v.pauseMs.toFixed(1).padStart(8)}  ${fmtBytes(v.deviceStateBytes).padStart(9)}  ${v.dirtySource}\n`,
+            `${perPage.toFixed(1).padStart(6)}  ${v.pauseMs.toFixed(1).padStart(8)}  ${fmtBytes(v.deviceStateBytes).padStart(9)}  ${v.dirtySource.padEnd(7)}  ${v.writer ?? '-'}\n`,
         );
       }
     } finally {
