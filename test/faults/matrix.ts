@@ -6,6 +6,10 @@
 //
 // One test file per scenario (test/faults/<scenario>.test.ts, so that each stays well inside
 // tap's per-file timeout); MIGSAFE_FAULT_RUNS=N runs each scenario N times (default 2). Each
+// The source agent SIGSTOPped past its lease during pre-copy (source-agent-stopped) is the
+// fencing scenario: its QEMU runs on, the destination recovers, and when the agent wakes, its
+// commits must be refused and its QEMU stopped. Every run counts the versions committed after a
+// recovery by anyone but the survivor (stale commits; versions carry their writer's lease). Each
 // run's result is appended to $MIGSAFE_FAULT_RESULTS (default /tmp/migsafe-fault-results.jsonl);
 // test/faults/table.ts prints the table (npm run test:faults does).
 import t, { type Test } from 'tap';
@@ -29,7 +33,8 @@ export type Scenario =
   | 'network-postcopy'
   | 'redis-restart'
   | 'destination-precopy'
-  | 'network-precopy';
+  | 'network-precopy'
+  | 'source-agent-stopped';
 export const SCENARIOS: Scenario[] = [
   'source-precopy',
   'source-postcopy',
@@ -38,6 +43,7 @@ export const SCENARIOS: Scenario[] = [
   'redis-restart',
   'destination-precopy',
   'network-precopy',
+  'source-agent-stopped',
 ];
 const RUNS = Number(process.env.MIGSAFE_FAULT_RUNS ?? 2);
 const waitFor = <T>(what: string, ms: number, f: () => T | undefined | Promise<T | undefined>) => waitForValue(what, ms, f, 100);
@@ -52,6 +58,8 @@ export interface RunResult {
   unexplained: number;
   /** Progress the guest had made past the state it resumed from (rolled back, never seen outside). */
   rolledBack: number;
+  /** Versions committed after the recovery's version by a writer other than the survivor (null: no recovery). */
+  staleCommits?: number | null;
   /** The VM went on in the same QEMU (V-Recover's live recovery: missing pages filled from the store). */
   live?: boolean;
   where: string;
@@ -125,6 +133,12 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       await c.restartRedis();
       survivor = 'dst';
       break;
+    case 'source-agent-stopped':
+      // Frozen, not dead: its QEMU runs on and its gate holds what the guest sends.
+      c.agents.src!.child.kill('SIGSTOP');
+      failedAt = Date.now();
+      survivor = 'dst';
+      break;
   }
   // Pre-copy losing its destination (or the network to it): the source never stopped the VM.
   const cancelled = scenario === 'destination-precopy' || scenario === 'network-precopy';
@@ -134,9 +148,14 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
     const s = c.status(survivor)?.vms[0];
     return s?.role === 'owner' && s.pid > 0 && (!expectRecovery || s.recoveries.length > 0) ? s : undefined;
   });
+  if (scenario === 'source-agent-stopped') {
+    // The destination runs the VM; the source agent wakes to a lease it no longer holds.
+    c.agents.src!.child.kill('SIGCONT');
+    await waitFor('the woken source agent to stop its QEMU', 60_000, () => (qemuPidsIn(c.hosts.src).length === 0 ? true : undefined));
+  }
   const migRes = await mig;
   if (scenario === 'redis-restart') t.equal(migRes.code, 0, `run ${run}: the migration completes across a Redis restart`);
-  if (cancelled) t.match(migRes.stdout, /"status":"(cancelled|failed)"/, `run ${run}: the migration is called off`);
+  if (cancelled || scenario === 'source-agent-stopped') t.match(migRes.stdout, /"status":"(cancelled|failed)"/, `run ${run}: the migration is called off`);
   if (scenario === 'destination-postcopy') t.match(migRes.stdout, /"status":"recovered-at-source"/, `run ${run}: migrate reports the recovery at the source`);
   if (scenario === 'network-precopy') {
     t.equal(st.recoveries.length, 0, `run ${run}: the source ran on without a recovery`);
@@ -208,6 +227,14 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
     unexplained = seenBefore.filter((d) => d.counter > k).length;
     rolledBack = Math.max(0, lastCounter(consoleBefore) - k);
     t.equal(unexplained, 0, `run ${run}: every datagram the peer saw before recovery (max ${Math.max(0, ...seenBefore.map((d) => d.counter))}) is explained by version ${rec.fromVersion} (counter ${k})`);
+    if (scenario === 'source-agent-stopped') {
+      // The frozen source's gate must not let out, when it wakes, what no version explains.
+      const fromSrc = peerDatagrams(c.peerLog).filter((d) => d.from === c.hosts.src.ip);
+      const late = fromSrc.filter((d) => d.counter > k).length;
+      unexplained += late;
+      t.ok(fromSrc.length > 0, `run ${run}: the peer heard the source before it froze (${fromSrc.length} datagrams)`);
+      t.equal(late, 0, `run ${run}: nothing the source let out, ever, is past version ${rec.fromVersion} (counter ${k})`);
+    }
   } else {
     // No recovery (the VM ran on where it was): output commit still holds — what the peer has
     // seen (read first) is explained by the newest committed version (read after).
@@ -216,7 +243,14 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
     unexplained = seen.filter((d) => d.counter > k).length;
     t.equal(unexplained, 0, `run ${run}: every datagram the peer saw (max ${Math.max(0, ...seen.map((d) => d.counter))}) is explained by the newest version ${version} (counter ${k})`);
   }
-  record({ scenario, recovered: t.passing(), recoveryMs, unexplained, rolledBack, where: survivor, live });
+  let staleCommits: number | null = null;
+  const from = st.recoveries[st.recoveries.length - 1]?.fromVersion;
+  if ((live || expectRecovery) && from !== undefined) {
+    const stale = await writtenAfter(c, from, survivor);
+    staleCommits = stale.length;
+    t.same(stale, [], `run ${run}: every version after ${from} was written by ${survivor}, the lease holder`);
+  }
+  record({ scenario, recovered: t.passing(), recoveryMs, unexplained, rolledBack, staleCommits, where: survivor, live });
 }
 
 
@@ -227,6 +261,17 @@ async function committedCounter(c: Cluster, version?: number): Promise<{ version
     const store = new CheckpointStore(redis, 'f1');
     const plan = await planRestore(store, version);
     return { version: plan.target.version, counter: Number(findProgressInImage((await loadImage(store, plan)).image)) };
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** Versions after `from` whose writer (the lease they were committed under) is not host `by`. */
+async function writtenAfter(c: Cluster, from: number, by: HostName): Promise<string[]> {
+  const redis = connectRedis(join(c.redisDir, 'redis.sock'));
+  try {
+    const metas = await new CheckpointStore(redis, 'f1').metas();
+    return metas.filter((m) => m.version > from && !m.writer?.startsWith(`${by}|`)).map((m) => `${m.version} by ${m.writer ?? 'nobody'}`);
   } finally {
     redis.disconnect();
   }

@@ -367,12 +367,13 @@ export function appendSerial(argv: string[]): string[] {
 }
 
 /** Datagrams the peer received: [receive time ms, counter]. */
-export function peerDatagrams(file: string): { at: number; counter: number }[] {
+/** What the peer received: when, from which host's address (the agent whose gate let it out), the counter. */
+export function peerDatagrams(file: string): { at: number; from: string; counter: number }[] {
   if (!existsSync(file)) return [];
-  const out: { at: number; counter: number }[] = [];
+  const out: { at: number; from: string; counter: number }[] = [];
   for (const l of readFileSync(file, 'latin1').split('\n')) {
-    const m = /^(\d+) \S+ MIGSAFE udp workload=\S+ counter=(\d+)/.exec(l);
-    if (m) out.push({ at: Number(m[1]), counter: Number(m[2]) });
+    const m = /^(\d+) (\S+) MIGSAFE udp workload=\S+ counter=(\d+)/.exec(l);
+    if (m) out.push({ at: Number(m[1]), from: m[2]!, counter: Number(m[3]) });
   }
   return out;
 }
