@@ -42,7 +42,7 @@ export interface DurabilityBenchOptions {
 
 export const USAGE =
   'usage: npm run bench:durability -- [--reps N] [--ram-mib M] [--codec C] [--dir DIR] [--json]\n' +
-  '  --reps N      measured rounds per policy, interleaved round-robin (default 10)\n' +
+  '  --reps N      measured rounds per policy, interleaved round-robin (default 12)\n' +
   '  --ram-mib M   RAM image size; every other page is a dirty corpus page (default 256)\n' +
   '  --codec C     page compression, as `migsafe run --codec` (default zstd:1)\n' +
   "  --dir DIR     where the servers' append-only files go (default the system temp dir)\n" +
@@ -61,7 +61,7 @@ export function parseDurabilityArgs(argv: string[]): DurabilityBenchOptions & { 
     ({ values } = parseArgs({
       args: argv,
       options: {
-        reps: { type: 'string', default: '10' },
+        reps: { type: 'string', default: '12' },
         'ram-mib': { type: 'string', default: '256' },
         codec: { type: 'string', default: 'zstd:1' },
         dir: { type: 'string', default: tmpdir() },

@@ -15,7 +15,7 @@ const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 
 
 t.test('arguments: defaults, and bad ones named with the fix', async (t) => {
   const d = parseDurabilityArgs([]);
-  t.match(d, { reps: 10, ramMiB: 256, codec: 'zstd:1', json: false, help: false });
+  t.match(d, { reps: 12, ramMiB: 256, codec: 'zstd:1', json: false, help: false });
   t.match(parseDurabilityArgs(['--reps', '3', '--ram-mib', '16', '--codec', 'lz4', '--json']), { reps: 3, ramMiB: 16, codec: 'lz4', json: true });
   t.throws(() => parseDurabilityArgs(['--reps', '0']), /--reps 0: give a whole number of at least 1/);
   t.throws(() => parseDurabilityArgs(['--ram-mib', '1.5']), /--ram-mib 1\.5: give a whole number/);
