@@ -6,60 +6,18 @@
 //  2. A real guest (wset) under `migsafe run`: stage-2 pause per round, bytes per re-dirtied
 //     page; then kill -9 and the recovery time of the 256 MiB guest.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { native } from '../src/kernel/native.js';
 import { CheckpointStore } from '../src/store/checkpoint-store.js';
-import { encodeFrame, parseCodec } from '../src/store/frame.js';
 import { connectRedis, startRedisServer } from '../src/store/redis-server.js';
-import { summarizeBatch } from '../src/kernel/page-delta.js';
+import { buildImage, checkpointRound, resetStore, roundScratch, ROOT, type Image } from './pipeline.js';
+import { median, note } from './stats.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CORPUS = process.env.MIGSAFE_CORPUS ?? resolve(ROOT, '..', 'shared', 'corpus');
-const PAGE = 4096;
 const json = process.argv.includes('--json');
 const skipGuest = process.argv.includes('--no-guest');
 const skipPipeline = process.argv.includes('--guests-only');
-
-function note(s: string): void {
-  process.stderr.write(`${s}\n`);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.floor(s.length / 2)]! : NaN;
-}
-
-/** RAM and shadow of `ramPages` pages; the corpus pairs are spread over it (old in the shadow, new in RAM). */
-function buildImage(ramPages: number) {
-  const files = readdirSync(CORPUS).filter((f) => f.endsWith('.pairs')).sort();
-  if (!files.length) throw new Error(`no .pairs files in ${CORPUS} (set MIGSAFE_CORPUS)`);
-  const pairs: Buffer[] = files.map((f) => readFileSync(join(CORPUS, f)));
-  const total = pairs.reduce((a, p) => a + p.length / (2 * PAGE), 0);
-  if (2 * total > ramPages) throw new Error('corpus larger than half the RAM image');
-  const ram = Buffer.alloc(ramPages * PAGE);
-  const shadow0 = Buffer.alloc(ramPages * PAGE);
-  // Background: identical non-zero pages (a guest's clean memory) so the compare reads real data.
-  for (let p = 0; p < ramPages; p++) ram.writeUInt32LE(p + 1, p * PAGE);
-  ram.copy(shadow0);
-  // Every other page is dirty: the corpus, repeated, so the compare of all RAM is amortized
-  // over as many dirty pages as a busy round has.
-  const copies = Math.max(1, Math.floor(ramPages / 2 / total));
-  let slot = 0;
-  for (let c = 0; c < copies; c++) {
-    for (const buf of pairs) {
-      for (let off = 0; off < buf.length; off += 2 * PAGE) {
-        const p = slot++ * 2;
-        buf.copy(shadow0, p * PAGE, off, off + PAGE);
-        buf.copy(ram, p * PAGE, off + PAGE, off + 2 * PAGE);
-      }
-    }
-  }
-  return { ram, shadow0, dirty: slot, files };
-}
 
 interface PipelineResult {
   codec: string;
@@ -74,52 +32,24 @@ interface PipelineResult {
   phaseMs: number[];
 }
 
-async function pipeline(url: string, codecSpec: string, img: ReturnType<typeof buildImage>, repeats: number) {
-  const n = native();
-  const codec = parseCodec(codecSpec);
+async function pipeline(url: string, codecSpec: string, img: Image, repeats: number) {
   const redis = connectRedis(url);
   const store = new CheckpointStore(redis, `bench-${codecSpec.replace(':', '-')}`);
-  await store.deleteAll();
-  await store.init(['bench'], img.ram.length);
-  const shadow = Buffer.alloc(img.ram.length);
-  const device = Buffer.alloc(200 * 1024, 7);
+  await resetStore(store, img);
+  const scratch = roundScratch(img);
   const times: number[] = [];
   const phases: number[][] = [];
   let stored = 0;
   let frames = 0;
   let pages = 0;
   for (let r = 0; r < repeats; r++) {
-    img.shadow0.copy(shadow);
-    const t0 = performance.now();
-    const pending = await store.begin(0);
-    const dirty = n.scanDirty(img.ram, shadow);
-    const t1 = performance.now();
-    pages = 0;
-    const raws: { raw: Buffer; records: number }[] = [];
-    for (let at = 0; at < dirty.length; at += 4096) {
-      const raw = await n.encodeBatchAsync(img.ram, shadow, dirty.subarray(at, at + 4096), { dense: true }); // as the engine does
-      const st = summarizeBatch(raw);
-      pages += st.records;
-      raws.push({ raw, records: st.records });
-    }
-    const t2 = performance.now();
-    const framesOut: Buffer[] = [];
-    for (const r of raws) framesOut.push(await encodeFrame('pages', r.raw, r.records, codec));
-    const dev = await encodeFrame('device', device, 0, codec);
-    const t3 = performance.now();
-    for (const f of framesOut) pending.addChunk(f);
-    pending.setDeviceState(dev);
-    const meta = await pending.commit({
-      pages, bytesRaw: pages * PAGE, pauseMs: 0, deviceStateBytes: device.length, dirtySource: 'scan',
-      codec: codecSpec, stage1Pages: pages, stage2Pages: 0,
-    });
-    const t4 = performance.now();
-    times.push(t4 - t0);
-    phases.push([t1 - t0, t2 - t1, t3 - t2, t4 - t3]);
-    stored = meta.bytesStored;
-    frames = meta.chunks;
-    await store.deleteAll();
-    await store.init(['bench'], img.ram.length);
+    const round = await checkpointRound(store, img, codecSpec, scratch);
+    times.push(round.totalMs);
+    phases.push(round.phaseMs);
+    pages = round.pages;
+    stored = round.meta.bytesStored;
+    frames = round.meta.chunks;
+    await resetStore(store, img);
   }
   redis.disconnect();
   const sec = median(times) / 1000;

@@ -15,6 +15,7 @@ import { appendSerial, createCluster, PEER_PORT, type Cluster, type HostName } f
 import { gateNetdev } from '../src/ha/gate.js';
 import { waitFor } from '../src/util/wait.js';
 import { patchedQemu } from '../test/helpers/patched-qemu.js';
+import { median, note, percentile as pct } from './stats.js';
 
 const N = Number(process.env.MIGSAFE_BENCH_RUNS ?? 3);
 const BW = Number(process.env.MIGSAFE_BENCH_BANDWIDTH ?? 32); // MiB/s, both modes
@@ -25,20 +26,6 @@ const QEMU = process.env.MIGSAFE_BENCH_QEMU === 'patched' ? patchedQemu() : proc
 // MIGSAFE_BENCH_MODES=postcopy (or precopy): only those modes.
 const MODES = (process.env.MIGSAFE_BENCH_MODES ?? 'precopy,postcopy').split(',').filter((m): m is 'precopy' | 'postcopy' => m === 'precopy' || m === 'postcopy');
 const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
-
-function note(s: string): void {
-  process.stderr.write(`${s}\n`);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.floor(s.length / 2)]! : NaN;
-}
-
-function pct(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.floor(s.length * p))]! : NaN;
-}
 
 interface Side {
   name: 'without' | 'with';
