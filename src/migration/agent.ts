@@ -114,7 +114,8 @@ export class Agent {
     r.paths = vmPaths(this.o.runDir, `${vm}.${this.o.host}`);
     createRamFile(r.paths.ram, ramBytes);
     const ft = h.useFt(argv[0]!);
-    r.qemu = launchQemu({ argv, ramBytes, paths: r.paths, logFd: h.qemuLog(vm), ft });
+    // The lease rule: a QEMU of an agent's goes with the agent (see LaunchOptions.diesWithMigsafe).
+    r.qemu = launchQemu({ argv, ramBytes, paths: r.paths, logFd: h.qemuLog(vm), ft, diesWithMigsafe: true });
     r.qmp = await h.connectQmp(r);
     r.dirty = ft ? await h.openBitmap(r, 'fic') : undefined;
     h.startFic(r, undefined, r.dirty);

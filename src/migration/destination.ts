@@ -44,7 +44,7 @@ export class Destination {
     r.paths = vmPaths(o.runDir, `${req.vm}.${o.host}.in${Date.now()}`);
     createRamFile(r.paths.ram, vm.ramBytes);
     const ft = h.useFt(vm.argv[0]!);
-    r.qemu = launchQemu({ argv: [...vm.argv, '-incoming', 'defer'], ramBytes: vm.ramBytes, paths: r.paths, logFd: h.qemuLog(req.vm), cwd: vm.cwd, ft });
+    r.qemu = launchQemu({ argv: [...vm.argv, '-incoming', 'defer'], ramBytes: vm.ramBytes, paths: r.paths, logFd: h.qemuLog(req.vm), cwd: vm.cwd, ft, diesWithMigsafe: true });
     // Out-of-band QMP: migsafe-postcopy-fill must run even while the main loop waits for a page
     // the dead source will never send (a RIC round's `stop` waits for a blocked vCPU).
     r.qmp = await h.connectQmp(r, { oob: true });

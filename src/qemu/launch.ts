@@ -81,6 +81,12 @@ export interface LaunchOptions {
   cwd?: string;
   /** Add the patched QEMU's migsafe-ft object (dirty bitmap) on paths.ft. */
   ft?: boolean;
+  /**
+   * QEMU dies with this process (SIGKILL on its death, PR_SET_PDEATHSIG through util-linux's
+   * setpriv). For an agent: its lease is what lets the VM run here, and once the agent is gone
+   * the lease lapses and a peer recovers the VM — a QEMU left behind would run beside that copy.
+   */
+  diesWithMigsafe?: boolean;
 }
 
 /** The full QEMU argv: the user's plus RAM in the shared file and migsafe's QMP socket. */
@@ -104,6 +110,9 @@ export function qemuArgv(opts: LaunchOptions): string[] {
   return args;
 }
 
+/** util-linux's setpriv (Debian: essential package util-linux). */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p)) ?? 'setpriv';
+
 export interface LaunchedQemu {
   pid: number;
   /** Resolves with the exit code (or signal name) when QEMU ends. */
@@ -112,14 +121,16 @@ export interface LaunchedQemu {
 }
 
 /**
- * Spawns QEMU in its own session so that the VM outlives migsafe if migsafe dies
- * (a sidecar crash must not take the guest with it).
+ * Spawns QEMU in its own session so that the VM outlives migsafe if migsafe dies (a `run`
+ * sidecar's crash must not take the guest with it), unless `diesWithMigsafe`.
  */
 export function launchQemu(opts: LaunchOptions): LaunchedQemu {
   if (existsSync(opts.paths.qmp)) rmSync(opts.paths.qmp);
   const argv = qemuArgv(opts);
   const out = opts.logFd ?? 'ignore';
-  const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', out, out], cwd: opts.cwd });
+  // setpriv sets the death signal, then execs QEMU: the same process, so the pid is QEMU's.
+  const cmd = opts.diesWithMigsafe ? [SETPRIV, '--pdeathsig', 'KILL', '--', ...argv] : argv;
+  const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: ['ignore', out, out], cwd: opts.cwd });
   const exited = new Promise<number | string>((resolve) => {
     child.once('exit', (code, signal) => resolve(code ?? signal ?? -1));
     child.once('error', (e) => resolve(`spawn error: ${e.message}`));

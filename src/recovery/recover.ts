@@ -20,6 +20,8 @@ export interface RecoverOptions {
   qemuBinary?: string;
   /** Decides, given the QEMU binary, whether to add the migsafe-ft object. */
   ft?: (qemuBinary: string) => boolean;
+  /** The recovered QEMU dies with this process (LaunchOptions.diesWithMigsafe). */
+  diesWithMigsafe?: boolean;
 }
 
 export interface Recovered {
@@ -47,7 +49,7 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
   const argv = [...plan.vm.argv];
   if (o.qemuBinary) argv[0] = o.qemuBinary;
   const ft = o.ft?.(argv[0]!) ?? false;
-  const qemu = launchQemu({ argv, ramBytes: plan.vm.ramBytes, paths: o.paths, incoming: true, logFd: o.logFd, cwd: plan.vm.cwd, ft });
+  const qemu = launchQemu({ argv, ramBytes: plan.vm.ramBytes, paths: o.paths, incoming: true, logFd: o.logFd, cwd: plan.vm.cwd, ft, diesWithMigsafe: o.diesWithMigsafe });
   let qmp: QmpClient;
   try {
     qmp = await Promise.race([

@@ -8,9 +8,10 @@
 // tap's per-file timeout); MIGSAFE_FAULT_RUNS=N runs each scenario N times (default 2). Each
 // The source agent SIGSTOPped past its lease during pre-copy (source-agent-stopped) is the
 // fencing scenario: its QEMU runs on, the destination recovers, and when the agent wakes, its
-// commits must be refused and its QEMU stopped. Every run counts the versions committed after a
-// recovery by anyone but the survivor (stale commits; versions carry their writer's lease). Each
-// run's result is appended to $MIGSAFE_FAULT_RESULTS (default /tmp/migsafe-fault-results.jsonl);
+// commits must be refused and its QEMU stopped; source-agent-killed SIGKILLs the source agent
+// alone (its QEMU must die with it). Every run counts the versions committed after a recovery
+// by anyone but the survivor (stale commits; versions carry their writer's lease). Each run's
+// result is appended to $MIGSAFE_FAULT_RESULTS (default /tmp/migsafe-fault-results.jsonl);
 // test/faults/table.ts prints the table (npm run test:faults does).
 import t, { type Test } from 'tap';
 import { appendFileSync, readFileSync } from 'node:fs';
@@ -34,7 +35,8 @@ export type Scenario =
   | 'redis-restart'
   | 'destination-precopy'
   | 'network-precopy'
-  | 'source-agent-stopped';
+  | 'source-agent-stopped'
+  | 'source-agent-killed';
 export const SCENARIOS: Scenario[] = [
   'source-precopy',
   'source-postcopy',
@@ -44,6 +46,7 @@ export const SCENARIOS: Scenario[] = [
   'destination-precopy',
   'network-precopy',
   'source-agent-stopped',
+  'source-agent-killed',
 ];
 const RUNS = Number(process.env.MIGSAFE_FAULT_RUNS ?? 2);
 const waitFor = <T>(what: string, ms: number, f: () => T | undefined | Promise<T | undefined>) => waitForValue(what, ms, f, 100);
@@ -131,6 +134,13 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       break;
     case 'redis-restart':
       await c.restartRedis();
+      survivor = 'dst';
+      break;
+    case 'source-agent-killed':
+      // The sidecar alone dies, its FIC rounds running (a commit may be in flight): its QEMU must
+      // go with it, or it would run beside the copy the destination recovers.
+      c.agents.src!.child.kill('SIGKILL');
+      failedAt = Date.now();
       survivor = 'dst';
       break;
     case 'source-agent-stopped':
