@@ -6,7 +6,7 @@ import { PendingBase } from './base-writer.js';
 import { encodeFrame, type CodecChoice } from './frame.js';
 import { summarizeBatch } from '../kernel/page-delta.js';
 import { FencedError } from './fenced-error.js';
-import { NotDurableError, ensureDurable, type Durability } from './durability.js';
+import { NotDurableError, durabilityName, ensureDurable, type Durability } from './durability.js';
 
 export { FencedError, NotDurableError };
 
@@ -14,6 +14,8 @@ interface WriterSettings {
   /** The lease this writer commits under ("host|token"), '' when unfenced (tests, benchmarks). */
   fence: () => string;
   durability: Durability;
+  /** replicas:N: versions committed but not acknowledged yet; marked once a later WAIT covers them. */
+  unacked: number[];
 }
 
 export interface VmRecord {
@@ -68,6 +70,14 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return head
 `;
 
+// Marks versions acknowledged, but only those still there (compaction may have folded one away).
+const MARK_ACKED_LUA = `
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'acknowledgedAt', ARGV[1]) end
+end
+return 0
+`;
+
 /** A list of page frames: a version's own, or the base image's (compaction). */
 export type ChunkList = number | 'base';
 
@@ -75,7 +85,7 @@ export type ChunkList = number | 'base';
 export class CheckpointStore {
   private readonly keys: VmKeys;
   /** How this writer commits: under which lease, and when a commit counts (see fenceWith, setDurability). */
-  private readonly writer: WriterSettings = { fence: () => '', durability: { kind: 'none' } };
+  private readonly writer: WriterSettings = { fence: () => '', durability: { kind: 'none' }, unacked: [] };
 
   constructor(
     private readonly redis: Redis,
@@ -289,6 +299,7 @@ export class PendingVersion {
     };
     const fence = this.writer.fence();
     if (fence) full.writer = fence;
+    full.durability = durabilityName(this.writer.durability);
     const k = this.keys;
     try {
       await this.redis.eval(
@@ -312,7 +323,19 @@ export class PendingVersion {
       if (msg.includes('PARENT')) throw new ParentMismatchError(msg);
       throw e;
     }
-    await ensureDurable(this.redis, this.writer.durability, this.version);
+    try {
+      await ensureDurable(this.redis, this.writer.durability, this.version);
+    } catch (e) {
+      if (e instanceof NotDurableError) this.writer.unacked.push(this.version);
+      throw e;
+    }
+    if (this.writer.durability.kind === 'replicas') {
+      // WAIT covered every write so far: this version and the earlier unacknowledged ones.
+      // (The mark itself reaches the replicas with the next WAIT; until then inspect says no.)
+      full.acknowledgedAt = Date.now();
+      const marked = this.writer.unacked.splice(0).concat(this.version);
+      await this.redis.eval(MARK_ACKED_LUA, marked.length, ...marked.map((v) => this.keys.version(v)), String(full.acknowledgedAt));
+    }
     return full;
   }
 

@@ -29,6 +29,11 @@ export function describeDurability(d: Durability): string {
   return 'none: a crash of the store host can lose the newest versions, and packets they explained may have left';
 }
 
+/** The policy as a version's metadata records it: fsync, replicas:N or none. */
+export function durabilityName(d: Durability): string {
+  return d.kind === 'replicas' ? `replicas:${d.replicas}` : d.kind;
+}
+
 /** A commit that is in the store but not yet durable by the policy: not reported, packets stay held. */
 export class NotDurableError extends Error {
   override name = 'NotDurableError';

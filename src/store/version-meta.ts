@@ -34,6 +34,21 @@ export interface VersionMeta {
    * and proof that no stale owner got a version in (the commit script checked this lease).
    */
   writer?: string;
+  /** The durability policy it was committed under: fsync, replicas:N or none (durability.ts). */
+  durability?: string;
+  /** replicas:N: when N replicas had acknowledged it (absent: not, or not yet marked). */
+  acknowledgedAt?: number;
+}
+
+/**
+ * Whether the version is durable by its policy: fsync yes (the commit replied after the fsync),
+ * none no, replicas:N once acknowledged; null for versions that do not say (older migsafe).
+ */
+export function isDurable(m: VersionMeta): boolean | null {
+  if (m.durability === undefined) return null;
+  if (m.durability === 'fsync') return true;
+  if (m.durability.startsWith('replicas:')) return m.acknowledgedAt !== undefined;
+  return false;
 }
 
 const NUMERIC: (keyof VersionMeta)[] = [
@@ -62,5 +77,6 @@ export function metaFromHash(h: Record<string, string>, where: string): VersionM
     if (h[k] === undefined || !Number.isFinite(v)) throw new Error(`${where}: metadata field ${k} is missing or not a number`);
     out[k] = v;
   }
+  if (h.acknowledgedAt !== undefined) out.acknowledgedAt = Number(h.acknowledgedAt);
   return out as unknown as VersionMeta;
 }

@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CheckpointStore, NotDurableError } from '../../src/store/checkpoint-store.js';
+import { isDurable } from '../../src/store/version-meta.js';
 import { encodeFrame, parseCodec } from '../../src/store/frame.js';
 import { settleDurability } from '../../src/store/durability.js';
 import { planRestore } from '../../src/store/reader.js';
@@ -60,6 +61,8 @@ t.test('replicas:1 — a commit counts only once a real replica has it', async (
   t.type(err, NotDurableError, 'with no replica the commit is not reported');
   t.match(err?.message ?? '', /version 1 is in the store but fewer than 1 replica\(s\) acknowledged it within 200 ms/);
   t.same(await store.committed(), [1], 'the version is in the store: the next deltas may apply to it');
+  const durable = async () => (await store.metas()).map((m) => `${m.version}:${m.durability}:${isDurable(m)}`).join(' ');
+  t.equal(await durable(), '1:replicas:1:false', 'and its metadata says it is not durable by its policy (inspect shows NO)');
 
   const replicaSrv = await testRedis(t);
   const replica = testClient(t, replicaSrv.url);
@@ -67,6 +70,7 @@ t.test('replicas:1 — a commit counts only once a real replica has it', async (
   await waitFor('the replica to sync', 30_000, async () => (/master_link_status:up/.test(await replica.info('replication')) ? true : undefined));
   const m = await smallVersion(store, 1);
   t.equal(m.version, 2, 'with a replica, the next version commits and is reported');
+  t.equal(await durable(), '1:replicas:1:true 2:replicas:1:true', "the replica's acknowledgement covers the earlier version too");
   await waitFor('the replica to have it', 5_000, async () => ((await replica.zrange('migsafe:{d1}:committed', 0, -1)).join(',') === '1,2' ? true : undefined));
   t.equal((await planRestore(new CheckpointStore(replica, 'd1'))).target.version, 2, 'the replica alone can restore version 2');
   await t.rejects(settleDurability(replica, { kind: 'replicas', replicas: 1, timeoutMs: 200 }, false, replicaSrv.url), /is a slave, not a primary/);
@@ -74,6 +78,7 @@ t.test('replicas:1 — a commit counts only once a real replica has it', async (
   await replicaSrv.stop();
   await waitFor('the primary to see its replica gone', 30_000, async () => (/connected_slaves:0/.test(await redis.info('replication')) ? true : undefined));
   await t.rejects(smallVersion(store, 2), NotDurableError, 'the replica gone, commits are not reported again');
+  t.match(await durable(), / 3:replicas:1:false$/, 'and say so');
 });
 
 t.test('run with replicas:1: rounds are not reported until a replica is there, then go on', async (t) => {
@@ -94,6 +99,8 @@ t.test('run with replicas:1: rounds are not reported until a replica is there, t
   qemuPid = Number(readFileSync(pidfile, 'utf8'));
   await waitFor('two unacknowledged rounds', 90_000, () => ((run.err().match(/fewer than 1 replica/g) ?? []).length >= 2 ? true : undefined));
   t.notMatch(run.err(), /version \d+ committed/, 'no round is reported while no replica acknowledges it');
+  const shown = await runCli(['inspect', '--vm', 'd2', '--redis', primary.url], env);
+  t.match(shown.stdout, /\n\s+1 .* NO \(replicas:1\)/, 'inspect shows them as not durable');
 
   const replicaSrv = await testRedis(t);
   const replica = testClient(t, replicaSrv.url);
@@ -102,6 +109,8 @@ t.test('run with replicas:1: rounds are not reported until a replica is there, t
   const store = new CheckpointStore(testClient(t, primary.url), 'd2');
   const plan = await planRestore(store);
   t.ok(plan.chain.length >= 2, `the reported version applies to the unreported ones before it (chain ${plan.chain.map((m) => m.version).join(',')})`);
+  const after = JSON.parse((await runCli(['inspect', '--vm', 'd2', '--redis', primary.url, '--json'], env)).stdout) as { versions: { version: number; durable: boolean }[] };
+  t.ok(after.versions[0]!.durable, 'once a replica acknowledged a later round, inspect shows the first one durable too');
   run.child.kill('SIGTERM');
   t.equal(await run.exited, 0);
   const rec = await runCli(['recover', '--vm', 'd2', '--redis', primary.url, '--detach', '--pidfile', pidfile], env);

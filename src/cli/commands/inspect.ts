@@ -2,6 +2,13 @@
 import type { CommandModule } from 'yargs';
 import { fmtBytes, openStore } from '../context.js';
 import { withStore } from '../options.js';
+import { isDurable } from '../../store/version-meta.js';
+
+/** "yes (fsync)", "NO (replicas:1)": a version not durable by its policy stands out. */
+function durableText(durable: boolean | null, policy: string | null): string {
+  if (durable === null) return '?';
+  return `${durable ? 'yes' : policy === 'none' ? 'no' : 'NO'} (${policy})`;
+}
 
 interface InspectArgs {
   vm: string;
@@ -36,6 +43,9 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
         stage2Pages: m.stage2Pages,
         /** The lease it was committed under ("host|token"), null when written unfenced. */
         writer: m.writer ?? null,
+        /** The policy it was committed under, and whether it is durable by it (null: not recorded). */
+        durability: m.durability ?? null,
+        durable: isDurable(m),
       }));
       if (a.json) {
         process.stdout.write(
@@ -46,12 +56,12 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
       process.stdout.write(`VM ${a.vm}: RAM ${fmtBytes(vm.ramBytes)}, ${versions.length} committed version(s)` +
         (base ? `, base image at version ${base}` : '') + `\n`);
       process.stdout.write(`QEMU: ${vm.argv.join(' ')}\n`);
-      process.stdout.write('version  committed                 pages   stored      B/page  pause ms  device     source   writer\n');
+      process.stdout.write('version  committed                 pages   stored      B/page  pause ms  device     source   durable          writer\n');
       for (const v of versions) {
         const perPage = v.pages ? v.bytesStored / v.pages : 0;
         process.stdout.write(
           `${String(v.version).padStart(7)}  ${v.committedAt}  ${String(v.pages).padStart(6)}  ${fmtBytes(v.bytesStored).padStart(10)}  ` +
-            `${perPage.toFixed(1).padStart(6)}  ${v.pauseMs.toFixed(1).padStart(8)}  ${fmtBytes(v.deviceStateBytes).padStart(9)}  ${v.dirtySource.padEnd(7)}  ${v.writer ?? '-'}\n`,
+            `${perPage.toFixed(1).padStart(6)}  ${v.pauseMs.toFixed(1).padStart(8)}  ${fmtBytes(v.deviceStateBytes).padStart(9)}  ${v.dirtySource.padEnd(7)}  ${durableText(v.durable, v.durability).padEnd(15)}  ${v.writer ?? '-'}\n`,
         );
       }
     } finally {
