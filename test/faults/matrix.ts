@@ -9,7 +9,9 @@
 // The source agent SIGSTOPped past its lease during pre-copy (source-agent-stopped) is the
 // fencing scenario: its QEMU runs on, the destination recovers, and when the agent wakes, its
 // commits must be refused and its QEMU stopped; source-agent-killed SIGKILLs the source agent
-// alone (its QEMU must die with it). Every run counts the versions committed after a recovery
+// alone (its QEMU must die with it); store-failover SIGKILLs the store's primary (two replicas,
+// three Sentinels; agents on redis+sentinel:// with --durability replicas:1) and checks that no
+// version an agent reported is missing after the failover. Every run counts the versions committed after a recovery
 // by anyone but the survivor (stale commits; versions carry their writer's lease). Each run's
 // result is appended to $MIGSAFE_FAULT_RESULTS (default /tmp/migsafe-fault-results.jsonl);
 // test/faults/table.ts prints the table (npm run test:faults does).
@@ -36,7 +38,8 @@ export type Scenario =
   | 'destination-precopy'
   | 'network-precopy'
   | 'source-agent-stopped'
-  | 'source-agent-killed';
+  | 'source-agent-killed'
+  | 'store-failover';
 export const SCENARIOS: Scenario[] = [
   'source-precopy',
   'source-postcopy',
@@ -47,6 +50,7 @@ export const SCENARIOS: Scenario[] = [
   'network-precopy',
   'source-agent-stopped',
   'source-agent-killed',
+  'store-failover',
 ];
 const RUNS = Number(process.env.MIGSAFE_FAULT_RUNS ?? 2);
 const waitFor = <T>(what: string, ms: number, f: () => T | undefined | Promise<T | undefined>) => waitForValue(what, ms, f, 100);
@@ -61,6 +65,8 @@ export interface RunResult {
   unexplained: number;
   /** Progress the guest had made past the state it resumed from (rolled back, never seen outside). */
   rolledBack: number;
+  /** Versions the source had reported committed that the store no longer has. */
+  lostVersions?: number;
   /** Versions committed after the recovery's version by a writer other than the survivor (null: no recovery). */
   staleCommits?: number | null;
   /** The VM went on in the same QEMU (V-Recover's live recovery: missing pages filled from the store). */
@@ -84,13 +90,16 @@ function lastCounter(text: string): number {
 }
 
 async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
-  const c = await createCluster({ t });
+  const failover = scenario === 'store-failover';
+  const c = await createCluster({ t, replicated: failover });
   const serial = join(c.dir, 'serial.log');
   const mode = scenario.endsWith('postcopy') ? 'postcopy' : 'precopy';
   // Post-copy runs on the patched QEMU (migsafe-postcopy-fill: live recovery at the destination).
   const qemu = mode === 'postcopy' ? patchedQemu() : undefined;
-  c.startAgent('dst');
-  c.startAgent('src', ['--interval', '600', '--vm', 'f1', '--', ...udpGuestArgs(c, serial, qemu)]);
+  // A failover takes down-after (1 s) plus the election: the lease must outlast it.
+  const storeOpts = failover ? ['--durability', 'replicas:1:1000', '--lease-ttl', '8000'] : [];
+  c.startAgent('dst', storeOpts);
+  c.startAgent('src', [...storeOpts, '--interval', '600', '--vm', 'f1', '--', ...udpGuestArgs(c, serial, qemu)]);
   await waitForConsole(serial, (p) => p.verifiedCount >= 2, 120_000);
   await waitFor('a committed FIC version', 60_000, () => ((c.status('src')?.vms[0]?.head ?? 0) > 0 ? true : undefined));
   const mig = c.cli('src', [
@@ -115,6 +124,8 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   t.ok(phaseStillOn, `run ${run}: the failure hits during ${mode}`);
   const consoleBefore = readFileSync(serial, 'latin1');
   let failedAt = Date.now();
+  // What the source had reported committed (its status file) when the failure hit.
+  const reportedBefore = (c.status('src')?.vms[0]?.rounds ?? []).map((r) => r.version);
   let survivor: HostName = 'dst';
   switch (scenario) {
     case 'source-precopy':
@@ -136,6 +147,16 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       await c.restartRedis();
       survivor = 'dst';
       break;
+    case 'store-failover': {
+      process.kill(await c.store!.primaryPid(), 'SIGKILL');
+      // Whether the migration still completes or is called off depends on when the store
+      // returns: the side that owns the VM once it settled is the survivor.
+      await mig;
+      survivor = await waitFor('one side to own the VM after the failover', 120_000, () =>
+        (['src', 'dst'] as const).find((h) => c.status(h)?.vms[0]?.role === 'owner' && (c.status(h)?.vms[0]?.pid ?? 0) > 0),
+      );
+      break;
+    }
     case 'source-agent-killed':
       // The sidecar alone dies, its FIC rounds running (a commit may be in flight): its QEMU must
       // go with it, or it would run beside the copy the destination recovers.
@@ -152,7 +173,7 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   }
   // Pre-copy losing its destination (or the network to it): the source never stopped the VM.
   const cancelled = scenario === 'destination-precopy' || scenario === 'network-precopy';
-  const expectRecovery = scenario !== 'redis-restart' && !cancelled;
+  const expectRecovery = scenario !== 'redis-restart' && !cancelled && !failover;
   // The outcome: the survivor owns the VM.
   const st = await waitFor(`${survivor} to own the VM`, 120_000, () => {
     const s = c.status(survivor)?.vms[0];
@@ -165,6 +186,11 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   }
   const migRes = await mig;
   if (scenario === 'redis-restart') t.equal(migRes.code, 0, `run ${run}: the migration completes across a Redis restart`);
+  if (failover) t.pass(`run ${run}: the migration ended (${survivor === 'dst' ? 'completed' : 'called off'}: ${migRes.stdout.trim().split('\n').pop() ?? ''} ${migRes.stderr.trim().split('\n').pop() ?? ''})`);
+  // No version reported committed is lost, whatever failed (for store-failover: in the promoted store).
+  const lost = await missingVersions(c, reportedBefore);
+  t.ok(reportedBefore.length > 0, `run ${run}: versions were reported before the failure (${reportedBefore.length})`);
+  t.same(lost, [], `run ${run}: every version reported before the failure is still in the store`);
   if (cancelled || scenario === 'source-agent-stopped') t.match(migRes.stdout, /"status":"(cancelled|failed)"/, `run ${run}: the migration is called off`);
   if (scenario === 'destination-postcopy') t.match(migRes.stdout, /"status":"recovered-at-source"/, `run ${run}: migrate reports the recovery at the source`);
   if (scenario === 'network-precopy') {
@@ -260,13 +286,13 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
     staleCommits = stale.length;
     t.same(stale, [], `run ${run}: every version after ${from} was written by ${survivor}, the lease holder`);
   }
-  record({ scenario, recovered: t.passing(), recoveryMs, unexplained, rolledBack, staleCommits, where: survivor, live });
+  record({ scenario, recovered: t.passing(), recoveryMs, unexplained, rolledBack, lostVersions: lost.length, staleCommits, where: survivor, live });
 }
 
 
 /** The guest's progress counter in a committed version (default: the newest), read and verified whole. */
 async function committedCounter(c: Cluster, version?: number): Promise<{ version: number; counter: number }> {
-  const redis = connectRedis(join(c.redisDir, 'redis.sock'));
+  const redis = connectRedis(await c.storeSocket());
   try {
     const store = new CheckpointStore(redis, 'f1');
     const plan = await planRestore(store, version);
@@ -278,10 +304,22 @@ async function committedCounter(c: Cluster, version?: number): Promise<{ version
 
 /** Versions after `from` whose writer (the lease they were committed under) is not host `by`. */
 async function writtenAfter(c: Cluster, from: number, by: HostName): Promise<string[]> {
-  const redis = connectRedis(join(c.redisDir, 'redis.sock'));
+  const redis = connectRedis(await c.storeSocket());
   try {
     const metas = await new CheckpointStore(redis, 'f1').metas();
     return metas.filter((m) => m.version > from && !m.writer?.startsWith(`${by}|`)).map((m) => `${m.version} by ${m.writer ?? 'nobody'}`);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** Of the versions reported committed, those the store has lost (neither committed nor folded into the base). */
+async function missingVersions(c: Cluster, reported: number[]): Promise<number[]> {
+  const redis = connectRedis(await c.storeSocket());
+  try {
+    const store = new CheckpointStore(redis, 'f1');
+    const [committed, base] = [new Set(await store.committed()), await store.base()];
+    return reported.filter((v) => v > base && !committed.has(v));
   } finally {
     redis.disconnect();
   }

@@ -20,6 +20,8 @@ const rows = SCENARIOS.filter((s) => results.some((r) => r.scenario === s)).map(
   const rb = ok.map((r) => r.rolledBack).filter((x) => x >= 0);
   const staleMeasured = rs.filter((r) => typeof r.staleCommits === 'number');
   const stale = staleMeasured.reduce((a, r) => a + (r.staleCommits ?? 0), 0);
+  const lostMeasured = rs.filter((r) => typeof r.lostVersions === 'number');
+  const lostVersions = lostMeasured.reduce((a, r) => a + (r.lostVersions ?? 0), 0);
   return [
     s,
     String(rs.length),
@@ -29,10 +31,11 @@ const rows = SCENARIOS.filter((s) => results.some((r) => r.scenario === s)).map(
     `${lost} datagrams` +
       (measured.length < rs.length ? ` (${rs.length - measured.length} run(s) ended before measuring)` : '') +
       (rb.length && times.length ? ` (rolled back ${Math.min(...rb)}–${Math.max(...rb)} unreleased)` : ''),
+    lostMeasured.length ? `${lostVersions} (${lostMeasured.length} run(s) checked)` : 'not measured',
     staleMeasured.length ? `${stale} (${staleMeasured.length} run(s) checked)` : 'no recovery',
   ];
 });
-const head = ['scenario', 'runs', 'recovered', 'recovery time', 'data lost', 'stale commits'];
+const head = ['scenario', 'runs', 'recovered', 'recovery time', 'data lost', 'reported versions lost', 'stale commits'];
 const table = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
 process.stdout.write(`${table}\n`);
 if (process.env.MIGSAFE_FAULT_TABLE) writeFileSync(process.env.MIGSAFE_FAULT_TABLE, table + '\n');

@@ -6,6 +6,7 @@
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { processAlive } from '../../src/util/process.js';
 import { gateNetdev } from '../../src/ha/gate.js';
+import { replicatedStore, type ReplicatedStore } from './store-failover.js';
 import { guestQemuArgs } from './guest.js';
 
 export type HostName = 'src' | 'dst' | 'sto';
@@ -228,6 +229,10 @@ export interface Cluster {
   status(h: HostName): AgentStatus | null;
   /** Restarts Redis on the store host (SIGKILL, then again on the same dir and port). */
   restartRedis(): Promise<void>;
+  /** With `replicated`: the store host's primary, replicas and sentinels (redisUrl is then the sentinel URL). */
+  store?: ReplicatedStore;
+  /** The unix socket of the store's primary now (the test's way in). */
+  storeSocket(): Promise<string>;
   /** Runs the CLI inside a host's namespace. */
   cli(h: HostName, args: string[], timeoutMs?: number): Promise<{ code: number | string; stdout: string; stderr: string }>;
   teardown(): Promise<void>;
@@ -242,7 +247,7 @@ s.bind(Number(port), '0.0.0.0');
 `;
 
 /** Three hosts, Redis on the store host, a UDP peer on the store host. */
-export async function createCluster(opts: { t?: { teardown(fn: () => unknown): void } } = {}): Promise<Cluster> {
+export async function createCluster(opts: { t?: { teardown(fn: () => unknown): void }; replicated?: boolean } = {}): Promise<Cluster> {
   const hosts = createHosts();
   const dir = mkdtempSync(join(tmpdir(), `migsafe-cluster-`));
   const redisDir = join(dir, 'redis');
@@ -254,6 +259,7 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
     hosts.teardown();
     throw e;
   }
+  const store = opts.replicated ? await replicatedStore(hosts, dir, redis, redisPort).catch((e: Error) => (hosts.teardown(), Promise.reject(e))) : undefined;
   const peerLog = join(dir, 'peer.log');
   const peer = hosts.spawn('sto', [process.execPath, '-e', PEER_JS, String(PEER_PORT), peerLog]);
   const agents: Partial<Record<HostName, AgentProc>> = {};
@@ -263,7 +269,9 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
     redis,
     redisDir,
     redisPort,
-    redisUrl: redis.url,
+    redisUrl: store?.url ?? redis.url,
+    store,
+    storeSocket: async () => (store ? store.primarySocket() : join(redisDir, 'redis.sock')),
     peerLog,
     agents,
     startAgent(h, extra = []) {
@@ -276,7 +284,7 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
       const fd = openSync(log, 'a');
       const child = hosts.spawn(
         h,
-        [process.execPath, CLI_MAIN, 'agent', '--host', h, '--listen', addr, '--redis', redis.url, '--status-file', statusFile, ...extra],
+        [process.execPath, CLI_MAIN, 'agent', '--host', h, '--listen', addr, '--redis', c.redisUrl, '--status-file', statusFile, ...extra],
         { stdio: ['ignore', fd, fd], env: { ...process.env, MIGSAFE_RUN_DIR: runDir, MIGSAFE_STATE_DIR: join(dir, 'state') } },
       );
       const exited = new Promise<number | string>((res) => child.once('exit', (code, sig) => res(code ?? sig ?? -1)));
@@ -333,6 +341,7 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
       } catch {
         /* gone */
       }
+      await store?.stop();
       await redis.stop().catch(() => {});
       hosts.teardown(); // kills whatever still runs in the namespaces (QEMUs)
       for (const a of Object.values(agents)) rmSync(a!.runDir, { recursive: true, force: true });
