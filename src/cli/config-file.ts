@@ -217,8 +217,12 @@ export function configFor(file: ConfigFile, command: string, reg: Registry): Rec
   return out;
 }
 
-/** The directories every command may be given (their variables were there before the options). */
-function withDirs<T>(y: Argv<T>) {
+/**
+ * Options of every command. An option common to all commands belongs HERE, not on the
+ * top-level parser (`global: true`): only what a command's builder defines is known to the
+ * config file check and to the environment scan (env.ts).
+ */
+export function withCommonOptions<T>(y: Argv<T>) {
   return y
     .option('state-dir', {
       type: 'string',
@@ -229,7 +233,7 @@ function withDirs<T>(y: Argv<T>) {
 
 /**
  * The command with `--config FILE` (read by yargs through readConfigFile: the file's values sit
- * under the environment's and the command line's) and `--state-dir`/`--run-dir`.
+ * under the environment's and the command line's) and the options of every command.
  */
 export function withConfigFile(cmd: AnyCommand, reg: () => Registry): AnyCommand {
   const name = commandName(cmd);
@@ -238,7 +242,7 @@ export function withConfigFile(cmd: AnyCommand, reg: () => Registry): AnyCommand
     ...cmd,
     builder: (y: Argv) => {
       const b = typeof inner === 'function' ? (inner(y) ?? y) : y.options(inner ?? {});
-      return withDirs(b as Argv).config(
+      return withCommonOptions(b as Argv).config(
         'config',
         'read options from this TOML or JSON file (top-level keys: every command; [' + name + '] table: this one); ' +
           'command line and MIGSAFE_* variables win over it',

@@ -122,6 +122,7 @@ export class Agent {
       const held = r.lease.token !== 0;
       await r.lease.release();
       if (held) this.host.note(r, `shutdown: QEMU ${q ? `${q.pid} quit` : 'not running here'}; lease released`);
+      if (r.role !== 'fenced') this.host.setRole(r, 'none', 'agent stopped');
       out.push({ vm: r.vm, version, released: held });
     }
     await this.close();
