@@ -3,9 +3,9 @@
 // agent can change; SIGTERM (or SIGINT) stops it cleanly (Agent.shutdown: the round under way
 // finishes, a final checkpoint, QEMU quit, the lease released) and exits 0.
 import type { Agent, LiveSettings } from '../migration/agent.js';
-import { log } from './context.js';
 
 type Args = Record<string, unknown>;
+type Log = (msg: string) => void;
 
 /** The options a running agent takes on at once, and what each becomes. */
 const LIVE: Record<string, (v: unknown) => LiveSettings> = {
@@ -34,8 +34,15 @@ const show = (v: unknown) => (v === undefined ? 'unset' : JSON.stringify(v));
 /**
  * Re-parses the agent's command line (config file included) and applies the difference.
  * `current` is updated with what was applied; what needs a restart is logged and left as it runs.
+ * `cliLive`: options the CLI itself applies (e.g. a log level: its setter), by option name.
  */
-export async function reloadAgent(current: Args, agent: Agent, reparse: () => Promise<Args>): Promise<void> {
+export async function reloadAgent(
+  current: Args,
+  agent: Agent,
+  reparse: () => Promise<Args>,
+  log: Log,
+  cliLive: Record<string, (v: unknown) => void> = {},
+): Promise<void> {
   const file = current.config as string | undefined;
   if (file === undefined) {
     log('SIGHUP: this agent was started without --config: nothing to re-read, nothing changed');
@@ -56,11 +63,13 @@ export async function reloadAgent(current: Args, agent: Agent, reparse: () => Pr
     if (JSON.stringify(current[k]) === JSON.stringify(next[k])) continue;
     const change = `${k} ${show(current[k])} → ${show(next[k])}`;
     const live = LIVE[k];
-    if (!live || next[k] === undefined) {
+    const cli = cliLive[k];
+    if ((!live && !cli) || next[k] === undefined) {
       restart.push(change);
       continue;
     }
-    settings = { ...settings, ...live(next[k]) };
+    if (live) settings = { ...settings, ...live(next[k]) };
+    else cli!(next[k]);
     (NEXT_MIGRATION.has(k) ? later : applied).push(change);
     current[k] = next[k];
   }
@@ -77,7 +86,7 @@ export async function reloadAgent(current: Args, agent: Agent, reparse: () => Pr
  * Installs SIGHUP (reload) and resolves at the first SIGTERM or SIGINT; a second one exits at
  * once with status 1 (the clean stop is taking too long for the operator).
  */
-export function agentSignals(onHup: () => Promise<void>): Promise<NodeJS.Signals> {
+export function agentSignals(onHup: () => Promise<void>, log: Log): Promise<NodeJS.Signals> {
   let reloading: Promise<void> = Promise.resolve();
   process.on('SIGHUP', () => {
     reloading = reloading.then(onHup).catch((e: Error) => log(`SIGHUP: ${e.message}`));

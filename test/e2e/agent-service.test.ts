@@ -40,6 +40,8 @@ t.test('SIGHUP applies a new interval from the config file; SIGTERM: final check
   const serial = join(dir, 'guest.serial');
   const agent = startCli(['agent', '--config', cfg, '--', ...guestQemuArgs({ workload: 'idle', memMiB: 128, serialLog: serial })], cliEnv(t));
   t.teardown(() => killQuietly(agent.child.pid));
+  // The log as text, whether plain lines or JSON lines (quotes escaped in "msg").
+  const log = () => agent.err().replace(/\\"/g, '"');
   const status = () => {
     try {
       return (JSON.parse(readFileSync(statusFile, 'utf8')) as AgentStatus).vms.find((v) => v.vm === 'svc1');
@@ -48,7 +50,7 @@ t.test('SIGHUP applies a new interval from the config file; SIGTERM: final check
     }
   };
   const first = await waitFor('the first FIC round', 90_000, () => {
-    if (agent.child.exitCode !== null) throw new Error(`the agent exited: ${agent.err()}`);
+    if (agent.child.exitCode !== null) throw new Error(`the agent exited: ${log()}`);
     const s = status();
     return s && s.role === 'owner' && s.rounds.length >= 1 ? s : undefined;
   });
@@ -59,13 +61,13 @@ t.test('SIGHUP applies a new interval from the config file; SIGTERM: final check
   // A typo in the new file: refused, nothing changes.
   writeFileSync(cfg, config(200, 'h1', 'intervl = 5\n'));
   agent.child.kill('SIGHUP');
-  await waitFor('the refused reload', 10_000, () => (/SIGHUP: .*unknown key "intervl"/.test(agent.err()) ? true : undefined));
-  t.match(agent.err(), /h1\.toml: unknown key "intervl" in \[agent\]: did you mean "interval"\?.*nothing changed/);
+  await waitFor('the refused reload', 10_000, () => (/SIGHUP: .*unknown key "intervl"/.test(log()) ? true : undefined));
+  t.match(log(), /h1\.toml: unknown key "intervl" in \[agent\]: did you mean "interval"\?.*nothing changed/);
   t.equal(agent.child.exitCode, null, 'the agent runs on');
 
   writeFileSync(cfg, config(200, 'h2'));
   agent.child.kill('SIGHUP');
-  const line = await waitFor('the reload', 10_000, () => /SIGHUP: re-read .*/.exec(agent.err())?.[0]);
+  const line = await waitFor('the reload', 10_000, () => /SIGHUP: re-read .*/.exec(log())?.[0]);
   t.match(line, /applied: interval 60000 → 200/, 'the interval is applied');
   t.match(line, /needs a restart .*host "h1" → "h2"/, 'the host name is not: it says so');
   const later = await waitFor('rounds at the new interval', 30_000, () => {
@@ -82,12 +84,12 @@ t.test('SIGHUP applies a new interval from the config file; SIGTERM: final check
   const code = await agent.exited;
   clearTimeout(timer);
   t.equal(code, 0, 'SIGTERM: exit 0');
-  const final = /svc1: shutdown: final checkpoint version (\d+)/.exec(agent.err());
+  const final = /shutdown: final checkpoint version (\d+)/.exec(log());
   t.ok(final, 'a final checkpoint was taken');
   const store = new CheckpointStore(redis, 'svc1');
   t.equal(await store.head(), Number(final?.[1]), 'the final checkpoint is the head of the store');
   t.equal(await redis.exists(vmKeys('svc1').owner), 0, 'the lease key is gone from Redis');
-  t.match(agent.err(), /svc1: shutdown: QEMU \d+ quit; lease released/);
+  t.match(log(), /shutdown: QEMU \d+ quit; lease released/);
   await waitFor('QEMU to be gone', 10_000, () => (alive(qemuPid) ? undefined : true));
   t.notOk(alive(qemuPid), 'QEMU quit before the lease went');
 });

@@ -83,8 +83,10 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
   handler: async (a) => {
     // Before anything else: SIGHUP's default would end the process.
     let agent: Agent | undefined;
-    const stopped = agentSignals(async () =>
-      agent ? reloadAgent(a as unknown as Record<string, unknown>, agent, reparse) : log('SIGHUP while starting: ignored, send it again'),
+    const stopped = agentSignals(
+      async () =>
+        agent ? reloadAgent(a as unknown as Record<string, unknown>, agent, reparse, log) : log('SIGHUP while starting: ignored, send it again'),
+      log,
     );
     const m = await openMetrics(a.metrics);
     agent = new Agent({
