@@ -271,15 +271,20 @@ export class Checkpointer {
       } else {
         this.wokenBy = undefined; // no rounds while paused: an event now must not make the loop spin
       }
-      if (!this.running) break;
-      const elapsed = performance.now() - t0;
-      // Bandwidth budget: a round that stored B bytes buys B / bandwidth seconds.
-      const bandwidth = this.o.bandwidth ?? 0;
-      const budgetMs = bandwidth > 0 ? (stored / bandwidth) * 1000 : 0;
-      let wait = Math.max(this.o.intervalMs, budgetMs) - elapsed;
-      if (this.o.eventDriven && this.o.gate && this.o.gate.pending > 0) this.wokenBy ??= 'packet';
-      if (this.wokenBy) wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));
-      if (wait > 0) await this.sleepOrWake(wait);
+      // Until the next round: asleep for the interval (a retune() works the wait out again).
+      while (this.running) {
+        this.retuned = false;
+        const elapsed = performance.now() - t0;
+        // Bandwidth budget: a round that stored B bytes buys B / bandwidth seconds.
+        const bandwidth = this.o.bandwidth ?? 0;
+        const budgetMs = bandwidth > 0 ? (stored / bandwidth) * 1000 : 0;
+        let wait = Math.max(this.o.intervalMs, budgetMs) - elapsed;
+        if (this.o.eventDriven && this.o.gate && this.o.gate.pending > 0) this.wokenBy ??= 'packet';
+        if (this.wokenBy) wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));
+        if (wait <= 0) break;
+        await this.sleepOrWake(wait);
+        if (!this.retuned) break;
+      }
     }
   }
 
@@ -298,6 +303,22 @@ export class Checkpointer {
       this.o.log(`compaction failed: ${(e as Error).message}`);
       if (e instanceof FencedError) throw e;
     }
+  }
+
+  private retuned = false;
+
+  /**
+   * New schedule and bounds (a reloaded configuration): the wait under way is worked out again
+   * with them, the bounds hold from the next round, a new dirty-page threshold at once.
+   */
+  retune(s: Partial<Pick<CheckpointerOptions, 'intervalMs' | 'maxPages' | 'maxTimeMs' | 'bandwidth' | 'compactEvery' | 'eventDriven' | 'dirtyPagesThreshold'>>): void {
+    const before = this.o.dirtyPagesThreshold ?? 0;
+    for (const [k, v] of Object.entries(s)) if (v !== undefined) (this.o as unknown as Record<string, unknown>)[k] = v;
+    this.engine.setBounds(this.o.maxPages, this.o.maxTimeMs);
+    const threshold = this.o.dirtyPagesThreshold ?? 0;
+    if (this.running && threshold !== before) this.dirty.watchThreshold?.(threshold, () => this.wake('dirty-pages'));
+    this.retuned = true;
+    this.wakeUp?.();
   }
 
   private async sleepOrWake(ms: number): Promise<void> {

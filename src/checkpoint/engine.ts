@@ -70,6 +70,12 @@ export class CheckpointEngine {
     return this.parent;
   }
 
+  /** New N and T bounds of stage 1, from the next round on (a reloaded configuration). */
+  setBounds(maxPages: number, maxTimeMs: number): void {
+    this.o.maxPages = maxPages;
+    this.o.maxTimeMs = maxTimeMs;
+  }
+
   /**
    * `vmStopped`: the VM is already stopped (a migration's switchover): no live stage, everything
    * in stage 2 (one compare of RAM instead of two).

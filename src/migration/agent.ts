@@ -15,7 +15,7 @@ import type { Redis } from 'ioredis';
 import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths } from '../qemu/launch.js';
 import { connectRedis } from '../store/redis-server.js';
 import { describeDurability, settleDurability } from '../store/durability.js';
-import { Ownership } from '../ha/ownership.js';
+import { Ownership, killPid } from '../ha/ownership.js';
 import { listen, type Peer } from '../ha/peer.js';
 import { VmHost, type AgentOptions } from './vm-runtime.js';
 import { Source, type MigrateRequest, type MigrateResult } from './source.js';
@@ -23,6 +23,11 @@ import { Destination, type PrepareRequest } from './destination.js';
 import { onLeaseTick } from './decisions.js';
 
 export type { AgentOptions, MigrationMode, Role } from './vm-runtime.js';
+
+/** What a running agent can change without a restart (Agent.retune). */
+export type LiveSettings = Partial<
+  Pick<AgentOptions, 'intervalMs' | 'maxPages' | 'maxTimeMs' | 'ficBandwidth' | 'compactEvery' | 'ricIntervalMs' | 'ricEvent' | 'ricDirtyPages' | 'hbIntervalMs' | 'hbTimeoutMs'>
+>;
 export type { MigrateRequest, MigrateResult } from './source.js';
 
 export class Agent {
@@ -53,6 +58,75 @@ export class Agent {
     this.timers.push(setInterval(() => this.tickLeases(), this.ownership.tickMs));
     this.o.log(`${this.o.host}: agent listening on ${this.o.listen}, store ${this.o.redis}`);
     this.writeStatus();
+  }
+
+  /**
+   * Takes on new settings without a restart (SIGHUP): running FIC and RIC loops get their new
+   * interval, bounds, bandwidth and triggers at once; heartbeats from the next migration on.
+   */
+  retune(s: LiveSettings): void {
+    for (const [k, v] of Object.entries(s)) if (v !== undefined) (this.o as unknown as Record<string, unknown>)[k] = v;
+    const o = this.o;
+    for (const r of this.host.vms.values()) {
+      const k = r.ckpt;
+      if (!k) continue;
+      if (k.kind === 'fic') {
+        k.retune({ intervalMs: o.intervalMs, maxPages: o.maxPages, maxTimeMs: o.maxTimeMs, bandwidth: o.ficBandwidth, compactEvery: o.compactEvery ?? 0 });
+        continue;
+      }
+      // The dirty-page trigger needs a source that counts (the patched QEMU's bitmap).
+      const counts = r.dirty?.watchThreshold !== undefined;
+      const threshold = counts ? (o.ricDirtyPages ?? 0) : 0;
+      if (r.ric) r.ric.dirtyPagesThreshold = threshold > 0 ? threshold : null;
+      k.retune({ intervalMs: o.ricIntervalMs, eventDriven: o.ricEvent, dirtyPagesThreshold: threshold });
+    }
+    this.writeStatus();
+  }
+
+  /**
+   * Stops the agent for good (SIGTERM). For each VM: the checkpoint loop finishes the round
+   * under way; a VM this host runs and holds the lease of gets one last round (its output after
+   * that round stays held by the gate and dies with QEMU, so the checkpoint explains everything
+   * the guest was seen to do), then its QEMU is quit, and only then is the lease released: another
+   * host may recover the VM from that checkpoint at once instead of waiting for the lease to
+   * expire, and never while a copy still runs here. Resolves with the versions left per VM.
+   */
+  async shutdown(): Promise<{ vm: string; version: number; released: boolean }[]> {
+    const out: { vm: string; version: number; released: boolean }[] = [];
+    for (const r of this.host.vms.values()) {
+      const ckpt = r.ckpt;
+      let version = ckpt?.head ?? 0;
+      if (ckpt) {
+        await ckpt.pause();
+        if (r.role === 'owner' && r.lease.token && r.qmp && !r.qmp.isClosed) {
+          try {
+            version = (await ckpt.roundNow('now')).version;
+            this.host.note(r, `shutdown: final checkpoint version ${version}`);
+          } catch (e) {
+            this.host.note(r, `shutdown: the final round failed (${(e as Error).message}); version ${ckpt.head || 'none'} is the last`);
+          }
+        }
+      }
+      await this.host.stop(r);
+      const q = r.qemu;
+      r.qemu = undefined; // its exit is no news now
+      if (q) {
+        await r.qmp?.execute('quit').catch(() => {});
+        const gone = await Promise.race([q.exited.then(() => true), new Promise<boolean>((res) => setTimeout(() => res(false), 5000))]);
+        if (!gone) killPid(q.pid);
+        await q.exited;
+      }
+      this.host.gate?.discard();
+      r.qmp?.close();
+      r.peer?.close();
+      const held = r.lease.token !== 0;
+      await r.lease.release();
+      if (held) this.host.note(r, `shutdown: QEMU ${q ? `${q.pid} quit` : 'not running here'}; lease released`);
+      if (r.role !== 'fenced') this.host.setRole(r, 'none', 'agent stopped');
+      out.push({ vm: r.vm, version, released: held });
+    }
+    await this.close();
+    return out;
   }
 
   async close(): Promise<void> {

@@ -1,5 +1,6 @@
 // `migsafe agent --host NAME --listen ADDR:PORT --redis URL [--vm ID -- <qemu argv>]`:
-// the per-host sidecar of a migration (see src/migration/agent.ts).
+// the per-host sidecar of a migration (see src/migration/agent.ts). SIGHUP re-reads --config,
+// SIGTERM stops it cleanly (agent-signals.ts).
 import type { CommandModule } from 'yargs';
 import { checkUserArgv } from '../../qemu/launch.js';
 import { Agent } from '../../migration/agent.js';
@@ -7,6 +8,8 @@ import { parseCodec } from '../../store/frame.js';
 import { log, openMetrics, runDir } from '../context.js';
 import { REDIS_FORMS, withOperatorOptions } from '../options.js';
 import { parseDurability } from '../../store/durability.js';
+import { hideBin } from 'yargs/helpers';
+import { agentSignals, reloadAgent } from '../agent-signals.js';
 
 interface AgentArgs {
   host: string;
@@ -70,10 +73,23 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('lease-ttl', { type: 'number', default: 3000, describe: 'ownership lease in the store, ms' })
       .option('gate', { type: 'boolean', default: true, describe: 'output commit: hold guest packets until their round commits' })
       .option('checkpoint', { type: 'boolean', default: true, describe: 'FIC/RIC on (off: plain migration, for comparison)' })
-      .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' }) as never,
+      .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' })
+      .epilogue(
+        'Signals: SIGHUP re-reads --config (with the environment and the command line over it) and applies ' +
+          'interval, max-pages, max-time, fic-bandwidth, compact-every, ric-interval, ric-event, ric-dirty-pages at once ' +
+          '(hb-interval, hb-timeout from the next migration); it logs what needs a restart. SIGTERM or SIGINT: the round ' +
+          'under way finishes, a final checkpoint, QEMU quits, the lease is released, exit 0.',
+      ) as never,
   handler: async (a) => {
+    // Before anything else: SIGHUP's default would end the process.
+    let agent: Agent | undefined;
+    const stopped = agentSignals(
+      async () =>
+        agent ? reloadAgent(a as unknown as Record<string, unknown>, agent, reparse, log) : log('SIGHUP while starting: ignored, send it again'),
+      log,
+    );
     const m = await openMetrics(a.metrics);
-    const agent = new Agent({
+    agent = new Agent({
       host: a.host,
       listen: a.listen,
       redis: a.redis,
@@ -104,11 +120,21 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       checkUserArgv(argv);
       await agent.startVm(a.vm, argv);
     }
-    await new Promise<void>((resolve) => {
-      process.once('SIGTERM', () => resolve());
-      process.once('SIGINT', () => resolve());
-    });
-    await agent.close();
+    const sig = await stopped;
+    log(`${a.host}: ${sig}: finishing the checkpoint round under way, a final checkpoint, quitting QEMU, releasing the leases`);
+    const left = await agent.shutdown();
     await m.close();
+    log(`${a.host}: stopped` + left.map((v) => `; ${v.vm}: last version ${v.version || 'none'}${v.released ? ', lease released' : ''}`).join(''));
+    process.exitCode = 0;
+    // Whatever handle might still hold the event loop (a reconnecting client): exit anyway.
+    setTimeout(() => process.exit(0), 3000).unref();
   },
 };
+
+/** The agent's arguments again, as at start: its command line over the environment over --config. */
+async function reparse(): Promise<Record<string, unknown>> {
+  const { commands } = await import('./index.js');
+  const { parseArgs } = await import('../parser.js');
+  const { commandName } = await import('../config-file.js');
+  return parseArgs(commands.find((c) => commandName(c) === 'agent')!, hideBin(process.argv));
+}

@@ -1,4 +1,5 @@
-// Every verb of the CLI. Each file exports one yargs CommandModule.
+// Every verb of the CLI. Each file exports one yargs CommandModule; each gets --config,
+// --state-dir and --run-dir here (config-file.ts), except `config` itself.
 import type { CommandModule } from 'yargs';
 import { agentCommand } from './agent.js';
 import { migrateCommand } from './migrate.js';
@@ -11,9 +12,11 @@ import { inspectCommand } from './inspect.js';
 import { recoverCommand } from './recover.js';
 import { runCommand } from './run.js';
 import { sidecarCommand } from './sidecar.js';
+import { configCommand } from './config.js';
+import { buildRegistry, withConfigFile, type Registry } from '../config-file.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [
+const verbs: CommandModule<any, any>[] = [
   runCommand,
   attachCommand,
   recoverCommand,
@@ -26,3 +29,13 @@ export const commands: CommandModule<any, any>[] = [
   migrateCommand,
   demoMigrateCommand,
 ];
+
+let reg: Registry | undefined;
+/** Every verb's options (what a config file may set). */
+export const registry = (): Registry => (reg ??= buildRegistry(configurable));
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+const configurable: CommandModule<any, any>[] = verbs.map((c) => withConfigFile(c, registry));
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export const commands: CommandModule<any, any>[] = [...configurable, configCommand(registry)];

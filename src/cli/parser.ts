@@ -1,0 +1,123 @@
+// The top-level parser: the verbs, MIGSAFE_* variables (env.ts) and --config files
+// (config-file.ts). main.ts runs it; the agent's SIGHUP reload and the tests parse with it too,
+// so that every path sees one precedence: command line > environment > config file > defaults.
+import yargs, { type Argv, type CommandModule } from 'yargs';
+import { commandName, commandOptions, type CommandOptions } from './config-file.js';
+import { scanEnv, setAside } from './env.js';
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyCommand = CommandModule<any, any>;
+
+export interface ParserOptions {
+  /** Usage errors: default print `migsafe: …` and exit 2; a function here gets them instead. */
+  onFail?: (msg: string, err?: Error) => void;
+}
+
+const optionsCache = new WeakMap<AnyCommand, CommandOptions>();
+
+/** The verb named on the command line (the first word that is not an option). */
+function verbOf(args: readonly string[]): string | undefined {
+  for (const a of args) {
+    if (a === '--') return undefined;
+    if (!a.startsWith('-')) return a;
+  }
+  return undefined;
+}
+
+export const PRECEDENCE_NOTE =
+  'Every option can also be set by a MIGSAFE_<OPTION> environment variable (MIGSAFE_MAX_PAGES=64 is --max-pages 64) ' +
+  'or in a --config file (TOML or JSON; `migsafe config check` shows what it sets). ' +
+  'Precedence: command line > environment > config file > defaults.';
+
+function defaultFail(msg: string, err?: Error): void {
+  if (err) {
+    process.stderr.write(`migsafe: ${err.message}\n`);
+    if (process.env.MIGSAFE_DEBUG) process.stderr.write(`${err.stack}\n`);
+  } else {
+    process.stderr.write(`migsafe: ${msg}\nRun \`migsafe --help\` for usage.\n`);
+  }
+  process.exit(2);
+}
+
+/**
+ * The parser of `args` over `commands`. MIGSAFE_* variables that name no option of the verb
+ * are set aside while yargs parses (see env.ts) and put back before the handler runs, or by
+ * the returned `restore` (call it when the parse ended).
+ */
+export function cliParser(args: string[], commands: readonly AnyCommand[], o: ParserOptions = {}): { y: Argv; restore: () => void } {
+  const fail = o.onFail ?? defaultFail;
+  const verb = verbOf(args);
+  const cmd = commands.find((c) => commandName(c) === verb);
+  let opts = cmd ? optionsCache.get(cmd) : undefined;
+  if (cmd && !opts) optionsCache.set(cmd, (opts = commandOptions(cmd)));
+  let restore = () => {};
+  const y = yargs(args)
+    .scriptName('migsafe')
+    .usage('$0 <command> [options]\n\nFault-tolerant checkpointing for live migration of QEMU/KVM virtual machines.')
+    .epilogue(PRECEDENCE_NOTE)
+    .parserConfiguration({ 'populate--': true })
+    .env('MIGSAFE')
+    .command(commands as AnyCommand[])
+    .demandCommand(1, 'Name a command: see `migsafe --help`.')
+    .strict()
+    .help()
+    .alias('h', 'help')
+    // `--version N` is recover's option, so yargs' own --version is off.
+    .version(false)
+    .wrap(Math.min(110, process.stdout.columns ?? 110))
+    .middleware((a) => {
+      restore();
+      // The directories' options reach context.ts (and the children of demo, bench) as before.
+      if (typeof a['state-dir'] === 'string') process.env.MIGSAFE_STATE_DIR = a['state-dir'];
+      if (typeof a['run-dir'] === 'string') process.env.MIGSAFE_RUN_DIR = a['run-dir'];
+    })
+    .fail((msg, err) => {
+      restore();
+      fail(msg, err);
+    });
+  // A MIGSAFE_* variable of the verb's with a wrong value throws here, before yargs reads it.
+  // MIGSAFE_CONFIG names the --config file of every verb that has one.
+  restore = setAside(scanEnv(opts ?? new Map()).other.filter((v) => v !== 'MIGSAFE_CONFIG'));
+  return { y, restore: () => restore() };
+}
+
+/** Runs the command line to its end (main.ts). */
+export async function runCli(args: string[], commands: readonly AnyCommand[]): Promise<void> {
+  let parser: ReturnType<typeof cliParser>;
+  try {
+    parser = cliParser(args, commands);
+  } catch (e) {
+    return defaultFail('', e as Error);
+  }
+  const { y, restore } = parser;
+  try {
+    await y.parseAsync();
+  } finally {
+    restore();
+  }
+}
+
+/**
+ * Parses `args` for one command as the command line would (environment and config file
+ * included) without running it: its arguments, or an Error saying what is wrong.
+ */
+export async function parseArgs(cmd: AnyCommand, args: string[]): Promise<Record<string, unknown>> {
+  let got: Record<string, unknown> | undefined;
+  let failed: Error | undefined;
+  const c: AnyCommand = { ...cmd, handler: (a: Record<string, unknown>) => void (got = a) };
+  const { y, restore } = cliParser(args, [c], {
+    onFail: (msg, err) => {
+      failed ??= err ?? new Error(msg);
+    },
+  });
+  try {
+    await y.exitProcess(false).parseAsync();
+  } catch (e) {
+    failed ??= e as Error;
+  } finally {
+    restore();
+  }
+  if (failed) throw failed;
+  if (!got) throw new Error(`${args.join(' ')}: nothing parsed`);
+  return got;
+}
