@@ -15,7 +15,7 @@ export function withTls<T>(y: Argv<T>) {
   return y
     .option('tls-dir', { type: 'string', describe: 'mutual TLS on the control channel: a directory with cert.pem, key.pem and ca.pem' })
     .option('tls-cert', { type: 'string', describe: "this side's certificate (PEM), signed by the --tls-ca" })
-    .option('tls-key', { type: 'string', describe: "this side's private key (PEM; not readable by other users)" })
+    .option('tls-key', { type: 'string', describe: "this side's private key (PEM; refused when every user may read it)" })
     .option('tls-ca', { type: 'string', describe: 'the CA (PEM) every peer certificate must be signed by' })
     .option('tls-allow', {
       type: 'string',

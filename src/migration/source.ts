@@ -34,7 +34,7 @@ export class Source {
     if (!r || r.role !== 'owner' || !r.qmp) throw new Error(`VM ${req.vm} does not run on ${o.host}`);
     const mode = req.mode ?? 'precopy';
     const t0 = performance.now();
-    if (r.peer) throw new Error(`VM ${req.vm} is already migrating`);
+    if (r.peer && !r.peer.closed) throw new Error(`VM ${req.vm} is already migrating`);
     const peer = await Peer.connect(req.to, undefined, 5000, o.tls).catch((e: Error) => {
       h.note(r, `migration to ${req.to} not started: ${e.message}`);
       throw e;
