@@ -16,11 +16,12 @@ import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths } from '../qemu/la
 import { connectRedis } from '../store/redis-server.js';
 import { describeDurability, settleDurability } from '../store/durability.js';
 import { Ownership, killPid } from '../ha/ownership.js';
-import { listen, type Peer } from '../ha/peer.js';
+import { listen, requireTlsOrLoopback, type Peer } from '../ha/peer.js';
 import { VmHost, type AgentOptions } from './vm-runtime.js';
 import { Source, type MigrateRequest, type MigrateResult } from './source.js';
-import { Destination, type PrepareRequest } from './destination.js';
+import { Destination } from './destination.js';
 import { onLeaseTick } from './decisions.js';
+import { checkHostName, checkMigrateRequest, checkPrepareRequest } from './protocol.js';
 
 export type { AgentOptions, MigrationMode, Role } from './vm-runtime.js';
 
@@ -41,6 +42,8 @@ export class Agent {
   private readonly destination: Destination;
 
   constructor(readonly o: AgentOptions) {
+    checkHostName(o.host, '--host');
+    requireTlsOrLoopback(o.listen, o.tls, '--listen');
     this.redis = connectRedis(o.redis, { retry: true });
     this.leaseRedis = connectRedis(o.redis, { retry: true });
     this.ownership = new Ownership(o.leaseTtlMs);
@@ -54,9 +57,13 @@ export class Agent {
     this.host.durability = d;
     this.o.log(`${this.o.host}: commits count when ${describeDurability(d)}`);
     await this.host.openGate();
-    this.server = await listen(this.o.listen, (p) => this.onPeer(p), (m, p) => this.handle(m, p));
+    this.server = await listen(this.o.listen, (p) => this.onPeer(p), (m, p) => this.handle(m, p), { tls: this.o.tls, log: (s) => this.o.log(`${this.o.host}: ${s}`) });
     this.timers.push(setInterval(() => this.tickLeases(), this.ownership.tickMs));
-    this.o.log(`${this.o.host}: agent listening on ${this.o.listen}, store ${this.o.redis}`);
+    const t = this.o.tls;
+    const sec = t
+      ? `mutual TLS (certificate ${t.files.cert}, CA ${t.files.ca}; obeys ${t.allow.length ? `only ${t.allow.join(', ')}` : 'any certificate the CA signed'})`
+      : 'no TLS: the control channel is unauthenticated, so it listens on loopback only and any local user can control it (see --tls-dir)';
+    this.o.log(`${this.o.host}: agent listening on ${this.o.listen} (${sec}), store ${this.o.redis}`);
     this.writeStatus();
   }
 
@@ -217,9 +224,9 @@ export class Agent {
       case 'status':
         return [...this.host.vms.values()].map((r) => ({ vm: r.vm, role: r.role, pid: r.qemu?.pid ?? 0, head: r.ckpt?.head ?? 0 }));
       case 'migrate':
-        return this.migrate(m as unknown as MigrateRequest);
+        return this.migrate(checkMigrateRequest(m));
       case 'prepare':
-        return this.destination.prepare(m as unknown as PrepareRequest, p);
+        return this.destination.prepare(checkPrepareRequest(m), p);
       default:
         throw new Error(`unknown request ${String(m.op)}`);
     }

@@ -18,17 +18,14 @@ import {
   onSourceLost,
   postcopySourceLost,
 } from './decisions.js';
+import { checkLeaseNotice, type PrepareReply, type PrepareRequest } from './protocol.js';
 
-export interface PrepareRequest {
-  vm: string;
-  mode: MigrationMode;
-  from: string;
-}
+export type { PrepareRequest } from './protocol.js';
 
 export class Destination {
   constructor(private readonly host: VmHost) {}
 
-  async prepare(req: PrepareRequest, p: Peer): Promise<{ uri: string; host: string }> {
+  async prepare(req: PrepareRequest, p: Peer): Promise<PrepareReply> {
     const h = this.host;
     const o = h.o;
     const r = h.runtime(req.vm);
@@ -66,17 +63,25 @@ export class Destination {
         { capability: 'postcopy-ram', state: req.mode !== 'precopy' },
       ],
     });
-    const { host, port } = parseAddr(o.listen);
-    const uri = `tcp:${host}:${port + 1}`;
+    const { host, port: listenPort } = parseAddr(o.listen);
+    const port = listenPort + 1;
+    const uri = host.includes(':') ? `tcp:[${host}]:${port}` : `tcp:${host}:${port}`;
     await qmp.execute('migrate-incoming', { uri });
     r.peer = p;
     h.setRole(r, 'incoming', `QEMU pid ${r.qemu.pid} waits for ${req.vm} from ${req.from} on ${uri}`);
     p.startHeartbeat({ intervalMs: o.hbIntervalMs, timeoutMs: o.hbTimeoutMs });
     p.on('event', (ev: string, data: Record<string, unknown>) => {
       if (ev === 'lease') {
-        r.lease.adopt(Number(data.token));
-        r.finalVersion = Number(data.version);
-        h.note(r, `lease handed over (token ${String(data.token)}), final FIC version ${String(data.version)}`);
+        let n: { token: number; version: number };
+        try {
+          n = checkLeaseNotice(data);
+        } catch (e) {
+          h.note(r, `ignored a lease notice from ${req.from}: ${(e as Error).message}`);
+          return;
+        }
+        r.lease.adopt(n.token);
+        r.finalVersion = n.version;
+        h.note(r, `lease handed over (token ${n.token}), final FIC version ${n.version}`);
       }
       if (ev === 'done') r.migrationDone = true;
     });
@@ -122,7 +127,8 @@ export class Destination {
     p.once('suspect', (why: string) => {
       if (r.gen === gen) void this.onSourceLost(r, String(why));
     });
-    return { uri, host: o.host };
+    // The port only: the source builds the URI from the address it authenticated (protocol.ts).
+    return { port, host: o.host };
   }
 
   /** Shadow = the final FIC image, which is what this destination started from. */

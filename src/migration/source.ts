@@ -7,18 +7,9 @@ import type { QmpClient, QmpEvent } from '../qemu/qmp.js';
 import { Peer } from '../ha/peer.js';
 import type { MigrationMode, VmHost, VmRuntime } from './vm-runtime.js';
 import { sourceStep, type SourceAction, type SourceEvent, type SourceState } from './decisions.js';
+import { checkPrepareReply, migrationUri, type MigrateRequest } from './protocol.js';
 
-export interface MigrateRequest {
-  vm: string;
-  to: string;
-  mode: MigrationMode;
-  /** QEMU max-bandwidth for the migration, bytes/s. */
-  maxBandwidth?: number;
-  /** QEMU max-postcopy-bandwidth, bytes/s. */
-  postcopyBandwidth?: number;
-  /** hybrid: switch to post-copy after this many ms of pre-copy (default: after the first pass). */
-  postcopyAfterMs?: number;
-}
+export type { MigrateRequest } from './protocol.js';
 
 export interface MigrateResult {
   vm: string;
@@ -43,14 +34,31 @@ export class Source {
     if (!r || r.role !== 'owner' || !r.qmp) throw new Error(`VM ${req.vm} does not run on ${o.host}`);
     const mode = req.mode ?? 'precopy';
     const t0 = performance.now();
-    const peer = await Peer.connect(req.to, undefined, 5000);
+    if (r.peer && !r.peer.closed) throw new Error(`VM ${req.vm} is already migrating`);
+    const peer = await Peer.connect(req.to, undefined, 5000, o.tls).catch((e: Error) => {
+      h.note(r, `migration to ${req.to} not started: ${e.message}`);
+      throw e;
+    });
     r.peer = peer;
     r.mode = mode;
     const qmp = r.qmp;
     if (r.ckpt) r.ckpt.compactionPaused = true;
     peer.startHeartbeat({ intervalMs: o.hbIntervalMs, timeoutMs: o.hbTimeoutMs });
-    const prep = await peer.request<{ uri: string; host: string }>('prepare', { vm: r.vm, mode, from: o.host }, 60_000);
-    h.setRole(r, 'migrating-src', `migrating to ${prep.host} (${mode}) via ${prep.uri}`);
+    let prep: { host: string; port: number };
+    let uri: string;
+    try {
+      // The URI is made here: the address this agent connected (and, with TLS, authenticated) and
+      // the port the destination announced. Nothing else of the reply reaches QEMU.
+      prep = checkPrepareReply(await peer.request('prepare', { vm: r.vm, mode, from: o.host }, 60_000), peer.remoteAddress);
+      uri = migrationUri(peer.remoteAddress, prep.port);
+    } catch (e) {
+      peer.close();
+      r.peer = undefined;
+      if (r.ckpt) r.ckpt.compactionPaused = false;
+      h.note(r, `migration to ${req.to} refused: ${(e as Error).message}; the VM keeps running here`);
+      throw e;
+    }
+    h.setRole(r, 'migrating-src', `migrating to ${prep.host} (${mode}) via ${uri}`);
     const caps = [
       { capability: 'events', state: true },
       { capability: 'pause-before-switchover', state: true },
@@ -61,7 +69,7 @@ export class Source {
     if (req.maxBandwidth) params['max-bandwidth'] = req.maxBandwidth;
     if (req.postcopyBandwidth) params['max-postcopy-bandwidth'] = req.postcopyBandwidth;
     if (Object.keys(params).length) await qmp.execute('migrate-set-parameters', params);
-    return new Outgoing(h, r, qmp, peer, prep.host, { phase: 'precopy', mode, postcopyAfterMs: req.postcopyAfterMs }, t0).run(prep.uri);
+    return new Outgoing(h, r, qmp, peer, prep.host, { phase: 'precopy', mode, postcopyAfterMs: req.postcopyAfterMs }, t0).run(uri);
   }
 }
 

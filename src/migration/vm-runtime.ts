@@ -16,6 +16,7 @@ import { Lease } from '../ha/lease.js';
 import { OutputGate } from '../ha/gate.js';
 import { fence as fenceQemu, killPid, type Ownership } from '../ha/ownership.js';
 import type { Peer } from '../ha/peer.js';
+import type { TlsConfig } from '../ha/tls.js';
 import { Checkpointer, type CheckpointerOptions, type RoundStat } from '../checkpoint/checkpointer.js';
 import type { Metrics } from '../util/metrics.js';
 
@@ -57,6 +58,8 @@ export interface AgentOptions {
   durability?: DurabilityChoice;
   /** Where `--metrics` figures go: rounds, recoveries, the gate, the leases. */
   metrics?: Metrics;
+  /** Mutual TLS on the control channel (src/ha/tls.ts); without it, loopback only. */
+  tls?: TlsConfig;
   log: (msg: string) => void;
 }
 

@@ -183,6 +183,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startRedisServer, type RedisServerHandle } from '../../src/store/redis-server.js';
+import { makeCa, makeCert } from './tls.js';
 
 const CLI_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'cli', 'main.js');
 
@@ -223,6 +224,12 @@ export interface Cluster {
   redisPort: number;
   redisUrl: string;
   peerLog: string;
+  /**
+   * The agents' control channel is mutual TLS: a CA of this run and a `--tls-dir` per host
+   * (CN = host name, its address as IP SAN) and one for the operator (CN `operator`), which
+   * cli() gives `migrate` unless the args name a --tls option themselves.
+   */
+  tlsDirs: Record<HostName | 'operator', string>;
   agents: Partial<Record<HostName, AgentProc>>;
   /** Starts the agent of a host (extra CLI options appended). */
   startAgent(h: HostName, extra?: string[]): AgentProc;
@@ -261,6 +268,16 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
   }
   const store = opts.replicated ? await replicatedStore(hosts, dir, redis, redisPort).catch((e: Error) => (hosts.teardown(), Promise.reject(e))) : undefined;
   const peerLog = join(dir, 'peer.log');
+  let tlsDirs: Cluster['tlsDirs'];
+  try {
+    const ca = makeCa(join(dir, 'tls', 'ca'));
+    const leaf = (name: HostName) => makeCert(ca, join(dir, 'tls', name), { cn: name, ips: [hosts[name].ip, '127.0.0.1'] });
+    tlsDirs = { src: leaf('src'), dst: leaf('dst'), sto: leaf('sto'), operator: makeCert(ca, join(dir, 'tls', 'operator'), { cn: 'operator' }) };
+  } catch (e) {
+    await redis.stop().catch(() => {});
+    hosts.teardown();
+    throw new Error(`cannot make the test certificates (needs openssl): ${(e as Error).message}`);
+  }
   const peer = hosts.spawn('sto', [process.execPath, '-e', PEER_JS, String(PEER_PORT), peerLog]);
   const agents: Partial<Record<HostName, AgentProc>> = {};
   const c: Cluster = {
@@ -273,6 +290,7 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
     store,
     storeSocket: async () => (store ? store.primarySocket() : join(redisDir, 'redis.sock')),
     peerLog,
+    tlsDirs,
     agents,
     startAgent(h, extra = []) {
       const runDir = join('/dev/shm', `${hosts.id}-${h}-${Object.keys(agents).length}${Date.now() % 10000}`);
@@ -284,7 +302,7 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
       const fd = openSync(log, 'a');
       const child = hosts.spawn(
         h,
-        [process.execPath, CLI_MAIN, 'agent', '--host', h, '--listen', addr, '--redis', c.redisUrl, '--status-file', statusFile, ...extra],
+        [process.execPath, CLI_MAIN, 'agent', '--host', h, '--listen', addr, '--redis', c.redisUrl, '--status-file', statusFile, '--tls-dir', tlsDirs[h], ...extra],
         { stdio: ['ignore', fd, fd], env: { ...process.env, MIGSAFE_RUN_DIR: runDir, MIGSAFE_STATE_DIR: join(dir, 'state') } },
       );
       const exited = new Promise<number | string>((res) => child.once('exit', (code, sig) => res(code ?? sig ?? -1)));
@@ -312,7 +330,8 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
       c.redis = redis;
     },
     cli(h, args, timeoutMs = 300_000) {
-      const child = hosts.spawn(h, [process.execPath, CLI_MAIN, ...args], {
+      const tls = args[0] === 'migrate' && !args.some((x) => x.startsWith('--tls')) ? ['--tls-dir', tlsDirs.operator] : [];
+      const child = hosts.spawn(h, [process.execPath, CLI_MAIN, ...args, ...tls], {
         stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, MIGSAFE_STATE_DIR: join(dir, 'state') },
       });

@@ -10,8 +10,9 @@ import { REDIS_FORMS, withOperatorOptions } from '../options.js';
 import { parseDurability } from '../../store/durability.js';
 import { hideBin } from 'yargs/helpers';
 import { agentSignals, reloadAgent } from '../agent-signals.js';
+import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
 
-interface AgentArgs {
+interface AgentArgs extends TlsArgs {
   host: string;
   listen: string;
   redis: string;
@@ -41,9 +42,9 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
   command: 'agent',
   describe: 'Run the host sidecar: checkpoint the VMs held here, send and receive migrations, recover on failure',
   builder: (y) =>
-    withOperatorOptions(y)
+    withTls(withOperatorOptions(y))
       .option('host', { type: 'string', demandOption: true, describe: 'name of this host (the lease holder name)' })
-      .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the control channel (PORT+1 takes migrations)' })
+      .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the control channel (PORT+1 takes migrations); without --tls-*, a loopback address only' })
       .option('redis', { type: 'string', demandOption: true, describe: `the checkpoint store: ${REDIS_FORMS}` })
       .option('vm', { type: 'string', describe: 'start this VM here, from the QEMU command line after --' })
       .option('interval', { type: 'number', default: 1000, describe: 'FIC: ms between rounds' })
@@ -112,6 +113,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       statusFile: a['status-file'],
       metrics: m.metrics,
       durability: parseDurability(a.durability),
+      tls: tlsFromArgs(a),
       log,
     });
     await agent.start();

@@ -7,8 +7,9 @@ import { CheckpointStore } from '../../store/checkpoint-store.js';
 import type { MigrateResult } from '../../migration/agent.js';
 import { log } from '../context.js';
 import { REDIS_FORMS } from '../options.js';
+import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
 
-interface MigrateArgs {
+interface MigrateArgs extends TlsArgs {
   vm: string;
   to: string;
   from?: string;
@@ -23,7 +24,7 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
   command: 'migrate',
   describe: 'Live-migrate a VM to another host\'s agent, with FIC/RIC checkpointing around it',
   builder: (y) =>
-    y
+    withTls(y)
       .option('vm', { type: 'string', demandOption: true })
       .option('to', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the destination agent' })
       .option('from', { type: 'string', describe: 'ADDR:PORT of the source agent (default: the one the store names)' })
@@ -44,7 +45,7 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
       r.disconnect();
       if (!from) throw new Error(`no agent runs VM ${a.vm} (nothing in the store): give --from`);
     }
-    const p = await Peer.connect(from);
+    const p = await Peer.connect(from, undefined, 5000, tlsFromArgs(a));
     log(`${a.vm}: migrating from ${from} to ${a.to} (${a.mode})`);
     const res = await p.request<MigrateResult>(
       'migrate',
