@@ -9,7 +9,7 @@ import type { CpuLevel, EncodeBatchOptions } from '../kernel/index.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
 import { NotDurableError, ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
-import { encodeFrame, type CodecChoice } from '../store/frame.js';
+import type { CodecChoice } from '../store/frame.js';
 import type { VersionMeta } from '../store/version-meta.js';
 import { encodeBatchAsync, scanDirty, splitBatch } from '../kernel/page-delta.js';
 
@@ -83,7 +83,7 @@ export class CheckpointEngine {
       let stage2Pages = 0;
       // Stage 2's output goes in frames of about 16 MiB so that readers stream.
       for (const part of splitBatch(stage2.records, 16 << 20)) stage2Pages += await pending.addPages(part, o.codec);
-      pending.setDeviceState(await encodeFrame('device', stage2.device, 0, o.codec));
+      await pending.setDevice(stage2.device, o.codec);
       const pages = stage1.pages + stage2Pages;
       const commitStart = performance.now();
       const meta = await pending.commit({
