@@ -84,8 +84,8 @@ export async function checkpointRound(store: CheckpointStore, img: Image, codecS
   }
   const t2 = performance.now();
   const framesOut: Buffer[] = [];
-  for (const r of raws) framesOut.push(await encodeFrame('pages', r.raw, r.records, codec));
-  const dev = await encodeFrame('device', device, 0, codec);
+  for (const [i, r] of raws.entries()) framesOut.push(await encodeFrame('pages', r.raw, r.records, codec, pending.chunkBinding(i)));
+  const dev = await encodeFrame('device', device, 0, codec, pending.deviceBinding());
   const t3 = performance.now();
   for (const f of framesOut) pending.addChunk(f);
   pending.setDeviceState(dev);

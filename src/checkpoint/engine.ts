@@ -6,10 +6,10 @@
 //   and the next round starts over from a zero image (a full checkpoint).
 import { readFile, rm } from 'node:fs/promises';
 import type { CpuLevel, EncodeBatchOptions } from '../kernel/index.js';
-import type { QmpClient } from '../qemu/qmp.js';
+import { QmpTimeoutError, type QmpClient } from '../qemu/qmp.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
 import { NotDurableError, ParentMismatchError, type CheckpointStore, type PendingVersion } from '../store/checkpoint-store.js';
-import { encodeFrame, type CodecChoice } from '../store/frame.js';
+import type { CodecChoice } from '../store/frame.js';
 import type { VersionMeta } from '../store/version-meta.js';
 import { encodeBatchAsync, scanDirty, splitBatch } from '../kernel/page-delta.js';
 
@@ -35,10 +35,29 @@ export interface EngineOptions {
    * everything the guest sent so far belongs to this round's state).
    */
   beforeResume?: () => void;
+  /** After a stage-2 `stop` timed out, how long the round waits for QEMU to answer it (default 10 s). */
+  stopGraceMs?: number;
 }
 
 /** Pages encoded per call in stage 1: large enough to amortize a call, small enough to stop on time. */
 const SLICE_PAGES = 4096;
+
+/** After a `stop` timed out: how long a round waits for QEMU to answer it before it gives up. */
+const STOP_GRACE_MS = 10_000;
+
+
+/**
+ * Per QMP connection, while a stage-2 `stop` that timed out is still unanswered: the
+ * query-status (and cont) queued behind it. No round of any engine on that connection starts
+ * before it settles (a checkpointer that reloads makes a new engine), so no later `stop` can
+ * come between the old one and its `cont`.
+ */
+const resumeAfterStop = new WeakMap<QmpClient, Promise<void>>();
+
+/** QEMU did not answer a stage-2 `stop`: the guest may be paused until it does (see stopTimedOut). */
+export class StopTimeoutError extends Error {
+  override name = 'StopTimeoutError';
+}
 
 export class CheckpointEngine {
   private shadow: Buffer;
@@ -82,6 +101,7 @@ export class CheckpointEngine {
    */
   async round(opts: { vmStopped?: boolean } = {}): Promise<VersionMeta> {
     const o = this.o;
+    await resumeAfterStop.get(o.qmp);
     const pending = await o.store.begin(this.parent);
     try {
       const stage1 = opts.vmStopped ? this.noStage1() : await this.stage1(pending);
@@ -89,7 +109,7 @@ export class CheckpointEngine {
       let stage2Pages = 0;
       // Stage 2's output goes in frames of about 16 MiB so that readers stream.
       for (const part of splitBatch(stage2.records, 16 << 20)) stage2Pages += await pending.addPages(part, o.codec);
-      pending.setDeviceState(await encodeFrame('device', stage2.device, 0, o.codec));
+      await pending.setDevice(stage2.device, o.codec);
       const pages = stage1.pages + stage2Pages;
       const commitStart = performance.now();
       const meta = await pending.commit({
@@ -178,7 +198,12 @@ export class CheckpointEngine {
   private async stage2(leftover: Uint32Array, shadowZero: boolean): Promise<{ records: Buffer; device: Buffer; pauseMs: number }> {
     const o = this.o;
     const t0 = performance.now();
-    await o.qmp.execute('stop');
+    try {
+      await o.qmp.execute('stop');
+    } catch (e) {
+      if (e instanceof QmpTimeoutError) throw await this.stopTimedOut(e);
+      throw e; // refused: the VM was not stopped
+    }
     let records: Buffer;
     let device: Buffer;
     try {
@@ -199,6 +224,44 @@ export class CheckpointEngine {
     const pauseMs = performance.now() - t0;
     await rm(o.deviceStatePath, { force: true });
     return { records, device, pauseMs: Math.round(pauseMs * 1000) / 1000 };
+  }
+
+  /**
+   * `stop` got no reply in time. QEMU answers in order, so a query-status sent now is answered
+   * right after the stop: when it says paused, `cont` follows — the guest is never left paused
+   * by a round that gave up. A blind `cont` is not sent: a migration may have stopped the VM
+   * meanwhile, and that one is not ours to resume. Waits stopGraceMs for it; past that the
+   * round fails, the resume still follows whenever QEMU answers, and no round starts before.
+   */
+  private async stopTimedOut(e: QmpTimeoutError): Promise<Error> {
+    const qmp = this.o.qmp;
+    const grace = this.o.stopGraceMs ?? STOP_GRACE_MS;
+    let end: { status: string; resumed: boolean } | undefined;
+    const resumed = qmp
+      .execute<{ status: string }>('query-status', undefined, { timeoutMs: 0 })
+      .then(async (st) => {
+        const resume = st.status === 'paused';
+        end = { status: st.status, resumed: resume };
+        this.lastRoundEnd = end;
+        if (resume) await qmp.execute('cont', undefined, { timeoutMs: 0 });
+      })
+      .catch(() => {}); // QMP closed: QEMU is gone, nothing to resume
+    let timer: NodeJS.Timeout | undefined;
+    const inTime = await Promise.race([
+      resumed.then(() => true),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), grace))),
+    ]);
+    clearTimeout(timer);
+    if (inTime) {
+      const what = !end ? 'QMP closed meanwhile' : end.resumed ? 'the guest was resumed' : `the guest was left ${end.status} (not paused by this round)`;
+      return new StopTimeoutError(`${e.message}; QEMU answered later and ${what}: round abandoned`);
+    }
+    resumeAfterStop.set(qmp, resumed.finally(() => resumeAfterStop.delete(qmp)));
+    return new StopTimeoutError(
+      `QMP stop: no reply from QEMU within ${e.timeoutMs + grace} ms: its monitor is stuck and the guest may be paused. ` +
+        'migsafe resumes it (cont) as soon as QEMU answers and takes no checkpoint until then; if QEMU never answers it is hung: ' +
+        'kill it and `migsafe recover` the VM',
+    );
   }
 }
 

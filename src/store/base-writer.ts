@@ -1,11 +1,15 @@
 // Writing a new base image (compaction.ts decides what goes in): its frames go to a temporary
 // list, which one Lua script puts in place of the old base while dropping the versions it holds.
+// Its frames are bound to the version the base holds (frame.ts); their count goes into that
+// version's metadata (baseChunks), where a reader checks it.
 import type { Redis } from 'ioredis';
 import type { VmKeys } from './keys.js';
 import { FencedError } from './fenced-error.js';
+import { encodeFrame, type CodecChoice } from './frame.js';
+import { summarizeBatch } from '../kernel/page-delta.js';
 
 const SWITCH_LUA = `
--- KEYS: newBase, baseChunks, base, committed, owner ; ARGV: version, lease ('' : unfenced)
+-- KEYS: newBase, baseChunks, base, committed, owner, meta of version ; ARGV: version, lease ('' : unfenced)
 local owner = redis.call('GET', KEYS[5])
 if ARGV[2] ~= '' and owner ~= ARGV[2] then
   return redis.error_reply('FENCED compaction to version ' .. ARGV[1] .. ': written under lease ' .. ARGV[2] .. ' but the lease is ' .. (owner or 'free'))
@@ -13,8 +17,13 @@ end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) == false then
   return redis.error_reply('version ' .. ARGV[1] .. ' is no longer committed')
 end
+local n = redis.call('LLEN', KEYS[1])
+if n == 0 then
+  return redis.error_reply('base image of version ' .. ARGV[1] .. ' has no frames')
+end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('SET', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[6], 'baseChunks', n)
 local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
 return old
@@ -23,10 +32,12 @@ return old
 /** A base image of `version` being written; nothing of it is used until install() succeeds. */
 export class PendingBase {
   private readonly tmp: string;
+  private chunks = 0;
 
   constructor(
     private readonly redis: Redis,
     private readonly keys: VmKeys,
+    readonly vmId: string,
     readonly version: number,
     /** The lease the writer compacts under, '' when unfenced (see CheckpointStore.fenceWith). */
     private readonly fence: () => string,
@@ -36,12 +47,22 @@ export class PendingBase {
 
   /** Drops what an earlier, interrupted compaction to the same version left. */
   async clear(): Promise<void> {
+    this.chunks = 0;
     await this.redis.del(this.tmp);
   }
 
-  /** Appends a frame of page records (one at a time: a base image is as large as the RAM). */
-  async addChunk(frame: Buffer): Promise<void> {
+  /**
+   * Frames a batch of page records and appends it (one at a time: a base image is as large as
+   * the RAM). Returns the frame's size in bytes.
+   */
+  async addPages(records: Uint8Array, codec: CodecChoice): Promise<number> {
+    const index = this.chunks;
+    const bind = { vm: this.vmId, version: this.version, list: 'base' as const, index };
+    const frame = await encodeFrame('pages', records, summarizeBatch(records).records, codec, bind);
+    if (this.chunks !== index) throw new Error(`base image of version ${this.version}: overlapping addPages calls`);
+    this.chunks++;
     await this.redis.rpush(this.tmp, frame);
+    return frame.length;
   }
 
   /**
@@ -54,7 +75,7 @@ export class PendingBase {
     let dropped: number[];
     try {
       dropped = (
-        (await this.redis.eval(SWITCH_LUA, 5, this.tmp, k.baseChunks, k.base, k.committed, k.owner, String(this.version), this.fence())) as string[]
+        (await this.redis.eval(SWITCH_LUA, 6, this.tmp, k.baseChunks, k.base, k.committed, k.owner, k.version(this.version), String(this.version), this.fence())) as string[]
       ).map(Number);
     } catch (e) {
       await this.clear().catch(() => {});

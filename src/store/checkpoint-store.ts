@@ -1,22 +1,18 @@
 // Writing versions of one VM: begin → chunks (pipelined) → device state → atomic commit.
+// Everything read back from Redis is checked before it is believed (the store is input).
+import { constants as bufferConstants } from 'node:buffer';
 import type { Redis } from 'ioredis';
 import { STORE_FORMAT, vmKeys, type VmKeys } from './keys.js';
-import { metaFromHash, metaToHash, type VersionMeta } from './version-meta.js';
+import { metaFromHash, type VersionMeta } from './version-meta.js';
 import { PendingBase } from './base-writer.js';
-import { encodeFrame, type CodecChoice } from './frame.js';
-import { summarizeBatch } from '../kernel/page-delta.js';
 import { FencedError } from './fenced-error.js';
-import { NotDurableError, durabilityName, ensureDurable, type Durability } from './durability.js';
+import { NotDurableError, type Durability } from './durability.js';
+import { ParentMismatchError, PendingVersion, type WriterSettings } from './pending-version.js';
 
-export { FencedError, NotDurableError };
+export { FencedError, NotDurableError, ParentMismatchError, PendingVersion };
 
-interface WriterSettings {
-  /** The lease this writer commits under ("host|token"), '' when unfenced (tests, benchmarks). */
-  fence: () => string;
-  durability: Durability;
-  /** replicas:N: versions committed but not acknowledged yet; marked once a later WAIT covers them. */
-  unacked: number[];
-}
+/** Largest guest RAM a VM record may claim (a reader allocates an image of it). */
+const MAX_RAM_BYTES = Math.min(bufferConstants.MAX_LENGTH, 2 ** 46);
 
 export interface VmRecord {
   format: number;
@@ -28,55 +24,6 @@ export interface VmRecord {
   /** Directory QEMU was started in: its command line may name files relative to it. */
   cwd: string;
 }
-
-/** The commit found that the store's head is not the version the deltas were made against. */
-export class ParentMismatchError extends Error {
-  override name = 'ParentMismatchError';
-}
-
-// Atomic commit: the version becomes visible only if the writer still holds the VM's lease
-// (when it writes under one: ARGV[4], "host|token"), all its data is there and its parent is
-// the head (else the deltas would apply to the wrong image).
-const COMMIT_LUA = `
-local version = tonumber(ARGV[1])
-local parent = tonumber(ARGV[2])
-if ARGV[4] ~= '' then
-  local owner = redis.call('GET', KEYS[6])
-  if owner ~= ARGV[4] then
-    return redis.error_reply('FENCED version ' .. version .. ': written under lease ' .. ARGV[4] .. ' but the lease is ' .. (owner or 'free'))
-  end
-end
-local top = redis.call('ZREVRANGE', KEYS[1], 0, 0)
-local head = 0
-if #top > 0 then head = tonumber(top[1]) end
-if parent ~= 0 and parent ~= head then
-  return redis.error_reply('PARENT version ' .. version .. ' was made against ' .. parent .. ' but the head is ' .. head)
-end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
-  return redis.error_reply('NOTPENDING version ' .. version .. ' is not being written')
-end
-local n = redis.call('LLEN', KEYS[4])
-if n ~= tonumber(ARGV[3]) then
-  return redis.error_reply('INCOMPLETE version ' .. version .. ' has ' .. n .. ' of ' .. ARGV[3] .. ' chunks')
-end
-if redis.call('EXISTS', KEYS[5]) == 0 then
-  return redis.error_reply('INCOMPLETE version ' .. version .. ' has no device state')
-end
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[3], unpack(fields))
-redis.call('ZADD', KEYS[1], version, version)
-redis.call('SREM', KEYS[2], ARGV[1])
-return head
-`;
-
-// Marks versions acknowledged, but only those still there (compaction may have folded one away).
-const MARK_ACKED_LUA = `
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'acknowledgedAt', ARGV[1]) end
-end
-return 0
-`;
 
 /** A list of page frames: a version's own, or the base image's (compaction). */
 export type ChunkList = number | 'base';
@@ -110,6 +57,7 @@ export class CheckpointStore {
   /** Records (or checks) the VM: a VM id keeps its RAM size for life. */
   async init(argv: readonly string[], ramBytes: number, cwd = process.cwd()): Promise<void> {
     const existing = await this.vm();
+    if (existing) this.checkFormat(existing);
     if (existing && existing.ramBytes !== ramBytes) {
       throw new Error(
         `VM "${this.vmId}" is stored with ${existing.ramBytes} bytes of RAM, this QEMU has ${ramBytes}: ` +
@@ -128,17 +76,48 @@ export class CheckpointStore {
     });
   }
 
+  /** Throws unless `vm` is stored in the format this migsafe reads and writes. */
+  checkFormat(vm: VmRecord): void {
+    if (vm.format === STORE_FORMAT) return;
+    throw new Error(
+      vm.format < STORE_FORMAT
+        ? `VM "${this.vmId}" was stored by an older migsafe (store format ${vm.format}, this one reads format ${STORE_FORMAT}, ` +
+            `whose frames are bound to their VM and version): recover it with the migsafe that wrote it, or delete its ` +
+            `checkpoints with \`migsafe delete --vm ${this.vmId}\` (or use another --vm id) and take new ones`
+        : `VM "${this.vmId}" is stored in format ${vm.format}, newer than this migsafe (format ${STORE_FORMAT}): use a newer migsafe`,
+    );
+  }
+
+  /** Whether the VM has a record at all (whatever its format or state). */
+  async exists(): Promise<boolean> {
+    return (await this.redis.exists(this.keys.vm)) === 1;
+  }
+
+  /** The VM's record, checked field by field (its format is checked by checkFormat). */
   async vm(): Promise<VmRecord | null> {
     const h = await this.redis.hgetall(this.keys.vm);
     if (!h.format) return null;
-    if (Number(h.format) !== STORE_FORMAT) {
-      throw new Error(`VM "${this.vmId}" is stored in format ${h.format}; this migsafe reads format ${STORE_FORMAT}`);
+    const bad = (what: string) =>
+      new Error(`VM "${this.vmId}": its record in the store is malformed (${what}): delete it with \`migsafe delete --vm ${this.vmId}\``);
+    const format = Number(h.format);
+    if (!Number.isSafeInteger(format) || format < 1) throw bad(`format "${h.format}"`);
+    const ramBytes = Number(h.ramBytes);
+    if (!Number.isSafeInteger(ramBytes) || ramBytes <= 0 || ramBytes % 4096 !== 0 || ramBytes > MAX_RAM_BYTES) {
+      throw bad(`ramBytes "${h.ramBytes}" is not a positive multiple of 4096 up to ${MAX_RAM_BYTES}`);
     }
+    if (h.pageSize !== undefined && Number(h.pageSize) !== 4096) throw bad(`pageSize "${h.pageSize}", expected 4096`);
+    let argv: unknown;
+    try {
+      argv = JSON.parse(h.argv ?? '[]');
+    } catch {
+      argv = undefined;
+    }
+    if (!Array.isArray(argv) || !argv.every((a) => typeof a === 'string')) throw bad('argv is not a JSON array of strings');
     return {
-      format: Number(h.format),
-      argv: JSON.parse(h.argv ?? '[]') as string[],
-      ramBytes: Number(h.ramBytes),
-      pageSize: Number(h.pageSize),
+      format,
+      argv: argv as string[],
+      ramBytes,
+      pageSize: 4096,
       createdAt: Number(h.createdAt),
       cwd: h.cwd ?? '/',
     };
@@ -146,16 +125,35 @@ export class CheckpointStore {
 
   /** Committed version numbers, oldest first. */
   async committed(): Promise<number[]> {
-    return (await this.redis.zrange(this.keys.committed, 0, -1)).map(Number);
+    return (await this.redis.zrange(this.keys.committed, 0, -1)).map((v) => this.versionNumber(v, 'committed set'));
   }
 
   async head(): Promise<number> {
     const top = await this.redis.zrevrange(this.keys.committed, 0, 0);
-    return top.length ? Number(top[0]) : 0;
+    return top.length ? this.versionNumber(top[0]!, 'committed set') : 0;
   }
 
+  /** The version the base image holds (0: none). */
   async base(): Promise<number> {
-    return Number((await this.redis.get(this.keys.base)) ?? 0);
+    const b = await this.redis.get(this.keys.base);
+    return b === null ? 0 : this.versionNumber(b, 'base');
+  }
+
+  /** The committed versions and the base, read at one instant (MULTI). */
+  async snapshot(): Promise<{ committed: number[]; base: number }> {
+    const res = (await this.redis.multi().zrange(this.keys.committed, 0, -1).get(this.keys.base).exec()) ?? [];
+    for (const [err] of res) if (err) throw err;
+    const committed = (res[0]?.[1] as string[]).map((v) => this.versionNumber(v, 'committed set'));
+    const b = res[1]?.[1] as string | null;
+    return { committed, base: b === null ? 0 : this.versionNumber(b, 'base') };
+  }
+
+  private versionNumber(s: string, where: string): number {
+    const n = Number(s);
+    if (!Number.isSafeInteger(n) || n <= 0) {
+      throw new Error(`VM "${this.vmId}": "${s}" in its ${where} is not a version number: the store is corrupt`);
+    }
+    return n;
   }
 
   async meta(version: number): Promise<VersionMeta | null> {
@@ -191,12 +189,12 @@ export class CheckpointStore {
   async begin(parent: number): Promise<PendingVersion> {
     const version = await this.redis.incr(this.keys.seq);
     await this.redis.sadd(this.keys.pending, String(version));
-    return new PendingVersion(this.redis, this.keys, version, parent, this.writer);
+    return new PendingVersion(this.redis, this.keys, this.vmId, version, parent, this.writer);
   }
 
   /** Starts a new base image holding version `version` whole (see compaction.ts). */
   async beginBase(version: number): Promise<PendingBase> {
-    const base = new PendingBase(this.redis, this.keys, version, () => this.writer.fence());
+    const base = new PendingBase(this.redis, this.keys, this.vmId, version, () => this.writer.fence());
     await base.clear();
     return base;
   }
@@ -242,110 +240,3 @@ export class CheckpointStore {
   }
 }
 
-/** A version being written. Nothing of it is visible until commit() succeeds. */
-export class PendingVersion {
-  private chunks = 0;
-  private pageBytes = 0;
-  private deviceBytes = 0;
-  private inflight: Promise<unknown>[] = [];
-
-  constructor(
-    private readonly redis: Redis,
-    private readonly keys: VmKeys,
-    readonly version: number,
-    readonly parent: number,
-    private readonly writer: WriterSettings,
-  ) {}
-
-  get chunkCount(): number {
-    return this.chunks;
-  }
-
-  /**
-   * Frames a batch of page records (compressed with `codec`) and queues it: encode → frame →
-   * push in one place. Returns the number of records.
-   */
-  async addPages(records: Uint8Array, codec: CodecChoice): Promise<number> {
-    const n = summarizeBatch(records).records;
-    this.addChunk(await encodeFrame('pages', records, n, codec));
-    return n;
-  }
-
-  /** Queues a frame of page records; ioredis pipelines the writes, commit() awaits them. */
-  addChunk(frame: Buffer): void {
-    this.chunks++;
-    this.pageBytes += frame.length;
-    this.inflight.push(this.redis.rpush(this.keys.chunks(this.version), frame));
-  }
-
-  setDeviceState(frame: Buffer): void {
-    this.deviceBytes = frame.length;
-    this.inflight.push(this.redis.set(this.keys.device(this.version), frame));
-  }
-
-  /** Waits for every write, then makes the version visible atomically. */
-  async commit(
-    meta: Omit<VersionMeta, 'version' | 'parent' | 'chunks' | 'bytesStored' | 'deviceStateStored' | 'committedAt'>,
-  ): Promise<VersionMeta> {
-    await Promise.all(this.inflight.splice(0));
-    const full: VersionMeta = {
-      ...meta,
-      version: this.version,
-      parent: this.parent,
-      chunks: this.chunks,
-      bytesStored: this.pageBytes,
-      deviceStateStored: this.deviceBytes,
-      committedAt: Date.now(),
-    };
-    const fence = this.writer.fence();
-    if (fence) full.writer = fence;
-    full.durability = durabilityName(this.writer.durability);
-    const k = this.keys;
-    try {
-      await this.redis.eval(
-        COMMIT_LUA,
-        6,
-        k.committed,
-        k.pending,
-        k.version(this.version),
-        k.chunks(this.version),
-        k.device(this.version),
-        k.owner,
-        String(this.version),
-        String(this.parent),
-        String(this.chunks),
-        fence,
-        ...metaToHash(full),
-      );
-    } catch (e) {
-      const msg = (e as Error).message;
-      if (msg.includes('FENCED')) throw new FencedError(msg);
-      if (msg.includes('PARENT')) throw new ParentMismatchError(msg);
-      throw e;
-    }
-    try {
-      await ensureDurable(this.redis, this.writer.durability, this.version);
-    } catch (e) {
-      if (e instanceof NotDurableError) this.writer.unacked.push(this.version);
-      throw e;
-    }
-    if (this.writer.durability.kind === 'replicas') {
-      // WAIT covered every write so far: this version and the earlier unacknowledged ones.
-      // (The mark itself reaches the replicas with the next WAIT; until then inspect says no.)
-      full.acknowledgedAt = Date.now();
-      const marked = this.writer.unacked.splice(0).concat(this.version);
-      await this.redis.eval(MARK_ACKED_LUA, marked.length, ...marked.map((v) => this.keys.version(v)), String(full.acknowledgedAt));
-    }
-    return full;
-  }
-
-  /** Drops what was written (best effort: cleanupPending() catches what this misses). */
-  async abort(): Promise<void> {
-    await Promise.allSettled(this.inflight.splice(0));
-    await this.redis
-      .multi()
-      .del(...this.keys.versionAll(this.version))
-      .srem(this.keys.pending, String(this.version))
-      .exec();
-  }
-}

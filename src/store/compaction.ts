@@ -2,7 +2,7 @@
 // the base holds version B whole; versions before B are dropped, B keeps its device state.
 import { encodeBatchAsync } from '../kernel/page-delta.js';
 import type { CheckpointStore } from './checkpoint-store.js';
-import { encodeFrame, type CodecChoice } from './frame.js';
+import type { CodecChoice } from './frame.js';
 import { loadImage, planRestore } from './reader.js';
 
 const PAGES_PER_FRAME = 4096;
@@ -27,16 +27,10 @@ export async function compact(store: CheckpointStore, version: number, codec: Co
     const pages = Uint32Array.from({ length: count }, (_, i) => first + i);
     const raw = await encodeBatchAsync(image, zero, pages, { updateShadow: false, dense: true });
     if (raw.length === 0) continue;
-    const frame = await encodeFrame('pages', raw, 0, codec);
-    baseBytes += frame.length;
-    await pending.addChunk(frame);
+    baseBytes += await pending.addPages(raw, codec);
   }
   // An all-zero guest still needs a base list to exist: one empty frame.
-  if (baseBytes === 0) {
-    const frame = await encodeFrame('pages', Buffer.alloc(0), 0, codec);
-    baseBytes = frame.length;
-    await pending.addChunk(frame);
-  }
+  if (baseBytes === 0) baseBytes = await pending.addPages(Buffer.alloc(0), codec);
   const dropped = await pending.install();
   return { base: version, dropped, baseBytes };
 }

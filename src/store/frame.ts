@@ -1,12 +1,26 @@
-// A frame is one stored blob: msgpack of {format, kind, codec, raw length, CRC32C of the raw
-// bytes, payload}. A frame says what it holds and is refused when it does not add up.
+// A frame is one stored blob: msgpack of {format, kind, codec, raw length, checksum, records,
+// payload, and where it belongs: VM, version, list, index}. A frame says what it holds and whose
+// it is, and is refused when it does not add up — or when it was copied from another VM,
+// another version or another place in the list. The checksum (CRC32C) covers the binding and
+// the raw bytes. It is not a MAC: anyone who can write the store can forge a frame.
 import { pack, unpack } from 'msgpackr';
 import { CODECS as KERNEL_CODECS, DEFAULT_LEVEL, compressAsync, crc32c, decompressAsync, type Codec } from '../kernel/index.js';
-import { STORE_FORMAT } from './keys.js';
 
 export type FrameKind = 'pages' | 'device';
 
-// The kernel's codecs less raw deflate, which the store format has never used.
+/**
+ * Frame format. 1: unbound frames (migsafe before frames named their VM and version), refused;
+ * 2: bound (this file).
+ */
+export const FRAME_FORMAT = 2;
+
+/** Largest page record (addon/src/batch.h): a 16-byte header and at most a whole page. */
+export const MAX_RECORD_BYTES = 16 + 4096;
+
+/** Largest device state a reader accepts (and a writer stores): QEMU's are a few MiB. */
+export const MAX_DEVICE_STATE_BYTES = 256 << 20;
+
+/** The kernel's codecs less raw deflate, which the store format has never used. */
 const CODECS: readonly Codec[] = KERNEL_CODECS.filter((c) => c !== 'deflate');
 
 export interface CodecChoice {
@@ -24,6 +38,17 @@ export function parseCodec(spec: string): CodecChoice {
   return { codec: name as Codec, level };
 }
 
+/** Where a frame belongs: it is valid there and nowhere else. */
+export interface FrameBinding {
+  vm: string;
+  /** The version it is part of (for the base image: the version the base holds). */
+  version: number;
+  /** A version's chunk list, the base image's, or the device state. */
+  list: 'version' | 'base' | 'device';
+  /** Position in the list (0 for the device state). */
+  index: number;
+}
+
 interface FrameWire {
   f: number;
   k: FrameKind;
@@ -32,12 +57,43 @@ interface FrameWire {
   x: number;
   n: number;
   d: Uint8Array;
+  m: string;
+  v: number;
+  l: FrameBinding['list'];
+  i: number;
+}
+
+const describe = (b: { vm: unknown; version: unknown; list: unknown; index: unknown }) =>
+  `VM "${String(b.vm)}" version ${String(b.version)} ${String(b.list)} frame ${String(b.index)}`;
+
+/** The checksum: CRC32C of the binding and kind, then of the raw bytes. */
+function checksum(kind: FrameKind, b: FrameBinding, raw: Uint8Array): number {
+  const head = Buffer.from(`migsafe-frame|${FRAME_FORMAT}|${b.vm}|${b.version}|${b.list}|${b.index}|${kind}|`);
+  return crc32c(raw, crc32c(head)) >>> 0;
 }
 
 /** Compresses `raw` and wraps it. `count` is the number of records inside (0 for device state). */
-export async function encodeFrame(kind: FrameKind, raw: Uint8Array, count: number, codec: CodecChoice): Promise<Buffer> {
+export async function encodeFrame(
+  kind: FrameKind,
+  raw: Uint8Array,
+  count: number,
+  codec: CodecChoice,
+  bind: FrameBinding,
+): Promise<Buffer> {
   const data = codec.codec === 'none' ? raw : await compressAsync(codec.codec, raw, codec.level);
-  const wire: FrameWire = { f: STORE_FORMAT, k: kind, c: codec.codec, r: raw.length, x: crc32c(raw), n: count, d: data };
+  const wire: FrameWire = {
+    f: FRAME_FORMAT,
+    k: kind,
+    c: codec.codec,
+    r: raw.length,
+    x: checksum(kind, bind, raw),
+    n: count,
+    d: data,
+    m: bind.vm,
+    v: bind.version,
+    l: bind.list,
+    i: bind.index,
+  };
   return pack(wire);
 }
 
@@ -51,8 +107,20 @@ export class CorruptCheckpointError extends Error {
   override name = 'CorruptCheckpointError';
 }
 
-/** Unwraps and checks one frame; `where` names it in errors. */
-export async function decodeFrame(buf: Uint8Array, expect: FrameKind, where: string): Promise<DecodedFrame> {
+/** What the reader expects of a frame: where it belongs and how large it may be. */
+export interface FrameExpectation {
+  kind: FrameKind;
+  bind: FrameBinding;
+  /** pages: most records a frame may hold (the VM's page count). */
+  maxRecords?: number;
+  /** device: the exact raw length the version's metadata records. */
+  rawBytes?: number;
+}
+
+const isCount = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+
+/** Unwraps and checks one frame; `where` names it in errors. Nothing is allocated past the bounds. */
+export async function decodeFrame(buf: Uint8Array, want: FrameExpectation, where: string): Promise<DecodedFrame> {
   let wire: FrameWire;
   try {
     wire = unpack(buf) as FrameWire;
@@ -62,13 +130,49 @@ export async function decodeFrame(buf: Uint8Array, expect: FrameKind, where: str
   if (typeof wire !== 'object' || wire === null || typeof wire.f !== 'number') {
     throw new CorruptCheckpointError(`${where}: not a migsafe frame`);
   }
-  if (wire.f !== STORE_FORMAT) {
-    throw new CorruptCheckpointError(`${where}: frame format ${wire.f} is not understood by this migsafe (format ${STORE_FORMAT})`);
+  if (wire.f !== FRAME_FORMAT) {
+    const older = wire.f < FRAME_FORMAT;
+    throw new CorruptCheckpointError(
+      `${where}: frame format ${wire.f} ` +
+        (older
+          ? `was written by an older migsafe (this one reads format ${FRAME_FORMAT}, whose frames are bound to their VM and version): ` +
+            `recover it with the migsafe that wrote it, or delete these checkpoints (\`migsafe delete --vm ${want.bind.vm}\`) and take new ones`
+          : `is newer than this migsafe understands (format ${FRAME_FORMAT}): use a newer migsafe`),
+    );
   }
-  if (wire.k !== expect) throw new CorruptCheckpointError(`${where}: holds ${String(wire.k)}, expected ${expect}`);
+  const b = want.bind;
+  if (wire.m !== b.vm || wire.v !== b.version || wire.l !== b.list || wire.i !== b.index) {
+    throw new CorruptCheckpointError(
+      `${where}: foreign frame: it belongs to ${describe({ vm: wire.m, version: wire.v, list: wire.l, index: wire.i })}, ` +
+        `not to ${describe(b)} (copied from another VM, version or place in the store)`,
+    );
+  }
+  if (wire.k !== want.kind) throw new CorruptCheckpointError(`${where}: holds ${String(wire.k)}, expected ${want.kind}`);
   if (!CODECS.includes(wire.c)) throw new CorruptCheckpointError(`${where}: unknown codec ${String(wire.c)}`);
-  if (!Number.isInteger(wire.r) || wire.r < 0 || !(wire.d instanceof Uint8Array)) {
+  if (!isCount(wire.r) || !isCount(wire.n) || !(wire.d instanceof Uint8Array)) {
     throw new CorruptCheckpointError(`${where}: malformed frame header`);
+  }
+  // Bound the raw length before anything is allocated for it.
+  if (want.kind === 'pages') {
+    const maxRecords = want.maxRecords ?? 0;
+    if (wire.n > maxRecords) {
+      throw new CorruptCheckpointError(`${where}: header says ${wire.n} page records, more than the VM's ${maxRecords} pages`);
+    }
+    if (wire.r > wire.n * MAX_RECORD_BYTES) {
+      throw new CorruptCheckpointError(
+        `${where}: header says ${wire.r} raw bytes, more than ${wire.n} records can hold (${wire.n * MAX_RECORD_BYTES})`,
+      );
+    }
+  } else {
+    if (wire.r > MAX_DEVICE_STATE_BYTES) {
+      throw new CorruptCheckpointError(`${where}: header says ${wire.r} bytes, more than the device state cap of ${MAX_DEVICE_STATE_BYTES >> 20} MiB`);
+    }
+    if (want.rawBytes !== undefined && wire.r !== want.rawBytes) {
+      throw new CorruptCheckpointError(`${where}: header says ${wire.r} bytes, the version's metadata says ${want.rawBytes} (truncated or replaced)`);
+    }
+  }
+  if (wire.c === 'none' && wire.d.length !== wire.r) {
+    throw new CorruptCheckpointError(`${where}: ${wire.d.length} bytes, header says ${wire.r}`);
   }
   let raw: Buffer;
   try {
@@ -77,6 +181,6 @@ export async function decodeFrame(buf: Uint8Array, expect: FrameKind, where: str
     throw new CorruptCheckpointError(`${where}: cannot decompress (${(e as Error).message})`);
   }
   if (raw.length !== wire.r) throw new CorruptCheckpointError(`${where}: ${raw.length} bytes, header says ${wire.r}`);
-  if (crc32c(raw) >>> 0 !== wire.x >>> 0) throw new CorruptCheckpointError(`${where}: checksum mismatch`);
+  if (checksum(wire.k, b, raw) !== wire.x >>> 0) throw new CorruptCheckpointError(`${where}: checksum mismatch`);
   return { kind: wire.k, raw, count: wire.n };
 }

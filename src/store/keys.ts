@@ -6,7 +6,7 @@
 //   migsafe:{id}:committed     zset    committed versions (score = member = version)
 //   migsafe:{id}:pending       set     versions being written; never read, cleaned up
 //   migsafe:{id}:base          string  version folded into the base image (compaction), absent if none
-//   migsafe:{id}:v:{n}         hash    version metadata (see VersionMeta)
+//   migsafe:{id}:v:{n}         hash    version metadata (see VersionMeta; baseChunks when n is the base)
 //   migsafe:{id}:v:{n}:chunks  list    frames of page records
 //   migsafe:{id}:v:{n}:device  string  frame of the device state
 //   migsafe:{id}:base:chunks   list    frames of the base image (pages of version `base`)
@@ -15,7 +15,9 @@
 //   migsafe:{id}:epoch         string  the lease's fencing token counter (INCR on every new owner)
 //   migsafe:{id}:agent         string  ADDR:PORT of the agent that runs the VM
 
-export const STORE_FORMAT = 1;
+// Every frame names its VM, version and place (frame.ts), so a frame copied from elsewhere is
+// refused. 1: frames unbound (refused); 2: bound frames, the base's frame count in its metadata.
+export const STORE_FORMAT = 2;
 
 const VM_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 

@@ -1,8 +1,12 @@
 // Folding committed versions into one RAM image: base, then each delta version in order.
-// Everything is checked (chain, frame, per-page CRC) before anything leaves this module.
+// Everything is checked (chain, counts, frame binding, per-page CRC) before anything leaves
+// this module. The store is input like any other: a parent link that does not go back in time
+// is refused (so a chain cannot loop), every length is bounded before it is allocated, and a
+// read that races compaction either gets every frame it planned for — each bound to its VM,
+// version and place — or starts again from a new plan; it never returns a short image.
 import { applyBatch } from '../kernel/page-delta.js';
 import type { ChunkList, CheckpointStore, VmRecord } from './checkpoint-store.js';
-import { CorruptCheckpointError, decodeFrame } from './frame.js';
+import { CorruptCheckpointError, decodeFrame, type FrameBinding } from './frame.js';
 import type { VersionMeta } from './version-meta.js';
 
 export class MissingCheckpointError extends Error {
@@ -14,6 +18,8 @@ export interface RestorePlan {
   target: VersionMeta;
   /** Start from the compacted base image of this version (0 = from a zero image). */
   base: number;
+  /** Frames in the base image (its version's metadata, baseChunks); 0 without a base. */
+  baseChunks: number;
   /** Versions applied on top of the base, oldest first; ends with the target. */
   chain: VersionMeta[];
 }
@@ -31,97 +37,229 @@ export interface LoadedImage {
   pagesApplied: number;
 }
 
+/** Committed versions and the base as one instant saw them (CheckpointStore.snapshot). */
+export interface StoreSnapshot {
+  committed: number[];
+  base: number;
+}
+
+/** Reads of a version that compaction keeps invalidating give up after this many plans. */
+const MAX_ATTEMPTS = 5;
+
 /** Works out which stored data make up `version` (default: the newest), or says what is missing. */
-export async function planRestore(store: CheckpointStore, version?: number): Promise<RestorePlan> {
+export async function planRestore(store: CheckpointStore, version?: number, snap?: StoreSnapshot): Promise<RestorePlan> {
   const vm = await store.vm();
   if (!vm) throw new MissingCheckpointError(`no VM "${store.vmId}" in the store: check --vm (see \`migsafe inspect\`)`);
-  const committed = await store.committed();
+  store.checkFormat(vm);
+  const { committed, base } = snap ?? (await store.snapshot());
   if (committed.length === 0) throw new MissingCheckpointError(`VM "${store.vmId}" has no committed checkpoint yet`);
   const want = version ?? committed[committed.length - 1]!;
-  const have = new Set(committed);
-  if (!have.has(want)) {
+  if (!committed.includes(want)) {
+    const range = `committed versions: ${committed[0]}..${committed[committed.length - 1]} (${committed.length})`;
     throw new MissingCheckpointError(
-      `version ${want} of VM "${store.vmId}" is not committed; committed versions: ${committed[0]}..${committed[committed.length - 1]} (${committed.length})`,
+      base && want < base
+        ? `version ${want} of VM "${store.vmId}" was folded into the base image (version ${base}) by compaction: recover version ${base} or a later one; ${range}`
+        : `version ${want} of VM "${store.vmId}" is not committed; ${range}`,
     );
   }
-  const base = await store.base();
+  let chain: VersionMeta[];
+  try {
+    chain = await walkChain(store, want, committed, base);
+  } catch (e) {
+    if (!(e instanceof CorruptCheckpointError)) throw e;
+    throw new CorruptCheckpointError(`${e.message}; nothing was restored. ${await adviseOlder(store, e, committed, base)}`);
+  }
+  const usesBase = chain[0]!.version === base && base !== 0;
+  let baseChunks = 0;
+  if (usesBase) {
+    baseChunks = chain[0]!.baseChunks ?? 0;
+    if (baseChunks < 1) {
+      throw new CorruptCheckpointError(`VM "${store.vmId}": the base image (version ${base}) has no frame count in its metadata (baseChunks)`);
+    }
+  }
+  return { vm, target: chain[chain.length - 1]!, base: usesBase ? base : 0, baseChunks, chain: usesBase ? chain.slice(1) : chain };
+}
+
+/** A chain error, with the version where the walk found it (to advise an older version). */
+class ChainError extends CorruptCheckpointError {
+  constructor(
+    readonly at: number,
+    msg: string,
+  ) {
+    super(msg);
+  }
+}
+
+/**
+ * The metadata from `want` back through parent links to a full version or the base, oldest
+ * first. Each parent must be committed and older than its child, so the walk ends.
+ */
+async function walkChain(store: CheckpointStore, want: number, committed: number[], base: number): Promise<VersionMeta[]> {
+  const have = new Set(committed);
+  const vm = `VM "${store.vmId}"`;
   const chain: VersionMeta[] = [];
   let v = want;
   for (;;) {
     const meta = await store.meta(v);
-    if (!meta) throw new CorruptCheckpointError(`broken delta chain: metadata of version ${v} is missing`);
+    if (!meta) throw new ChainError(v, `broken delta chain of ${vm}: metadata of version ${v} is missing`);
+    if (meta.version !== v) throw new ChainError(v, `broken delta chain of ${vm}: the metadata of version ${v} says it is version ${meta.version}`);
     chain.unshift(meta);
     if (v === base) break; // the base image holds version `base` whole
     if (meta.parent === 0) break;
-    if (!have.has(meta.parent)) {
-      throw new CorruptCheckpointError(
-        `broken delta chain: version ${v} applies to version ${meta.parent}, which is not in the store`,
+    if (meta.parent >= v) {
+      throw new ChainError(
+        v,
+        `broken delta chain of ${vm}: version ${v} names version ${meta.parent} as its parent, which is not older ` +
+          '(a cycle or a rewritten link)',
       );
+    }
+    if (!have.has(meta.parent)) {
+      throw new ChainError(v, `broken delta chain: version ${v} applies to version ${meta.parent}, which is not in the store (${vm})`);
     }
     v = meta.parent;
   }
-  const usesBase = chain[0]!.version === base && base !== 0;
-  return { vm, target: chain[chain.length - 1]!, base: usesBase ? base : 0, chain: usesBase ? chain.slice(1) : chain };
+  return chain;
+}
+
+/** What to do about a broken chain: the newest older version whose chain holds, if any. */
+async function adviseOlder(store: CheckpointStore, e: CorruptCheckpointError, committed: number[], base: number): Promise<string> {
+  const below = e instanceof ChainError ? e.at : Infinity;
+  const candidates = committed.filter((c) => c < below).reverse().slice(0, 32);
+  for (const c of candidates) {
+    try {
+      await walkChain(store, c, committed, base);
+      return `An older version's chain is intact: \`migsafe recover --vm ${store.vmId} --version ${c}\``;
+    } catch {
+      /* try the next older one */
+    }
+  }
+  return `No older version has an intact chain: delete the VM's checkpoints (\`migsafe delete --vm ${store.vmId}\`) and take new ones`;
+}
+
+interface ListRead {
+  list: ChunkList;
+  where: string;
+  bind: Omit<FrameBinding, 'index'>;
+  expect: number;
+  /** Page records the list must hold in all (a version's metadata); undefined for the base. */
+  pages?: number;
 }
 
 /** Builds the RAM image of a plan. Throws CorruptCheckpointError on anything that does not add up. */
 export async function loadImage(
   store: CheckpointStore,
   plan: RestorePlan,
-  onProgress?: (p: LoadProgress) => void,
+  onProgress?: (p: LoadProgress) => void | Promise<void>,
 ): Promise<LoadedImage> {
-  const lists: { list: ChunkList; where: string; expect?: number }[] = [];
-  if (plan.base) lists.push({ list: 'base', where: `base image (version ${plan.base})` });
-  for (const m of plan.chain) lists.push({ list: m.version, where: `version ${m.version}`, expect: m.chunks });
-
+  const vm = store.vmId;
+  const ramPages = plan.vm.ramBytes / 4096;
+  const lists: ListRead[] = [];
+  if (plan.base) {
+    lists.push({
+      list: 'base',
+      where: `VM "${vm}" base image (version ${plan.base})`,
+      bind: { vm, version: plan.base, list: 'base' },
+      expect: plan.baseChunks,
+    });
+  }
+  for (const m of plan.chain) {
+    lists.push({ list: m.version, where: `VM "${vm}" version ${m.version}`, bind: { vm, version: m.version, list: 'version' }, expect: m.chunks, pages: m.pages });
+  }
   const lengths = await Promise.all(lists.map((l) => store.chunkCount(l.list)));
   lists.forEach((l, i) => {
-    if (l.expect !== undefined && lengths[i] !== l.expect) {
+    if (lengths[i] !== l.expect) {
       throw new CorruptCheckpointError(`${l.where}: ${lengths[i]} chunks in the store, its metadata says ${l.expect}`);
     }
   });
-  if (plan.base && lengths[0] === 0) throw new CorruptCheckpointError(`base image (version ${plan.base}) is empty`);
-  const total = lengths.reduce((a, b) => a + b, 0);
+  const total = lists.reduce((a, l) => a + l.expect, 0);
+
+  // The device state first: small, and a missing one makes reading the pages pointless.
+  const target = plan.target;
+  const devWhere = `VM "${vm}" version ${target.version}, device state`;
+  const dev = await store.deviceState(target.version);
+  if (!dev) throw new CorruptCheckpointError(`${devWhere} is missing`);
+  const device = await decodeFrame(dev, { kind: 'device', bind: { vm, version: target.version, list: 'device', index: 0 }, rawBytes: target.deviceStateBytes }, devWhere);
 
   const image = Buffer.alloc(plan.vm.ramBytes);
   let done = 0;
   let pagesApplied = 0;
   const SLICE = 16;
-  for (const [i, l] of lists.entries()) {
-    for (let at = 0; at < lengths[i]!; at += SLICE) {
-      const frames = await store.chunkRange(l.list, at, at + SLICE - 1);
+  for (const l of lists) {
+    let records = 0;
+    for (let at = 0; at < l.expect; at += SLICE) {
+      const last = Math.min(at + SLICE, l.expect) - 1;
+      const frames = await store.chunkRange(l.list, at, last);
+      if (frames.length !== last - at + 1) {
+        throw new CorruptCheckpointError(
+          `${l.where}: the store returned ${frames.length} of frames ${at}..${last} (the list shrank while it was read)`,
+        );
+      }
       for (const [j, f] of frames.entries()) {
         const where = `${l.where}, chunk ${at + j}`;
-        const frame = await decodeFrame(f, 'pages', where);
+        const frame = await decodeFrame(f, { kind: 'pages', bind: { ...l.bind, index: at + j }, maxRecords: ramPages }, where);
+        let applied: number;
         try {
-          pagesApplied += applyBatch(image, frame.raw).records;
+          applied = applyBatch(image, frame.raw).records;
         } catch (e) {
           throw new CorruptCheckpointError(`${where}: ${(e as Error).message}`);
         }
-        onProgress?.({ done: ++done, total });
+        if (applied !== frame.count) throw new CorruptCheckpointError(`${where}: ${applied} page records, its header says ${frame.count}`);
+        records += applied;
+        await onProgress?.({ done: ++done, total });
       }
     }
+    if (l.pages !== undefined && records !== l.pages) {
+      throw new CorruptCheckpointError(`${l.where}: ${records} page records in its frames, its metadata says ${l.pages}`);
+    }
+    pagesApplied += records;
   }
-  const dev = await store.deviceState(plan.target.version);
-  if (!dev) throw new CorruptCheckpointError(`version ${plan.target.version}: device state is missing`);
-  const device = await decodeFrame(dev, 'device', `version ${plan.target.version}, device state`);
   return { plan, image, deviceState: device.raw, pagesApplied };
 }
 
 export interface LoadVersionHooks {
-  /** Called once the plan is known, before anything is read. */
+  /** Called once the plan is known, before anything is read (again if the read starts over). */
   onPlan?: (plan: RestorePlan) => void;
-  onProgress?: (p: LoadProgress) => void;
+  onProgress?: (p: LoadProgress) => void | Promise<void>;
+  /** The read is starting over: the store changed under it (compaction); `why` is what it found. */
+  onRetry?: (why: Error, attempt: number) => void;
 }
 
-/** planRestore + loadImage: a version's whole, checked image (default: the newest version). */
+/**
+ * planRestore + loadImage: a version's whole, checked image (default: the newest version).
+ * A read that fails because compaction changed the store meanwhile (the base moved, or a
+ * version of its chain was dropped) is planned and read again, up to MAX_ATTEMPTS times.
+ */
 export async function loadVersion(
   store: CheckpointStore,
   version?: number,
   hooks: LoadVersionHooks = {},
 ): Promise<LoadedImage & { version: number }> {
-  const plan = await planRestore(store, version);
-  hooks.onPlan?.(plan);
-  const loaded = await loadImage(store, plan, hooks.onProgress);
-  return { ...loaded, version: plan.target.version };
+  for (let attempt = 1; ; attempt++) {
+    const snap = await store.snapshot();
+    let plan: RestorePlan | undefined;
+    try {
+      plan = await planRestore(store, version, snap);
+      hooks.onPlan?.(plan);
+      const loaded = await loadImage(store, plan, hooks.onProgress);
+      return { ...loaded, version: plan.target.version };
+    } catch (e) {
+      if (!(e instanceof CorruptCheckpointError || e instanceof MissingCheckpointError)) throw e;
+      if (!(await storeMoved(store, snap, plan))) throw e;
+      if (attempt >= MAX_ATTEMPTS) {
+        throw new CorruptCheckpointError(
+          `VM "${store.vmId}": the store changed under ${attempt} reads in a row (compaction?); last: ${e.message}. Try again`,
+        );
+      }
+      hooks.onRetry?.(e, attempt);
+    }
+  }
+}
+
+/** Whether what a failed read planned with is no longer the store's state. */
+async function storeMoved(store: CheckpointStore, snap: StoreSnapshot, plan?: RestorePlan): Promise<boolean> {
+  const now = await store.snapshot();
+  if (now.base !== snap.base) return true;
+  const have = new Set(now.committed);
+  const used = plan ? [plan.base, ...plan.chain.map((m) => m.version)].filter((v) => v !== 0) : snap.committed;
+  return used.some((v) => !have.has(v));
 }

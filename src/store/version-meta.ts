@@ -38,6 +38,8 @@ export interface VersionMeta {
   durability?: string;
   /** replicas:N: when N replicas had acknowledged it (absent: not, or not yet marked). */
   acknowledgedAt?: number;
+  /** Only on the version the base image holds: frames in the base image (set by compaction). */
+  baseChunks?: number;
 }
 
 /**
@@ -70,11 +72,18 @@ export function metaToHash(m: VersionMeta): string[] {
   return Object.entries(m).flatMap(([k, v]) => [k, String(v)]);
 }
 
+/** Fields that count something: whole numbers, never negative. */
+const COUNTS = new Set<keyof VersionMeta>(NUMERIC.filter((k) => k !== 'committedAt' && k !== 'pauseMs'));
+
 export function metaFromHash(h: Record<string, string>, where: string): VersionMeta {
   const out: Record<string, unknown> = { ...h };
-  for (const k of NUMERIC) {
+  for (const k of [...NUMERIC, 'baseChunks' as const]) {
+    if (k === 'baseChunks' && h[k] === undefined) continue;
     const v = Number(h[k]);
     if (h[k] === undefined || !Number.isFinite(v)) throw new Error(`${where}: metadata field ${k} is missing or not a number`);
+    if ((COUNTS.has(k) || k === 'baseChunks') && (!Number.isSafeInteger(v) || v < 0)) {
+      throw new Error(`${where}: metadata field ${k} is ${h[k]}, not a whole number`);
+    }
     out[k] = v;
   }
   if (h.acknowledgedAt !== undefined) out.acknowledgedAt = Number(h.acknowledgedAt);

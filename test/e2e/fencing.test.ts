@@ -3,7 +3,7 @@
 // Then the CLI: one writer per VM id, and a frozen writer is fenced off when it wakes.
 import t from 'tap';
 import { CheckpointStore, FencedError } from '../../src/store/checkpoint-store.js';
-import { encodeFrame, parseCodec } from '../../src/store/frame.js';
+import { parseCodec } from '../../src/store/frame.js';
 import { LeaseStore } from '../../src/store/lease-store.js';
 import { Lease } from '../../src/ha/lease.js';
 import { compact } from '../../src/store/compaction.js';
@@ -25,8 +25,8 @@ const RAM = 16 * 4096;
 /** A version with one empty frame and a device state (enough for the commit script's checks). */
 async function smallVersion(store: CheckpointStore, parent: number) {
   const p = await store.begin(parent);
-  p.addChunk(await encodeFrame('pages', Buffer.alloc(0), 0, codec));
-  p.setDeviceState(await encodeFrame('device', Buffer.from('dev'), 0, codec));
+  await p.addPages(Buffer.alloc(0), codec);
+  await p.setDevice(Buffer.from('dev'), codec);
   const commit = () =>
     p.commit({ pages: 0, bytesRaw: 0, pauseMs: 0, deviceStateBytes: 3, dirtySource: 'scan', codec: 'none:0', stage1Pages: 0, stage2Pages: 0 });
   return { p, commit };

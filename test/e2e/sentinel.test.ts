@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
-import { encodeFrame, parseCodec } from '../../src/store/frame.js';
+import { parseCodec } from '../../src/store/frame.js';
 import { settleDurability } from '../../src/store/durability.js';
 import { planRestore } from '../../src/store/reader.js';
 import { connectRedis } from '../../src/store/redis-server.js';
@@ -21,8 +21,8 @@ const codec = parseCodec('none');
 
 async function smallVersion(store: CheckpointStore, parent: number) {
   const p = await store.begin(parent);
-  p.addChunk(await encodeFrame('pages', Buffer.alloc(0), 0, codec));
-  p.setDeviceState(await encodeFrame('device', Buffer.from('dev'), 0, codec));
+  await p.addPages(Buffer.alloc(0), codec);
+  await p.setDevice(Buffer.from('dev'), codec);
   return p.commit({ pages: 0, bytesRaw: 0, pauseMs: 0, deviceStateBytes: 3, dirtySource: 'scan', codec: 'none:0', stage1Pages: 0, stage2Pages: 0 });
 }
 

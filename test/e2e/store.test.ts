@@ -4,12 +4,11 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { native } from '../../src/kernel/native.js';
 import { CheckpointStore, ParentMismatchError } from '../../src/store/checkpoint-store.js';
-import { encodeFrame, parseCodec, CorruptCheckpointError } from '../../src/store/frame.js';
+import { parseCodec, CorruptCheckpointError } from '../../src/store/frame.js';
 import { loadImage, planRestore, MissingCheckpointError } from '../../src/store/reader.js';
 import { compact } from '../../src/store/compaction.js';
 import { vmKeys } from '../../src/store/keys.js';
 import { startRedisServer, connectRedis } from '../../src/store/redis-server.js';
-import { summarizeBatch } from '../../src/kernel/page-delta.js';
 import { testRedis, testClient } from '../helpers/redis.js';
 
 const PAGES = 256;
@@ -32,17 +31,16 @@ async function writeVersion(store: CheckpointStore, ram: Buffer, shadow: Buffer,
   let pages = 0;
   for (let at = 0; at < all.length; at += 64) {
     const raw = n.encodeBatch(ram, shadow, all.subarray(at, at + 64));
-    const st = summarizeBatch(raw);
-    pages += st.records;
-    pending.addChunk(await encodeFrame('pages', raw, st.records, codec));
+    pages += await pending.addPages(raw, codec);
   }
-  pending.setDeviceState(await encodeFrame('device', Buffer.from(`device state for ${pending.version}`), 0, codec));
+  const device = Buffer.from(`device state for ${pending.version}`);
+  await pending.setDevice(device, codec);
   if (!commit) return { pending, pages };
   const meta = await pending.commit({
     pages,
     bytesRaw: pages * 4096,
     pauseMs: 1,
-    deviceStateBytes: 20,
+    deviceStateBytes: device.length,
     dirtySource: 'scan',
     codec: 'zstd:1',
     stage1Pages: pages,
@@ -99,7 +97,7 @@ t.test('a commit is refused when data is missing or the parent is not the head',
   const stale = await store.begin(0); // parent 0 is always fine ...
   await stale.abort();
   const wrong = await store.begin(99); // ... a parent that is not the head is not
-  wrong.setDeviceState(await encodeFrame('device', Buffer.from('d'), 0, codec));
+  await wrong.setDevice(Buffer.from('d'), codec);
   await t.rejects(
     wrong.commit({ pages: 0, bytesRaw: 0, pauseMs: 0, deviceStateBytes: 1, dirtySource: 'scan', codec: 'x', stage1Pages: 0, stage2Pages: 0 }),
     ParentMismatchError,

@@ -28,6 +28,7 @@ class FakeStore {
         return summarizeBatch(records).records;
       },
       setDeviceState: () => {},
+      setDevice: async () => {},
       abort: async () => {},
       commit: async (meta: Omit<VersionMeta, 'version' | 'parent' | 'chunks' | 'bytesStored' | 'deviceStateStored' | 'committedAt'>) => {
         if (this.failNext) {

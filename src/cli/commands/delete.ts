@@ -10,7 +10,8 @@ export const deleteCommand: CommandModule<object, { vm: string; redis?: string }
   handler: async (a) => {
     const h = await openStore(a.redis, a.vm);
     try {
-      if (!(await h.store.vm())) throw new Error(`no VM "${a.vm}" in the store at ${h.url}`);
+      // exists(), not vm(): a broken or old record must still be deletable.
+      if (!(await h.store.exists())) throw new Error(`no VM "${a.vm}" in the store at ${h.url}`);
       const n = await h.store.deleteAll();
       process.stdout.write(`deleted VM ${a.vm}: ${n} keys\n`);
     } finally {
