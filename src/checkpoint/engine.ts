@@ -35,6 +35,11 @@ export interface EngineOptions {
    * everything the guest sent so far belongs to this round's state).
    */
   beforeResume?: () => void;
+  /**
+   * Stage 1 of a round that compares all of guest RAM (the first, full checkpoint): pages
+   * looked at so far and in all, after each slice.
+   */
+  onFullProgress?: (p: { version: number; done: number; total: number }) => void;
 }
 
 /** Pages encoded per call in stage 1: large enough to amortize a call, small enough to stop on time. */
@@ -54,6 +59,8 @@ export class CheckpointEngine {
   lastRoundEnd?: { status?: string; resumed: boolean };
   /** The last commit: waiting for the version's writes plus the commit script, ms. */
   lastCommitMs = 0;
+  /** The version the round under way (or the last one) writes. */
+  attempt?: number;
 
   constructor(private readonly o: EngineOptions) {
     if (o.resumeFrom) {
@@ -77,6 +84,7 @@ export class CheckpointEngine {
   async round(opts: { vmStopped?: boolean } = {}): Promise<VersionMeta> {
     const o = this.o;
     const pending = await o.store.begin(this.parent);
+    this.attempt = pending.version;
     try {
       const stage1 = opts.vmStopped ? this.noStage1() : await this.stage1(pending);
       const stage2 = await this.stage2(stage1.leftover, opts.vmStopped === true && this.parent === 0);
@@ -154,6 +162,8 @@ export class CheckpointEngine {
     const candidates = harvested.pages;
     let pages = 0;
     let at = 0;
+    const report = harvested.full && o.onFullProgress ? (done: number) => o.onFullProgress!({ version: pending.version, done, total: candidates.length }) : undefined;
+    report?.(0);
     while (at < candidates.length) {
       if (o.maxPages && pages >= o.maxPages) break;
       if (o.maxTimeMs && performance.now() - t0 >= o.maxTimeMs) break;
@@ -161,6 +171,7 @@ export class CheckpointEngine {
       const slice = candidates.subarray(at, at + take);
       at += take;
       const raw = await encodeBatchAsync(o.ram, this.shadow, slice, this.encodeOptions());
+      report?.(at);
       if (raw.length === 0) continue;
       pages += await pending.addPages(raw, o.codec);
     }

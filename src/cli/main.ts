@@ -3,11 +3,26 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { commands } from './commands/index.js';
+import { LOG_LEVELS, parseLogLevel } from '../util/logger.js';
+import { logger, setLogLevel } from './log.js';
 
 const cli = yargs(hideBin(process.argv))
   .scriptName('migsafe')
   .usage('$0 <command> [options]\n\nFault-tolerant checkpointing for live migration of QEMU/KVM virtual machines.')
+  .epilogue(
+    'Logs go to stderr: readable lines on a terminal, JSON lines (one object each, with vm/version fields) otherwise; ' +
+      'MIGSAFE_LOG_FORMAT=json|pretty forces one. Passwords in URLs and password/token/key fields are redacted.',
+  )
   .parserConfiguration({ "populate--": true })
+  .option('log-level', {
+    type: 'string',
+    global: true,
+    default: process.env.MIGSAFE_LOG_LEVEL ?? 'info',
+    defaultDescription: 'MIGSAFE_LOG_LEVEL, else info',
+    describe: `least severe log lines written: ${LOG_LEVELS.join(', ')}`,
+    coerce: (v: string) => parseLogLevel(String(v), process.argv.some((a) => a.startsWith('--log-level')) ? '--log-level' : 'MIGSAFE_LOG_LEVEL'),
+  })
+  .middleware((a) => setLogLevel(a['log-level'] as ReturnType<typeof parseLogLevel>))
   .command(commands)
   .demandCommand(1, 'Name a command: see `migsafe --help`.')
   .strict()
@@ -18,8 +33,9 @@ const cli = yargs(hideBin(process.argv))
   .wrap(Math.min(110, process.stdout.columns ?? 110))
   .fail((msg, err) => {
     if (err) {
-      process.stderr.write(`migsafe: ${err.message}\n`);
-      if (process.env.MIGSAFE_DEBUG) process.stderr.write(`${err.stack}\n`);
+      // What a command failed on: a log line (JSON for machines), the stack only at debug level.
+      logger.fatal(logger.isLevelEnabled('debug') || process.env.MIGSAFE_DEBUG ? { err } : {}, err.message);
+      if (!logger.isLevelEnabled('fatal')) process.stderr.write(`migsafe: ${err.message}\n`);
     } else {
       process.stderr.write(`migsafe: ${msg}\nRun \`migsafe --help\` for usage.\n`);
     }

@@ -47,11 +47,11 @@ export class Agent {
   async start(): Promise<void> {
     const d = await settleDurability(this.redis, this.o.durability ?? { kind: 'auto' }, false, this.o.redis);
     this.host.durability = d;
-    this.o.log(`${this.o.host}: commits count when ${describeDurability(d)}`);
+    this.o.log.info({ durability: d.kind }, `commits count when ${describeDurability(d)}`);
     await this.host.openGate();
     this.server = await listen(this.o.listen, (p) => this.onPeer(p), (m, p) => this.handle(m, p));
     this.timers.push(setInterval(() => this.tickLeases(), this.ownership.tickMs));
-    this.o.log(`${this.o.host}: agent listening on ${this.o.listen}, store ${this.o.redis}`);
+    this.o.log.info({ listen: this.o.listen, store: this.o.redis }, `agent listening on ${this.o.listen}, store ${this.o.redis}`);
     this.writeStatus();
   }
 

@@ -12,6 +12,7 @@ import type { QmpClient } from '../../src/qemu/qmp.js';
 import type { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import type { VersionMeta } from '../../src/store/version-meta.js';
 import { summarizeBatch } from '../../src/kernel/page-delta.js';
+import { createLogger } from '../../src/util/logger.js';
 
 const PAGES = 64;
 
@@ -90,7 +91,7 @@ function setup(t: Test, o: Partial<CheckpointerOptions> = {}) {
   };
   const store = new FakeStore();
   const qmp = new FakeQmp();
-  const logs: string[] = [];
+  const logs: Record<string, unknown>[] = [];
   const ckpt = new Checkpointer({
     kind: 'fic',
     store: store as unknown as CheckpointStore,
@@ -102,7 +103,7 @@ function setup(t: Test, o: Partial<CheckpointerOptions> = {}) {
     intervalMs: 20,
     maxPages: 0,
     maxTimeMs: 0,
-    log: (m) => logs.push(m),
+    log: createLogger({ level: 'debug', destination: { write: (s: string) => void logs.push(JSON.parse(s) as Record<string, unknown>) } }),
     ...o,
   });
   return { ckpt, store, qmp, poke, logs };

@@ -4,7 +4,9 @@ import type { CommandModule } from 'yargs';
 import { checkUserArgv } from '../../qemu/launch.js';
 import { Agent } from '../../migration/agent.js';
 import { parseCodec } from '../../store/frame.js';
-import { log, openMetrics, runDir } from '../context.js';
+import { openMetrics, runDir } from '../context.js';
+import { logger } from '../log.js';
+import { Progress } from '../progress.js';
 import { withOperatorOptions } from '../options.js';
 import { parseDurability } from '../../store/durability.js';
 
@@ -96,7 +98,8 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       statusFile: a['status-file'],
       metrics: m.metrics,
       durability: parseDurability(a.durability),
-      log,
+      log: logger.child({ host: a.host }),
+      progress: (log) => new Progress(log).report,
     });
     await agent.start();
     if (a.vm) {

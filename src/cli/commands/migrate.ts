@@ -5,7 +5,7 @@ import { Peer } from '../../ha/peer.js';
 import { connectRedis } from '../../store/redis-server.js';
 import { CheckpointStore } from '../../store/checkpoint-store.js';
 import type { MigrateResult } from '../../migration/agent.js';
-import { log } from '../context.js';
+import { logger } from '../log.js';
 
 interface MigrateArgs {
   vm: string;
@@ -44,7 +44,8 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
       if (!from) throw new Error(`no agent runs VM ${a.vm} (nothing in the store): give --from`);
     }
     const p = await Peer.connect(from);
-    log(`${a.vm}: migrating from ${from} to ${a.to} (${a.mode})`);
+    const log = logger.child({ vm: a.vm });
+    log.info({ from, to: a.to, mode: a.mode }, `migrating from ${from} to ${a.to} (${a.mode})`);
     const res = await p.request<MigrateResult>(
       'migrate',
       {
@@ -59,7 +60,10 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
     );
     p.close();
     process.stdout.write(JSON.stringify(res) + '\n');
-    log(`${a.vm}: ${res.status} in ${res.totalMs.toFixed(0)} ms${res.downtimeMs !== undefined ? `, downtime ${res.downtimeMs} ms` : ''}`);
+    log[res.status === 'completed' ? 'info' : 'error'](
+      { status: res.status, totalMs: Math.round(res.totalMs), downtimeMs: res.downtimeMs, ...(res.finalFicVersion ? { version: res.finalFicVersion } : {}) },
+      `${res.status} in ${res.totalMs.toFixed(0)} ms${res.downtimeMs !== undefined ? `, downtime ${res.downtimeMs} ms` : ''}`,
+    );
     process.exitCode = res.status === 'completed' ? 0 : 1;
   },
 };
