@@ -44,7 +44,10 @@ export class Progress {
       this.log.debug(fields, `${LABEL[p.op]} started: ${amount(p.total, p.unit)} ${p.unit === 'bytes' ? '' : p.unit}`.trimEnd());
       if (barsWanted && !barOwner && !p.finished) this.startBar(p);
     }
-    if (this.bar && barOwner === this) this.bar.update(p.done, { amount: this.amounts(p) });
+    if (this.bar && barOwner === this) {
+      if (p.total !== this.bar.getTotal()) this.bar.setTotal(p.total);
+      this.bar.update(p.done, { amount: this.amounts(p) });
+    }
     const end = p.finished === true || (p.done >= p.total && p.op !== 'migration');
     if (end) {
       this.started.delete(key);

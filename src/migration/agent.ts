@@ -142,7 +142,7 @@ export class Agent {
       case 'status':
         return [...this.host.vms.values()].map((r) => ({ vm: r.vm, role: r.role, pid: r.qemu?.pid ?? 0, head: r.ckpt?.head ?? 0 }));
       case 'migrate':
-        return this.migrate(m as unknown as MigrateRequest);
+        return this.source.migrate(m as unknown as MigrateRequest, (pr) => p.notify('progress', { ...pr }));
       case 'prepare':
         return this.destination.prepare(m as unknown as PrepareRequest, p);
       default:

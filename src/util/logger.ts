@@ -3,7 +3,8 @@
 // `version`), never through a global; secrets never reach the output: fields are redacted by
 // pino's `redact`, and passwords inside URLs in a message are masked before it is written.
 import pino, { type DestinationStream, type LevelWithSilent, type Logger } from 'pino';
-import pretty from 'pino-pretty';
+import { writeSync } from 'node:fs';
+import { prettyFactory } from 'pino-pretty';
 
 export type { Logger } from 'pino';
 
@@ -58,7 +59,7 @@ export interface LoggerOptions {
   pretty?: boolean;
   /** Colours in pretty lines (a terminal). */
   colorize?: boolean;
-  /** Where lines go (default: stderr, written synchronously so that nothing is lost at exit). */
+  /** Where lines go (default: stderr, written synchronously so that nothing is lost at exit); pretty lines too. */
   destination?: DestinationStream;
 }
 
@@ -69,17 +70,19 @@ function humanLine(log: Record<string, unknown>, messageKey: string): string {
 }
 
 export function createLogger(o: LoggerOptions = {}): Logger {
-  const dest: DestinationStream = o.pretty
-    ? pretty({
-        destination: o.destination ?? 2,
-        sync: true,
-        colorize: o.colorize ?? false,
-        translateTime: 'SYS:HH:MM:ss.l',
-        ignore: 'pid,hostname',
-        hideObject: true,
-        messageFormat: (log, key) => humanLine(log, key),
-      })
-    : (o.destination ?? pino.destination({ fd: 2, sync: true }));
+  // Written synchronously: nothing is lost when the process exits right after a line.
+  const out: DestinationStream = o.destination ?? { write: (s: string) => void writeSync(2, s) };
+  let dest = out;
+  if (o.pretty) {
+    const prettify = prettyFactory({
+      colorize: o.colorize ?? false,
+      translateTime: 'SYS:HH:MM:ss.l',
+      ignore: 'pid,hostname',
+      hideObject: true,
+      messageFormat: (log, key) => humanLine(log, key),
+    });
+    dest = { write: (s: string) => out.write(prettify(s)) };
+  }
   return pino(
     {
       level: o.level ?? 'info',

@@ -6,6 +6,8 @@ import { connectRedis } from '../../store/redis-server.js';
 import { CheckpointStore } from '../../store/checkpoint-store.js';
 import type { MigrateResult } from '../../migration/agent.js';
 import { logger } from '../log.js';
+import { Progress } from '../progress.js';
+import type { WorkProgress } from '../../util/progress.js';
 
 interface MigrateArgs {
   vm: string;
@@ -46,6 +48,11 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
     const p = await Peer.connect(from);
     const log = logger.child({ vm: a.vm });
     log.info({ from, to: a.to, mode: a.mode }, `migrating from ${from} to ${a.to} (${a.mode})`);
+    // The source agent sends RAM progress while QEMU migrates: a bar, or log lines.
+    const progress = new Progress(log);
+    p.on('event', (ev: string, data: WorkProgress) => {
+      if (ev === 'progress') progress.report(data);
+    });
     const res = await p.request<MigrateResult>(
       'migrate',
       {
@@ -59,6 +66,7 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
       3_600_000,
     );
     p.close();
+    progress.close();
     process.stdout.write(JSON.stringify(res) + '\n');
     log[res.status === 'completed' ? 'info' : 'error'](
       { status: res.status, totalMs: Math.round(res.totalMs), downtimeMs: res.downtimeMs, ...(res.finalFicVersion ? { version: res.finalFicVersion } : {}) },
