@@ -36,8 +36,8 @@ export interface EngineOptions {
    */
   beforeResume?: () => void;
   /**
-   * Stage 1 of a round that compares all of guest RAM (the first, full checkpoint): pages
-   * looked at so far and in all, after each slice.
+   * Stage 1 of a round from a zero shadow (the first, full checkpoint): pages encoded so far
+   * and in all, after each slice.
    */
   onFullProgress?: (p: { version: number; done: number; total: number }) => void;
 }
@@ -162,7 +162,8 @@ export class CheckpointEngine {
     const candidates = harvested.pages;
     let pages = 0;
     let at = 0;
-    const report = harvested.full && o.onFullProgress ? (done: number) => o.onFullProgress!({ version: pending.version, done, total: candidates.length }) : undefined;
+    // Only a round from a zero shadow (the first, full checkpoint) is long enough to report.
+    const report = this.parent === 0 && o.onFullProgress ? (done: number) => o.onFullProgress!({ version: pending.version, done, total: candidates.length }) : undefined;
     report?.(0);
     while (at < candidates.length) {
       if (o.maxPages && pages >= o.maxPages) break;

@@ -6,6 +6,15 @@ import { commands } from './commands/index.js';
 import { LOG_LEVELS, parseLogLevel } from '../util/logger.js';
 import { logger, setLogLevel } from './log.js';
 
+/** The command's --vm, for the line that says why it failed (before `--`: QEMU's argv is not ours). */
+function vmArg(): string | undefined {
+  const args = hideBin(process.argv);
+  const end = args.indexOf('--');
+  const ours = end < 0 ? args : args.slice(0, end);
+  const i = ours.indexOf('--vm');
+  return i >= 0 ? ours[i + 1] : ours.find((a) => a.startsWith('--vm='))?.slice(5);
+}
+
 const cli = yargs(hideBin(process.argv))
   .scriptName('migsafe')
   .usage('$0 <command> [options]\n\nFault-tolerant checkpointing for live migration of QEMU/KVM virtual machines.')
@@ -34,7 +43,8 @@ const cli = yargs(hideBin(process.argv))
   .fail((msg, err) => {
     if (err) {
       // What a command failed on: a log line (JSON for machines), the stack only at debug level.
-      logger.fatal(logger.isLevelEnabled('debug') || process.env.MIGSAFE_DEBUG ? { err } : {}, err.message);
+      const vm = vmArg();
+      logger.fatal({ ...(vm ? { vm } : {}), ...(logger.isLevelEnabled('debug') || process.env.MIGSAFE_DEBUG ? { err } : {}) }, err.message);
       if (!logger.isLevelEnabled('fatal')) process.stderr.write(`migsafe: ${err.message}\n`);
     } else {
       process.stderr.write(`migsafe: ${msg}\nRun \`migsafe --help\` for usage.\n`);

@@ -11,7 +11,8 @@ export function withStore<T>(y: Argv<T>) {
     .option('vm', { type: 'string', demandOption: true, describe: 'VM id (letters, digits, . _ -)' })
     .option('redis', {
       type: 'string',
-      describe: 'Redis URL (redis://127.0.0.1:6379) or unix socket path; default: migsafe\'s own redis-server',
+      describe:
+        "Redis URL (redis://127.0.0.1:6379, redis://:PASSWORD@HOST:PORT; the password is masked in the logs) or unix socket path; default: migsafe's own redis-server",
     })
     .check((a) => {
       checkVmId(String((a as { vm: string }).vm));

@@ -2,11 +2,15 @@
 // person watches (stderr a terminal, pretty logs); otherwise no bar at all but log lines with
 // `op`, `done`, `total` and `unit` — debug when an operation starts and ends, info every few
 // seconds while a long one runs — so that a pipe or a journal stays machine-readable.
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type CliProgress from 'cli-progress';
 import type { Logger } from '../util/logger.js';
 import type { WorkProgress } from '../util/progress.js';
 import { fmtBytes } from './context.js';
 import { barsWanted, setBarLine } from './log.js';
+
+// cli-progress is loaded when a bar is first shown (never when stderr is not a terminal).
+const load = createRequire(import.meta.url);
 
 const LABEL: Record<WorkProgress['op'], string> = {
   'full-checkpoint': 'full checkpoint',
@@ -27,7 +31,7 @@ let barOwner: Progress | undefined;
 
 /** Turns one VM's (or one command's) progress reports into a bar or log lines. */
 export class Progress {
-  private bar?: cliProgress.SingleBar;
+  private bar?: CliProgress.SingleBar;
   private started = new Map<string, { at: number; lastLog: number }>();
 
   constructor(private readonly log: Logger) {}
@@ -39,10 +43,11 @@ export class Progress {
     const fields = { op: p.op, done: p.done, total: p.total, unit: p.unit, ...(p.version !== undefined ? { version: p.version } : {}) };
     let s = this.started.get(key);
     if (!s) {
+      if (p.finished) return; // the end of one already reported as done
       s = { at: now, lastLog: now };
       this.started.set(key, s);
       this.log.debug(fields, `${LABEL[p.op]} started: ${amount(p.total, p.unit)} ${p.unit === 'bytes' ? '' : p.unit}`.trimEnd());
-      if (barsWanted && !barOwner && !p.finished) this.startBar(p);
+      if (barsWanted && !barOwner && !p.finished && p.total > 0) this.startBar(p);
     }
     if (this.bar && barOwner === this) {
       if (p.total !== this.bar.getTotal()) this.bar.setTotal(p.total);
@@ -65,6 +70,7 @@ export class Progress {
 
   private startBar(p: WorkProgress): void {
     const who = (this.log.bindings() as { vm?: string }).vm;
+    const cliProgress = load('cli-progress') as typeof CliProgress;
     this.bar = new cliProgress.SingleBar(
       {
         format: `${who ? `${who}: ` : ''}${LABEL[p.op]} [{bar}] {percentage}% {amount} ETA {eta_formatted}`,

@@ -4,7 +4,11 @@
 // pino's `redact`, and passwords inside URLs in a message are masked before it is written.
 import pino, { type DestinationStream, type LevelWithSilent, type Logger } from 'pino';
 import { writeSync } from 'node:fs';
-import { prettyFactory } from 'pino-pretty';
+import { createRequire } from 'node:module';
+import type PinoPretty from 'pino-pretty';
+
+// pino-pretty is loaded only for pretty lines: a command whose stderr is a pipe starts faster.
+const load = createRequire(import.meta.url);
 
 export type { Logger } from 'pino';
 
@@ -74,6 +78,7 @@ export function createLogger(o: LoggerOptions = {}): Logger {
   const out: DestinationStream = o.destination ?? { write: (s: string) => void writeSync(2, s) };
   let dest = out;
   if (o.pretty) {
+    const { prettyFactory } = load('pino-pretty') as typeof PinoPretty;
     const prettify = prettyFactory({
       colorize: o.colorize ?? false,
       translateTime: 'SYS:HH:MM:ss.l',

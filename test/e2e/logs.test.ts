@@ -53,7 +53,7 @@ t.test('a terminal gets readable lines and a bar; a pipe gets JSON lines', { ski
   t.equal(pty.status, 2, 'recover fails: the QEMU binary exits at once');
   t.match(seen, new RegExp(`\\[\\d\\d:\\d\\d:\\d\\d\\.\\d{3}\\] INFO: ${VM}: restoring version ${version} \\(from a zero image \\+ 1 version\\(s\\)\\)`), 'a pretty line: time, level, vm, message');
   t.match(seen, new RegExp(`${VM}: reading checkpoint \\[=+-*\\] 100% \\d+/\\d+ frames`), 'a progress bar that reached 100 %');
-  t.match(seen, /FATAL: QEMU exited \(1\) before its QMP socket came up/, 'the failure as a pretty line');
+  t.match(seen, new RegExp(`FATAL: ${VM}: QEMU exited \\(1\\) before its QMP socket came up`), 'the failure as a pretty line, naming the VM');
   t.notMatch(seen, /^\{"level"/m, 'no JSON line on the terminal');
 
   // Through a pipe: JSON lines only, no bar; --log-level debug adds the progress lines.
@@ -68,7 +68,7 @@ t.test('a terminal gets readable lines and a bar; a pipe gets JSON lines', { ski
   t.ok(progress.length >= 2, 'progress as log lines: start and end');
   t.match(progress.at(-1), { level: 'debug', vm: VM, version, unit: 'frames' });
   t.equal(progress.at(-1)!.done, progress.at(-1)!.total, 'the last one: all frames read');
-  t.match(json.at(-1), { level: 'fatal', msg: /QEMU exited \(1\) before its QMP socket came up/ });
+  t.match(json.at(-1), { level: 'fatal', vm: VM, msg: /QEMU exited \(1\) before its QMP socket came up/ });
 
   // The default level hides debug lines; a higher one hides the info lines too.
   const quiet = await runCli([...args, '--log-level', 'error'], env, 60_000);
