@@ -57,6 +57,8 @@ export const logger: Logger = createLogger({
   destination: pretty ? stderrLines : undefined,
 });
 
+/** Sets the level, for this process and the migsafe processes it starts (demo, bench). */
 export function setLogLevel(level: LogLevel): void {
   logger.level = level;
+  process.env.MIGSAFE_LOG_LEVEL = level;
 }
