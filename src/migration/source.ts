@@ -66,9 +66,14 @@ export class Source {
     if (req.maxBandwidth) params['max-bandwidth'] = req.maxBandwidth;
     if (req.postcopyBandwidth) params['max-postcopy-bandwidth'] = req.postcopyBandwidth;
     if (Object.keys(params).length) await qmp.execute('migrate-set-parameters', params);
+    // Progress is news, never a reason for the migration to fail.
     const report = (p: WorkProgress) => {
-      r.progress?.(p);
-      onProgress?.(p);
+      try {
+        r.progress?.(p);
+        onProgress?.(p);
+      } catch {
+        /* a log or a requester gone: the migration goes on */
+      }
     };
     return new Outgoing(h, r, qmp, peer, prep.host, { phase: 'precopy', mode, postcopyAfterMs: req.postcopyAfterMs }, t0, report).run(prep.uri);
   }
