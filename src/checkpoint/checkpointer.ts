@@ -20,6 +20,8 @@ import { loadVersion } from '../store/reader.js';
 import { compact } from '../store/compaction.js';
 import type { VersionMeta } from '../store/version-meta.js';
 import type { Metrics } from '../util/metrics.js';
+import type { Logger } from '../util/logger.js';
+import type { ProgressListener, WorkProgress } from '../util/progress.js';
 
 /**
  * Output commit (src/ha/gate.ts's OutputGate): frames the guest sent up to a mark are
@@ -68,7 +70,8 @@ export interface CheckpointerOptions {
    * from a zero image (RIC: a full checkpoint cannot be read at a post-copy destination).
    */
   reloadOnFailure?: boolean;
-  log: (msg: string) => void;
+  /** Where the loop's lines go (a child logger carrying the VM's `vm`); a round's lines carry `version`. */
+  log: Logger;
   /** The line logged for a committed round (default: kind, pages, pause, replication, trigger). */
   formatRound?: (m: VersionMeta, st: RoundStat, released: number) => string;
   onRound?: (m: VersionMeta) => void;
@@ -83,6 +86,8 @@ export interface CheckpointerOptions {
   metrics?: Metrics;
   /** FIC outside a migration: fold old versions into the base once more than 2×K are stored (0: never). */
   compactEvery?: number;
+  /** Progress of the long parts: a round's full compare of RAM (the first checkpoint), a compaction. */
+  onProgress?: ProgressListener;
   /** Where round statistics go (kept by the caller across checkpointers); default: a new array. */
   rounds?: RoundStat[];
 }
@@ -156,7 +161,21 @@ export class Checkpointer {
       beforeResume: () => {
         if (this.o.gate) this.mark = this.o.gate.mark();
       },
+      onFullProgress: this.o.onProgress && ((p) => this.report({ op: 'full-checkpoint', unit: 'pages', ...p })),
     });
+  }
+
+  /** The last progress report of the operation under way (to say it ended). */
+  private inProgress?: WorkProgress;
+
+  private report(p: WorkProgress): void {
+    this.inProgress = p.finished ? undefined : p;
+    this.o.onProgress?.(p);
+  }
+
+  /** Ends the report of an operation that stopped without saying so (a failed round, a short stage 1). */
+  private endProgress(): void {
+    if (this.inProgress) this.report({ ...this.inProgress, finished: true });
   }
 
   /** One round now; releases the gate's frames up to the round's pause when it commits. */
@@ -178,7 +197,7 @@ export class Checkpointer {
     // The dirty source must now name every page that may differ from that version.
     this.dirty.reset?.();
     this.needsReload = false;
-    this.o.log(`${this.kind.toUpperCase()} ${why}; shadow reloaded from version ${img.version}`);
+    this.o.log.warn({ kind: this.kind, version: img.version }, `${this.kind.toUpperCase()} ${why}; shadow reloaded from version ${img.version}`);
   }
 
   /**
@@ -194,7 +213,7 @@ export class Checkpointer {
     if (this.needsReload) await this.reload('retrying the reload');
     try {
       this.lastRound = undefined;
-      const m = await this.engine.round(opts);
+      const m = await this.engine.round(opts).finally(() => this.endProgress());
       const end = this.engine.lastRoundEnd;
       this.lastRound = { meta: m, endStatus: end?.status, resumed: end?.resumed ?? true, at: performance.now() };
       const released = this.o.gate ? this.o.gate.release(this.mark) : 0;
@@ -210,7 +229,22 @@ export class Checkpointer {
         fullCompare: this.engine.lastRoundFull,
       };
       this.rounds.push(st);
-      this.o.log((this.o.formatRound ?? this.describeRound)(m, st, released));
+      this.o.log.info(
+        {
+          version: m.version,
+          kind: this.kind,
+          pages: m.pages,
+          stage1Pages: m.stage1Pages,
+          stage2Pages: m.stage2Pages,
+          bytesStored: m.bytesStored,
+          pauseMs: m.pauseMs,
+          replicationMs: Math.round(st.replicationMs),
+          trigger,
+          dirtySource: m.dirtySource,
+          ...(this.o.gate ? { released } : {}),
+        },
+        (this.o.formatRound ?? this.describeRound)(m, st, released),
+      );
       this.o.metrics?.round(this.o.store.vmId, { ...st, commitMs: this.engine.lastCommitMs, bytesRaw: m.bytesRaw, committedAt: m.committedAt });
       this.o.onRound?.(m);
       return m;
@@ -222,10 +256,10 @@ export class Checkpointer {
         try {
           await this.reload(`round failed (${(e as Error).message})`);
         } catch (e2) {
-          this.o.log(`${this.kind.toUpperCase()} round failed (${(e as Error).message}); reload failed: ${(e2 as Error).message}`);
+          this.o.log.error({ kind: this.kind, parent: this.engine.head }, `${this.kind.toUpperCase()} round failed (${(e as Error).message}); reload failed: ${(e2 as Error).message}`);
         }
       } else {
-        this.o.log(`${this.kind.toUpperCase()} round failed: ${(e as Error).message}`);
+        this.o.log.error({ kind: this.kind, parent: this.engine.head }, `${this.kind.toUpperCase()} round failed: ${(e as Error).message}`);
       }
       throw e;
     }
@@ -294,13 +328,14 @@ export class Checkpointer {
     const committed = await this.o.store.committed();
     if (committed.length <= 2 * k) return;
     const upTo = committed[committed.length - k]!;
-    const p = this.current.then(() => compact(this.o.store, upTo, this.o.codec));
+    const onProgress = this.o.onProgress && ((p: WorkProgress) => this.report(p));
+    const p = this.current.then(() => compact(this.o.store, upTo, this.o.codec, onProgress).finally(() => this.endProgress()));
     this.current = p.catch(() => {});
     try {
       const r = await p;
-      this.o.log(`compacted ${r.dropped.length} old versions into the base at version ${r.base}`);
+      this.o.log.info({ version: r.base, dropped: r.dropped.length, baseBytes: r.baseBytes }, `compacted ${r.dropped.length} old versions into the base at version ${r.base}`);
     } catch (e) {
-      this.o.log(`compaction failed: ${(e as Error).message}`);
+      this.o.log.error({ version: upTo }, `compaction failed: ${(e as Error).message}`);
       if (e instanceof FencedError) throw e;
     }
   }

@@ -37,6 +37,11 @@ export interface EngineOptions {
   beforeResume?: () => void;
   /** After a stage-2 `stop` timed out, how long the round waits for QEMU to answer it (default 10 s). */
   stopGraceMs?: number;
+  /**
+   * Stage 1 of a round from a zero shadow (the first, full checkpoint): pages encoded so far
+   * and in all, after each slice.
+   */
+  onFullProgress?: (p: { version: number; done: number; total: number }) => void;
 }
 
 /** Pages encoded per call in stage 1: large enough to amortize a call, small enough to stop on time. */
@@ -73,6 +78,8 @@ export class CheckpointEngine {
   lastRoundEnd?: { status?: string; resumed: boolean };
   /** The last commit: waiting for the version's writes plus the commit script, ms. */
   lastCommitMs = 0;
+  /** The version the round under way (or the last one) writes. */
+  attempt?: number;
 
   constructor(private readonly o: EngineOptions) {
     if (o.resumeFrom) {
@@ -103,6 +110,7 @@ export class CheckpointEngine {
     const o = this.o;
     await resumeAfterStop.get(o.qmp);
     const pending = await o.store.begin(this.parent);
+    this.attempt = pending.version;
     try {
       const stage1 = opts.vmStopped ? this.noStage1() : await this.stage1(pending);
       const stage2 = await this.stage2(stage1.leftover, opts.vmStopped === true && this.parent === 0);
@@ -180,6 +188,9 @@ export class CheckpointEngine {
     const candidates = harvested.pages;
     let pages = 0;
     let at = 0;
+    // Only a round from a zero shadow (the first, full checkpoint) is long enough to report.
+    const report = this.parent === 0 && o.onFullProgress ? (done: number) => o.onFullProgress!({ version: pending.version, done, total: candidates.length }) : undefined;
+    report?.(0);
     while (at < candidates.length) {
       if (o.maxPages && pages >= o.maxPages) break;
       if (o.maxTimeMs && performance.now() - t0 >= o.maxTimeMs) break;
@@ -187,6 +198,7 @@ export class CheckpointEngine {
       const slice = candidates.subarray(at, at + take);
       at += take;
       const raw = await encodeBatchAsync(o.ram, this.shadow, slice, this.encodeOptions());
+      report?.(at);
       if (raw.length === 0) continue;
       pages += await pending.addPages(raw, o.codec);
     }

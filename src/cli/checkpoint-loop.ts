@@ -3,7 +3,9 @@
 import { Checkpointer, type CheckpointerOptions } from '../checkpoint/checkpointer.js';
 import { openDirtySource } from '../qemu/dirty/open.js';
 import type { WriterLease } from '../ha/writer-lease.js';
-import { fmtBytes, log } from './context.js';
+import { fmtBytes } from './context.js';
+import { logger } from './log.js';
+import { Progress } from './progress.js';
 
 /** What the shared loop needs from the CLI (the store, the VM's QMP and RAM, the settings). */
 export type LoopSettings = Pick<
@@ -27,8 +29,10 @@ export interface CheckpointLoopOptions
 
 /** Returns the process exit code: 0 stopped or guest shut down, 3 QEMU died, 4 another writer took the VM. */
 export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> {
+  const log = logger.child({ vm: o.vm });
   const dirty = await openDirtySource({ ftSocket: o.ftSocket, ramPath: o.ramPath, ramBytes: o.ramBytes });
-  log(`${o.vm}: dirty pages from ${dirty.kind === 'bitmap' ? "QEMU's fault-tolerance dirty bitmap" : 'a compare of all guest RAM'}`);
+  log.info({ dirtySource: dirty.kind }, `dirty pages from ${dirty.kind === 'bitmap' ? "QEMU's fault-tolerance dirty bitmap" : 'a compare of all guest RAM'}`);
+  const progress = new Progress(log);
   let head = o.resumeFrom?.version ?? 0;
   const { vm: _vm, qemuExited: _exited, quitVmOnStop: _quit, ftSocket: _ft, lease: _lease, ...loop } = o;
   let fenced: string | undefined;
@@ -36,7 +40,8 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
     kind: 'fic',
     ...loop,
     dirty,
-    log: (m) => log(`${o.vm}: ${m}`),
+    log,
+    onProgress: progress.report,
     formatRound: (m) =>
       `version ${m.version} committed: ${m.pages} pages (${m.stage1Pages} live, ${m.stage2Pages} paused), ` +
       `${fmtBytes(m.bytesStored)} stored, pause ${m.pauseMs.toFixed(1)} ms`,
@@ -54,7 +59,7 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   });
   let stopped = false;
   const onSignal = (sig: string) => {
-    log(`${sig}: finishing the current round, then stopping`);
+    log.info({ signal: sig }, `${sig}: finishing the current round, then stopping`);
     stopped = true;
     void ckpt.stop();
   };
@@ -67,14 +72,16 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   ckpt.start();
   await ckpt.done;
   await dirty.close();
+  progress.close();
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
   if (fenced !== undefined) {
     // Another writer owns the VM now: a QEMU this process started is a stale copy.
     if (o.quitVmOnStop && !o.qmp.isClosed) await o.qmp.execute('quit').catch(() => {});
     o.qmp.close();
-    log(
-      `${o.vm}: fenced off (${fenced}): another migsafe owns this VM now; ` +
+    log.error(
+      { version: head || undefined },
+      `fenced off (${fenced}): another migsafe owns this VM now; ` +
         (o.quitVmOnStop ? 'QEMU told to quit' : 'checkpointing stopped, the VM was left alone') +
         `; last version committed here ${head || 'none'}`,
     );
@@ -83,9 +90,9 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   if (stopped) {
     if (o.quitVmOnStop && !o.qmp.isClosed) {
       await o.qmp.execute('quit').catch(() => {});
-      log(`${o.vm}: stopped; QEMU told to quit; last committed version ${head || 'none'}`);
+      log.info({ version: head || undefined }, `stopped; QEMU told to quit; last committed version ${head || 'none'}`);
     } else {
-      log(`${o.vm}: stopped checkpointing; the VM keeps running; last committed version ${head || 'none'}`);
+      log.info({ version: head || undefined }, `stopped checkpointing; the VM keeps running; last committed version ${head || 'none'}`);
     }
     o.qmp.close();
     return 0;
@@ -94,11 +101,12 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   if (o.qemuExited) exitStatus = await Promise.race([o.qemuExited, new Promise<undefined>((r) => setTimeout(r, 2000))]);
   o.qmp.close();
   if (exitStatus === 0) {
-    log(`${o.vm}: QEMU exited normally (guest shut down); last committed version ${head || 'none'}`);
+    log.info({ version: head || undefined }, `QEMU exited normally (guest shut down); last committed version ${head || 'none'}`);
     return 0;
   }
-  log(
-    `${o.vm}: QEMU is gone (${exitStatus === undefined ? 'connection lost' : `exit ${exitStatus}`}); ` +
+  log.error(
+    { version: head || undefined, exit: exitStatus },
+    `QEMU is gone (${exitStatus === undefined ? 'connection lost' : `exit ${exitStatus}`}); ` +
       `last committed version ${head || 'none'}. Recover with: migsafe recover --vm ${o.vm}`,
   );
   return 3;

@@ -8,6 +8,7 @@
 // operator's config must not be silently ignored.
 //
 // Precedence, as yargs applies it: command line > MIGSAFE_* environment > config file > defaults.
+import { LOG_LEVELS, parseLogLevel } from '../util/logger.js';
 import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import yargs, { type Argv, type CommandModule } from 'yargs';
@@ -228,7 +229,13 @@ export function withCommonOptions<T>(y: Argv<T>) {
       type: 'string',
       describe: "persistent state (migsafe's own redis-server and its AOF); default ~/.local/state/migsafe",
     })
-    .option('run-dir', { type: 'string', describe: 'guest RAM files and QMP sockets (tmpfs); default /dev/shm/migsafe-UID' });
+    .option('run-dir', { type: 'string', describe: 'guest RAM files and QMP sockets (tmpfs); default /dev/shm/migsafe-UID' })
+    .option('log-level', {
+      type: 'string',
+      defaultDescription: 'info',
+      describe: `least severe log lines written: ${LOG_LEVELS.join(', ')}`,
+      coerce: (v: string) => parseLogLevel(String(v)),
+    });
 }
 
 /**

@@ -8,6 +8,7 @@ import { connectRedis, ensureLocalRedis } from '../store/redis-server.js';
 import { Metrics, serveMetrics } from '../util/metrics.js';
 import { WriterLease } from '../ha/writer-lease.js';
 import { describeDurability, parseDurability, settleDurability } from '../store/durability.js';
+import { logger } from './log.js';
 
 /** Persistent state (the private Redis and its AOF): $MIGSAFE_STATE_DIR or ~/.local/state/migsafe. */
 export function stateDir(): string {
@@ -45,11 +46,6 @@ export async function openStore(redisUrl: string | undefined, vm: string, retry 
   return { redis, store: new CheckpointStore(redis, vm), url, own: redisUrl === undefined, close: () => redis.disconnect() };
 }
 
-export function log(msg: string): void {
-  const t = new Date().toISOString().slice(11, 23);
-  process.stderr.write(`[${t}] ${msg}\n`);
-}
-
 export function fmtBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
@@ -68,7 +64,7 @@ export async function openMetrics(listen: string | undefined): Promise<MetricsHa
   if (listen === undefined) return { close: async () => {} };
   const metrics = new Metrics();
   const server = await serveMetrics(metrics, listen);
-  log(`metrics at ${server.url}`);
+  logger.info({ url: server.url }, `metrics at ${server.url}`);
   return { metrics, close: () => server.close() };
 }
 
@@ -79,7 +75,7 @@ export async function openMetrics(listen: string | undefined): Promise<MetricsHa
 export async function takeWriterLease(h: StoreHandle, ttlMs: number, waitMs = 0): Promise<WriterLease & { close(): Promise<void> }> {
   const redis = connectRedis(h.url, { retry: true });
   try {
-    const w = await WriterLease.take({ redis, store: h.store, ttlMs, waitMs, log });
+    const w = await WriterLease.take({ redis, store: h.store, ttlMs, waitMs, log: logger.child({ vm: h.store.vmId }) });
     return Object.assign(w, {
       close: async () => {
         await w.release().catch(() => {});
@@ -96,5 +92,5 @@ export async function takeWriterLease(h: StoreHandle, ttlMs: number, waitMs = 0)
 export async function applyDurability(h: StoreHandle, spec: string): Promise<void> {
   const d = await settleDurability(h.redis, parseDurability(spec), h.own, h.url);
   h.store.setDurability(d);
-  log(`${h.store.vmId}: commits count when ${describeDurability(d)}`);
+  logger.info({ vm: h.store.vmId, durability: d.kind }, `commits count when ${describeDurability(d)}`);
 }

@@ -14,7 +14,7 @@ export function withStore<T>(y: Argv<T>) {
     .option('vm', { type: 'string', demandOption: true, describe: 'VM id (letters, digits, . _ -)' })
     .option('redis', {
       type: 'string',
-      describe: `the checkpoint store: ${REDIS_FORMS}; default: migsafe's own redis-server`,
+      describe: `the checkpoint store: ${REDIS_FORMS} (a password in it is masked in the logs); default: migsafe's own redis-server`,
     })
     .check((a) => {
       checkVmId(String((a as { vm: string }).vm));

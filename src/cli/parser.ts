@@ -4,6 +4,8 @@
 import yargs, { type Argv, type CommandModule } from 'yargs';
 import { commandName, commandOptions, type CommandOptions } from './config-file.js';
 import { scanEnv, setAside } from './env.js';
+import { logger, setLogLevel } from './log.js';
+import type { LogLevel } from '../util/logger.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyCommand = CommandModule<any, any>;
@@ -29,10 +31,25 @@ export const PRECEDENCE_NOTE =
   'or in a --config file (TOML or JSON; `migsafe config check` shows what it sets). ' +
   'Precedence: command line > environment > config file > defaults.';
 
+const LOGS_NOTE =
+  'Logs go to stderr: readable lines on a terminal, JSON lines (one object each, with vm/version fields) otherwise; ' +
+  'MIGSAFE_LOG_FORMAT=json|pretty forces one. Passwords in URLs and password/token/key fields are redacted.';
+
+/** The command's --vm, for the line that says why it failed (before `--`: QEMU's argv is not ours). */
+function vmArg(): string | undefined {
+  const args = process.argv.slice(2);
+  const end = args.indexOf('--');
+  const ours = end < 0 ? args : args.slice(0, end);
+  const i = ours.indexOf('--vm');
+  return i >= 0 ? ours[i + 1] : ours.find((a) => a.startsWith('--vm='))?.slice(5);
+}
+
 function defaultFail(msg: string, err?: Error): void {
   if (err) {
-    process.stderr.write(`migsafe: ${err.message}\n`);
-    if (process.env.MIGSAFE_DEBUG) process.stderr.write(`${err.stack}\n`);
+    // What a command failed on: a log line (JSON for machines), the stack only at debug level.
+    const vm = vmArg();
+    logger.fatal({ ...(vm ? { vm } : {}), ...(logger.isLevelEnabled('debug') || process.env.MIGSAFE_DEBUG ? { err } : {}) }, err.message);
+    if (!logger.isLevelEnabled('fatal')) process.stderr.write(`migsafe: ${err.message}\n`);
   } else {
     process.stderr.write(`migsafe: ${msg}\nRun \`migsafe --help\` for usage.\n`);
   }
@@ -54,7 +71,7 @@ export function cliParser(args: string[], commands: readonly AnyCommand[], o: Pa
   const y = yargs(args)
     .scriptName('migsafe')
     .usage('$0 <command> [options]\n\nFault-tolerant checkpointing for live migration of QEMU/KVM virtual machines.')
-    .epilogue(PRECEDENCE_NOTE)
+    .epilogue(`${PRECEDENCE_NOTE}\n\n${LOGS_NOTE}`)
     .parserConfiguration({ 'populate--': true })
     .env('MIGSAFE')
     .command(commands as AnyCommand[])
@@ -70,6 +87,7 @@ export function cliParser(args: string[], commands: readonly AnyCommand[], o: Pa
       // The directories' options reach context.ts (and the children of demo, bench) as before.
       if (typeof a['state-dir'] === 'string') process.env.MIGSAFE_STATE_DIR = a['state-dir'];
       if (typeof a['run-dir'] === 'string') process.env.MIGSAFE_RUN_DIR = a['run-dir'];
+      if (typeof a['log-level'] === 'string') setLogLevel(a['log-level'] as LogLevel);
     })
     .fail((msg, err) => {
       restore();

@@ -10,6 +10,7 @@ import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
 import { Lease } from './lease.js';
+import type { Logger } from '../util/logger.js';
 
 export interface WriterLeaseOptions {
   /** The leases' own connection (a renewal must not wait behind checkpoint writes). */
@@ -18,7 +19,8 @@ export interface WriterLeaseOptions {
   ttlMs: number;
   /** Wait this long for a lease held by another writer to expire before refusing (recover). */
   waitMs?: number;
-  log: (msg: string) => void;
+  /** The VM's logger (its lines carry `vm`). */
+  log: Logger;
 }
 
 /** This process's name as a lease holder. */
@@ -51,7 +53,7 @@ export class WriterLease {
             'stop that process first, or give another --vm',
         );
       }
-      if (!said) o.log(`${o.store.vmId}: waiting for the lease held by ${h.host} to expire (${h.ttlMs} ms left)`);
+      if (!said) o.log.info({ holder: h.host, ttlMs: h.ttlMs }, `waiting for the lease held by ${h.host} to expire (${h.ttlMs} ms left)`);
       said = true;
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -91,7 +93,7 @@ export class WriterLease {
   async reclaim(): Promise<boolean> {
     if (this.lostTo) return false;
     if (!(await this.lease.reclaim())) return false;
-    this.o.log(`${this.o.store.vmId}: the lease had run out (the store was unreachable); taken back, token ${this.lease.token}`);
+    this.o.log.warn({ leaseToken: this.lease.token }, `the lease had run out (the store was unreachable); taken back, token ${this.lease.token}`);
     return true;
   }
 

@@ -55,15 +55,15 @@ export class Agent {
   async start(): Promise<void> {
     const d = await settleDurability(this.redis, this.o.durability ?? { kind: 'auto' }, false, this.o.redis);
     this.host.durability = d;
-    this.o.log(`${this.o.host}: commits count when ${describeDurability(d)}`);
+    this.o.log.info({ durability: d.kind }, `commits count when ${describeDurability(d)}`);
     await this.host.openGate();
-    this.server = await listen(this.o.listen, (p) => this.onPeer(p), (m, p) => this.handle(m, p), { tls: this.o.tls, log: (s) => this.o.log(`${this.o.host}: ${s}`) });
+    this.server = await listen(this.o.listen, (p) => this.onPeer(p), (m, p) => this.handle(m, p), { tls: this.o.tls, log: (s) => this.o.log.info(s) });
     this.timers.push(setInterval(() => this.tickLeases(), this.ownership.tickMs));
     const t = this.o.tls;
     const sec = t
       ? `mutual TLS (certificate ${t.files.cert}, CA ${t.files.ca}; obeys ${t.allow.length ? `only ${t.allow.join(', ')}` : 'any certificate the CA signed'})`
       : 'no TLS: the control channel is unauthenticated, so it listens on loopback only and any local user can control it (see --tls-dir)';
-    this.o.log(`${this.o.host}: agent listening on ${this.o.listen} (${sec}), store ${this.o.redis}`);
+    this.o.log.info({ listen: this.o.listen, store: this.o.redis, tls: t !== undefined }, `agent listening on ${this.o.listen} (${sec}), store ${this.o.redis}`);
     this.writeStatus();
   }
 
@@ -224,7 +224,7 @@ export class Agent {
       case 'status':
         return [...this.host.vms.values()].map((r) => ({ vm: r.vm, role: r.role, pid: r.qemu?.pid ?? 0, head: r.ckpt?.head ?? 0 }));
       case 'migrate':
-        return this.migrate(checkMigrateRequest(m));
+        return this.source.migrate(checkMigrateRequest(m), (pr) => p.notify('progress', { ...pr }));
       case 'prepare':
         return this.destination.prepare(checkPrepareRequest(m), p);
       default:

@@ -8,6 +8,10 @@ import { Peer } from '../ha/peer.js';
 import type { MigrationMode, VmHost, VmRuntime } from './vm-runtime.js';
 import { sourceStep, type SourceAction, type SourceEvent, type SourceState } from './decisions.js';
 import { checkPrepareReply, migrationUri, type MigrateRequest } from './protocol.js';
+import type { ProgressListener, WorkProgress } from '../util/progress.js';
+
+/** How often a running migration's progress is asked of QEMU (query-migrate), ms. */
+const PROGRESS_MS = 1000;
 
 export type { MigrateRequest } from './protocol.js';
 
@@ -27,7 +31,8 @@ export interface MigrateResult {
 export class Source {
   constructor(private readonly host: VmHost) {}
 
-  async migrate(req: MigrateRequest): Promise<MigrateResult> {
+  /** `onProgress`: RAM sent and still to send while QEMU migrates (also to the VM's own progress listener). */
+  async migrate(req: MigrateRequest, onProgress?: ProgressListener): Promise<MigrateResult> {
     const h = this.host;
     const o = h.o;
     const r = h.vms.get(req.vm);
@@ -69,7 +74,16 @@ export class Source {
     if (req.maxBandwidth) params['max-bandwidth'] = req.maxBandwidth;
     if (req.postcopyBandwidth) params['max-postcopy-bandwidth'] = req.postcopyBandwidth;
     if (Object.keys(params).length) await qmp.execute('migrate-set-parameters', params);
-    return new Outgoing(h, r, qmp, peer, prep.host, { phase: 'precopy', mode, postcopyAfterMs: req.postcopyAfterMs }, t0).run(uri);
+    // Progress is news, never a reason for the migration to fail.
+    const report = (p: WorkProgress) => {
+      try {
+        r.progress?.(p);
+        onProgress?.(p);
+      } catch {
+        /* a log or a requester gone: the migration goes on */
+      }
+    };
+    return new Outgoing(h, r, qmp, peer, prep.host, { phase: 'precopy', mode, postcopyAfterMs: req.postcopyAfterMs }, t0, report).run(uri);
   }
 }
 
@@ -81,6 +95,8 @@ class Outgoing {
   private finalPause?: number;
   private resolve!: (res: MigrateResult) => void;
   private settled = false;
+  private progressTimer?: NodeJS.Timeout;
+  private lastProgress?: WorkProgress;
   private readonly onEvent = (e: QmpEvent) => {
     if (e.event === 'MIGRATION_PASS') this.dispatch({ on: 'pass', pass: Number(e.data?.pass) });
     if (e.event !== 'MIGRATION') return;
@@ -97,11 +113,24 @@ class Outgoing {
     private readonly to: string,
     private readonly s: SourceState,
     private readonly t0: number,
+    private readonly report: ProgressListener,
   ) {}
+
+  /** QEMU's RAM counters while it migrates: bytes sent, of sent + still to send. */
+  private async pollProgress(): Promise<void> {
+    const info = await this.qmp
+      .execute<{ status?: string; ram?: { transferred?: number; remaining?: number } }>('query-migrate')
+      .catch(() => undefined);
+    const ram = info?.ram;
+    if (this.settled || !ram || ram.transferred === undefined) return;
+    this.lastProgress = { op: 'migration', unit: 'bytes', done: ram.transferred, total: ram.transferred + (ram.remaining ?? 0) };
+    this.report(this.lastProgress);
+  }
 
   run(uri: string): Promise<MigrateResult> {
     const done = new Promise<MigrateResult>((resolve) => (this.resolve = resolve));
     this.qmp.on('event', this.onEvent);
+    this.progressTimer = setInterval(() => void this.pollProgress(), PROGRESS_MS);
     this.peer.once('suspect', (why: string) => this.dispatch({ on: 'destination-lost' }, String(why)));
     void this.r.qemu?.exited.then(() => this.dispatch({ on: 'qemu-exited' }));
     void this.qmp.execute('migrate', { uri }).catch((e: Error) => {
@@ -123,6 +152,8 @@ class Outgoing {
     this.settled = true;
     this.s.phase = 'over';
     this.qmp.off('event', this.onEvent);
+    clearInterval(this.progressTimer);
+    if (this.lastProgress) this.report({ ...this.lastProgress, ...(res.status === 'completed' ? { done: this.lastProgress.total } : {}), finished: true });
     const { r, s } = this;
     this.resolve({ vm: r.vm, mode: s.mode, totalMs: performance.now() - this.t0, finalFicVersion: this.finalVersion, finalFicPauseMs: this.finalPause, ...res });
   }

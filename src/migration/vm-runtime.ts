@@ -19,6 +19,8 @@ import type { Peer } from '../ha/peer.js';
 import type { TlsConfig } from '../ha/tls.js';
 import { Checkpointer, type CheckpointerOptions, type RoundStat } from '../checkpoint/checkpointer.js';
 import type { Metrics } from '../util/metrics.js';
+import type { Logger } from '../util/logger.js';
+import type { ProgressListener } from '../util/progress.js';
 
 export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
 
@@ -60,11 +62,18 @@ export interface AgentOptions {
   metrics?: Metrics;
   /** Mutual TLS on the control channel (src/ha/tls.ts); without it, loopback only. */
   tls?: TlsConfig;
-  log: (msg: string) => void;
+  /** The agent's logger (its lines carry `host`); each VM's lines carry `vm` as well. */
+  log: Logger;
+  /** Where a VM's progress goes (full checkpoints, compactions, outgoing migrations), given the VM's logger. */
+  progress?: (log: Logger) => ProgressListener;
 }
 
 export interface VmRuntime {
   vm: string;
+  /** The VM's logger: the agent's with `vm`. */
+  log: Logger;
+  /** Where its progress goes (AgentOptions.progress). */
+  progress?: ProgressListener;
   store: CheckpointStore;
   lease: Lease;
   qemu?: LaunchedQemu;
@@ -123,8 +132,11 @@ export class VmHost {
   runtime(vm: string): VmRuntime {
     let r = this.vms.get(vm);
     if (!r) {
+      const log = this.o.log.child({ vm });
       r = {
         vm,
+        log,
+        progress: this.o.progress?.(log),
         store: new CheckpointStore(this.redis, vm),
         lease: new Lease(this.leaseRedis, vm, this.o.host, this.o.leaseTtlMs),
         ramBytes: 0,
@@ -146,7 +158,7 @@ export class VmHost {
 
   note(r: VmRuntime, msg: string): void {
     r.events.push(`${Date.now()} ${msg}`);
-    this.o.log(`${this.o.host}: ${r.vm}: ${msg}`);
+    r.log.info({ role: r.role }, msg);
     this.changed();
   }
 
@@ -262,7 +274,8 @@ export class VmHost {
       deviceStatePath: r.paths!.deviceState,
       codec: this.o.codec,
       gate: this.gate,
-      log: (m) => this.o.log(`${this.o.host}: ${r.vm}: ${m}`),
+      log: r.log,
+      onProgress: r.progress,
       onRound: () => this.changed(),
       onFenced: (e) => this.note(r, `checkpointing stopped: ${e.message}`),
       metrics: this.o.metrics,

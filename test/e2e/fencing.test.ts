@@ -127,7 +127,8 @@ t.test('one writer per VM: a second run is refused, a paused one is fenced off w
   const serial = join(tmpdir(), `migsafe-fence-${process.pid}.serial`);
   const pid = (n: string) => join(tmpdir(), `migsafe-fence-${process.pid}.${n}.pid`);
   const argv = guestQemuArgs({ workload: 'idle', serialLog: serial, workloadMiB: 1 });
-  const common = ['--vm', vm, '--redis', srv.url, '--interval', '400', '--lease-ttl', '1500'];
+  // A lease long enough that the recovery surely starts (a CLI start) while the frozen writer still holds it.
+  const common = ['--vm', vm, '--redis', srv.url, '--interval', '400', '--lease-ttl', '4000'];
   const a = startCli(['run', ...common, '--pidfile', pid('a'), '--', ...argv], env);
   const pids: number[] = [];
   t.teardown(() => {

@@ -11,9 +11,50 @@ const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'c
 export interface CliRun {
   child: ChildProcess;
   out(): string;
+  /** stderr as text: each JSON log line as `vm: msg` (see logText). */
   err(): string;
+  /** stderr as written (JSON lines when it is a pipe). */
+  rawErr(): string;
   /** Resolves with the exit code (or signal name). */
   exited: Promise<number | string>;
+}
+
+/**
+ * The CLI's stderr as a person would read it: each complete JSON log line (stderr is a pipe in
+ * tests) becomes `host: vm: msg`, other lines stay as they are; an unfinished last line is left
+ * out, so that the text only grows at its end (offsets into it stay valid).
+ */
+export function logText(raw: string): string {
+  const end = raw.lastIndexOf('\n');
+  if (end < 0) return '';
+  return raw
+    .slice(0, end + 1)
+    .split('\n')
+    .slice(0, -1)
+    .map((line) => {
+      if (!line.startsWith('{')) return line;
+      try {
+        const o = JSON.parse(line) as Record<string, unknown>;
+        if (typeof o.msg !== 'string') return line;
+        return [o.host, o.vm, o.msg].filter((v) => typeof v === 'string' && v !== '').join(': ');
+      } catch {
+        return line;
+      }
+    })
+    .map((l) => `${l}\n`)
+    .join('');
+}
+
+/** The JSON log lines of a CLI's stderr, parsed (other lines skipped). */
+export function logLines(raw: string): Record<string, unknown>[] {
+  return raw.split('\n').flatMap((line) => {
+    if (!line.startsWith('{')) return [];
+    try {
+      return [JSON.parse(line) as Record<string, unknown>];
+    } catch {
+      return [];
+    }
+  });
 }
 
 /** A private run directory (RAM files, QMP sockets) for the CLI, removed at teardown. */
@@ -34,7 +75,7 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv): CliRun {
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
   const exited = new Promise<number | string>((res) => child.once('exit', (c, s) => res(c ?? s ?? -1)));
-  return { child, out: () => out, err: () => err, exited };
+  return { child, out: () => out, err: () => logText(err), rawErr: () => err, exited };
 }
 
 /** Runs the CLI to its end. */
@@ -43,7 +84,7 @@ export async function runCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs =
   const timer = setTimeout(() => r.child.kill('SIGKILL'), timeoutMs);
   const code = await r.exited;
   clearTimeout(timer);
-  return { code, stdout: r.out(), stderr: r.err() };
+  return { code, stdout: r.out(), stderr: r.err(), rawStderr: r.rawErr() };
 }
 
 export function killQuietly(pid: number | undefined, signal: NodeJS.Signals = 'SIGKILL'): void {

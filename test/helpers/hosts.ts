@@ -8,6 +8,7 @@ import { processAlive } from '../../src/util/process.js';
 import { gateNetdev } from '../../src/ha/gate.js';
 import { replicatedStore, type ReplicatedStore } from './store-failover.js';
 import { guestQemuArgs } from './guest.js';
+import { logText } from './cli.js';
 
 export type HostName = 'src' | 'dst' | 'sto';
 export const HOSTS: readonly HostName[] = ['src', 'dst', 'sto'];
@@ -343,7 +344,7 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
       return new Promise((res) =>
         child.once('exit', (code, sig) => {
           clearTimeout(timer);
-          res({ code: code ?? sig ?? -1, stdout, stderr });
+          res({ code: code ?? sig ?? -1, stdout, stderr: logText(stderr) });
         }),
       );
     },

@@ -12,6 +12,8 @@ import type { QmpClient } from '../../src/qemu/qmp.js';
 import type { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import type { VersionMeta } from '../../src/store/version-meta.js';
 import { summarizeBatch } from '../../src/kernel/page-delta.js';
+import { createLogger } from '../../src/util/logger.js';
+import type { WorkProgress } from '../../src/util/progress.js';
 
 const PAGES = 64;
 
@@ -22,6 +24,7 @@ class FakeStore {
   async begin(parent: number) {
     let chunks = 0;
     return {
+      version: this.version + 1,
       addChunk: () => void chunks++,
       addPages: async (records: Uint8Array) => {
         chunks++;
@@ -91,7 +94,7 @@ function setup(t: Test, o: Partial<CheckpointerOptions> = {}) {
   };
   const store = new FakeStore();
   const qmp = new FakeQmp();
-  const logs: string[] = [];
+  const logs: Record<string, unknown>[] = [];
   const ckpt = new Checkpointer({
     kind: 'fic',
     store: store as unknown as CheckpointStore,
@@ -103,7 +106,7 @@ function setup(t: Test, o: Partial<CheckpointerOptions> = {}) {
     intervalMs: 20,
     maxPages: 0,
     maxTimeMs: 0,
-    log: (m) => logs.push(m),
+    log: createLogger({ level: 'debug', destination: { write: (s: string) => void logs.push(JSON.parse(s) as Record<string, unknown>) } }),
     ...o,
   });
   return { ckpt, store, qmp, poke, logs };
@@ -183,4 +186,25 @@ t.test('threshold, gate, becomeFic and the end of the loop', async (t) => {
   ckpt.wake('now');
   await ckpt.done;
   t.pass('the loop ends once QEMU is gone');
+});
+
+t.test('log lines carry vm and version; a full round reports its progress, and its end', async (t) => {
+  const lines: Record<string, unknown>[] = [];
+  const log = createLogger({ level: 'debug', destination: { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) } });
+  const progress: WorkProgress[] = [];
+  const { ckpt, store, poke } = setup(t, { log: log.child({ vm: 'c1' }), onProgress: (p) => progress.push(p) });
+  poke(4, 1);
+  poke(40, 2);
+  await ckpt.roundNow();
+  t.match(lines.at(-1), { level: 'info', vm: 'c1', version: 1, pages: 2, kind: 'fic', msg: /^FIC version 1: 2 pages/ }, 'the round line');
+  t.match(progress[0], { op: 'full-checkpoint', unit: 'pages', version: 1, done: 0, total: 2 }, 'the full compare starts at 0 of 2');
+  t.match(progress.at(-1), { op: 'full-checkpoint', version: 1, done: 2, total: 2, finished: true }, 'and says it ended');
+  const n = progress.length;
+  poke(4, 3);
+  await ckpt.roundNow();
+  t.equal(progress.length, n, 'a delta round reports nothing (the scan compares all of RAM, but against the shadow)');
+  store.failNext = true;
+  poke(5, 1);
+  await t.rejects(ckpt.roundNow());
+  t.match(lines.at(-1), { level: 'error', vm: 'c1', msg: 'FIC round failed: store down' }, 'a failed round is an error line');
 });

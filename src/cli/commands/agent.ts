@@ -5,7 +5,10 @@ import type { CommandModule } from 'yargs';
 import { checkUserArgv } from '../../qemu/launch.js';
 import { Agent } from '../../migration/agent.js';
 import { parseCodec } from '../../store/frame.js';
-import { log, openMetrics, runDir } from '../context.js';
+import { openMetrics, runDir } from '../context.js';
+import { logger, setLogLevel } from '../log.js';
+import type { LogLevel } from '../../util/logger.js';
+import { Progress } from '../progress.js';
 import { REDIS_FORMS, withOperatorOptions } from '../options.js';
 import { parseDurability } from '../../store/durability.js';
 import { hideBin } from 'yargs/helpers';
@@ -84,9 +87,13 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
   handler: async (a) => {
     // Before anything else: SIGHUP's default would end the process.
     let agent: Agent | undefined;
+    const hostLog = logger.child({ host: a.host });
+    const log = (msg: string) => hostLog.info(msg);
+    // What SIGHUP changes in this process besides the agent's own settings.
+    const cliLive = { 'log-level': (v: unknown) => typeof v === 'string' && setLogLevel(v as LogLevel) };
     const stopped = agentSignals(
       async () =>
-        agent ? reloadAgent(a as unknown as Record<string, unknown>, agent, reparse, log) : log('SIGHUP while starting: ignored, send it again'),
+        agent ? reloadAgent(a as unknown as Record<string, unknown>, agent, reparse, log, cliLive) : log('SIGHUP while starting: ignored, send it again'),
       log,
     );
     const m = await openMetrics(a.metrics);
@@ -114,7 +121,8 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       metrics: m.metrics,
       durability: parseDurability(a.durability),
       tls: tlsFromArgs(a),
-      log,
+      log: hostLog,
+      progress: (log) => new Progress(log).report,
     });
     await agent.start();
     if (a.vm) {
@@ -123,10 +131,10 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       await agent.startVm(a.vm, argv);
     }
     const sig = await stopped;
-    log(`${a.host}: ${sig}: finishing the checkpoint round under way, a final checkpoint, quitting QEMU, releasing the leases`);
+    log(`${sig}: finishing the checkpoint round under way, a final checkpoint, quitting QEMU, releasing the leases`);
     const left = await agent.shutdown();
     await m.close();
-    log(`${a.host}: stopped` + left.map((v) => `; ${v.vm}: last version ${v.version || 'none'}${v.released ? ', lease released' : ''}`).join(''));
+    log('stopped' + left.map((v) => `; ${v.vm}: last version ${v.version || 'none'}${v.released ? ', lease released' : ''}`).join(''));
     process.exitCode = 0;
     // Whatever handle might still hold the event loop (a reconnecting client): exit anyway.
     setTimeout(() => process.exit(0), 3000).unref();

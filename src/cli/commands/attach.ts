@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { reusableArgv } from '../../qemu/launch.js';
 import { QmpClient } from '../../qemu/qmp.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, runDir } from '../context.js';
+import { runDir } from '../context.js';
+import { logger } from '../log.js';
 import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { asWriter } from '../writer.js';
 
@@ -50,7 +51,7 @@ export const attachCommand: CommandModule<object, AttachArgs> = {
       await h.store.init(argv, ramBytes, cwd);
       await h.store.cleanupPending();
       const qmp = await QmpClient.connect(a.qmp, 5_000);
-      if (!argv.length) log(`${a.vm}: no --pid: the QEMU command line is not recorded, recovery will need it`);
+      if (!argv.length) logger.warn({ vm: a.vm }, 'no --pid: the QEMU command line is not recorded, recovery will need it');
       process.exitCode = await checkpointLoop({
         vm: a.vm,
         store: h.store,

@@ -72,7 +72,8 @@ async function demo(a: DemoArgs): Promise<number> {
   }
   const work = mkdtempSync(join(tmpdir(), 'migsafe-demo-'));
   const run = mkdtempSync('/dev/shm/migsafe-demo-');
-  const env = { ...process.env, MIGSAFE_STATE_DIR: work, MIGSAFE_RUN_DIR: run };
+  // The children's logs are shown to a person: readable lines, though they go through a pipe.
+  const env = { MIGSAFE_LOG_FORMAT: 'pretty', ...process.env, MIGSAFE_STATE_DIR: work, MIGSAFE_RUN_DIR: run };
   const serial = join(work, 'guest-console.log');
   const pidfile = join(work, 'qemu.pid');
   const pids: number[] = [];

@@ -5,7 +5,9 @@ import { Peer } from '../../ha/peer.js';
 import { connectRedis } from '../../store/redis-server.js';
 import { CheckpointStore } from '../../store/checkpoint-store.js';
 import type { MigrateResult } from '../../migration/agent.js';
-import { log } from '../context.js';
+import { logger } from '../log.js';
+import { Progress } from '../progress.js';
+import type { WorkProgress } from '../../util/progress.js';
 import { REDIS_FORMS } from '../options.js';
 import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
 
@@ -46,7 +48,13 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
       if (!from) throw new Error(`no agent runs VM ${a.vm} (nothing in the store): give --from`);
     }
     const p = await Peer.connect(from, undefined, 5000, tlsFromArgs(a));
-    log(`${a.vm}: migrating from ${from} to ${a.to} (${a.mode})`);
+    const log = logger.child({ vm: a.vm });
+    log.info({ from, to: a.to, mode: a.mode }, `migrating from ${from} to ${a.to} (${a.mode})`);
+    // The source agent sends RAM progress while QEMU migrates: a bar, or log lines.
+    const progress = new Progress(log);
+    p.on('event', (ev: string, data: WorkProgress) => {
+      if (ev === 'progress') progress.report(data);
+    });
     const res = await p.request<MigrateResult>(
       'migrate',
       {
@@ -60,8 +68,12 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
       3_600_000,
     );
     p.close();
+    progress.close();
     process.stdout.write(JSON.stringify(res) + '\n');
-    log(`${a.vm}: ${res.status} in ${res.totalMs.toFixed(0)} ms${res.downtimeMs !== undefined ? `, downtime ${res.downtimeMs} ms` : ''}`);
+    log[res.status === 'completed' ? 'info' : 'error'](
+      { status: res.status, totalMs: Math.round(res.totalMs), downtimeMs: res.downtimeMs, ...(res.finalFicVersion ? { version: res.finalFicVersion } : {}) },
+      `${res.status} in ${res.totalMs.toFixed(0)} ms${res.downtimeMs !== undefined ? `, downtime ${res.downtimeMs} ms` : ''}`,
+    );
     process.exitCode = res.status === 'completed' ? 0 : 1;
   },
 };

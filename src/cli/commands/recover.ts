@@ -6,10 +6,11 @@ import { vmPaths } from '../../qemu/launch.js';
 import { recoverVm } from '../../recovery/recover.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { fmtBytes, log, runDir } from '../context.js';
+import { fmtBytes, runDir } from '../context.js';
+import { logger } from '../log.js';
 import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { asWriter } from '../writer.js';
-import { ProgressBar } from '../progress-bar.js';
+import { Progress } from '../progress.js';
 
 export interface RecoverArgs extends CheckpointArgs {
   version?: number;
@@ -20,11 +21,13 @@ export interface RecoverArgs extends CheckpointArgs {
 
 export async function recoverHandler(a: RecoverArgs): Promise<number> {
   // One copy of the VM: nobody may be checkpointing it (a killed writer's lease runs out first).
+  const log = logger.child({ vm: a.vm });
   return asWriter(a, { retry: !a.detach, leaseWaitMs: a['lease-ttl'] + 1000 }, async ({ h, loop }) => {
     // A new RAM file per recovery: never write under a QEMU that might still run.
     const paths = { ...vmPaths(runDir(), `${a.vm}.r${Date.now()}`) };
     const logFile = join(runDir(), `${a.vm}.qemu.log`);
-    const bar = new ProgressBar(`${a.vm}: reading checkpoint`);
+    const progress = new Progress(log);
+    let version: number | undefined;
     const r = await recoverVm({
       store: h.store,
       version: a.version,
@@ -32,18 +35,28 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       logFd: openSync(logFile, 'a'),
       qemuBinary: a['qemu-binary'],
       ft: (bin) => useFt(a['dirty-source'], bin),
-      onPlan: (p) =>
-        log(
-          `${a.vm}: restoring version ${p.target.version}` +
+      onPlan: (p) => {
+        version = p.target.version;
+        log.info(
+          { version, base: p.base || undefined, chain: p.chain.length, ramBytes: p.vm.ramBytes },
+          `restoring version ${p.target.version}` +
             (p.base ? ` (base image at version ${p.base}` : ' (from a zero image') +
             ` + ${p.chain.length} version(s)), RAM ${p.vm.ramBytes >> 20} MiB`,
-        ),
-      onProgress: (p) => bar.update(p.done, p.total),
-    });
+        );
+      },
+      onProgress: (p) => progress.report({ op: 'read-checkpoint', unit: 'frames', version, ...p }),
+    }).finally(() => progress.close());
     if (a.pidfile) writeFileSync(a.pidfile, `${r.qemu.pid}\n`);
     loop.metrics?.recovered(a.vm, r.timings);
-    log(
-      `${a.vm}: recovered version ${r.plan.target.version}: ${r.pagesApplied} page records, ` +
+    log.info(
+      {
+        version: r.plan.target.version,
+        pagesApplied: r.pagesApplied,
+        loadMs: Math.round(r.timings.loadMs),
+        startMs: Math.round(r.timings.startMs),
+        pid: r.qemu.pid,
+      },
+      `recovered version ${r.plan.target.version}: ${r.pagesApplied} page records, ` +
         `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; read+verify ${r.timings.loadMs.toFixed(0)} ms, ` +
         `QEMU start+load ${r.timings.startMs.toFixed(0)} ms; guest running, QEMU pid ${r.qemu.pid}`,
     );

@@ -6,7 +6,8 @@ import { checkUserArgv, launchQemu, ramBytesFromArgv, vmPaths, createRamFile } f
 import { QmpClient } from '../../qemu/qmp.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { log, runDir } from '../context.js';
+import { runDir } from '../context.js';
+import { logger } from '../log.js';
 import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { asWriter } from '../writer.js';
 
@@ -20,17 +21,21 @@ export async function runHandler(a: RunArgs): Promise<number> {
   const argv = [...(a['--'] ?? [])].map(String);
   checkUserArgv(argv);
   const ramBytes = ramBytesFromArgv(argv);
+  const log = logger.child({ vm: a.vm });
   return asWriter(a, { retry: true }, async ({ h, loop }) => {
     await h.store.init(argv, ramBytes);
     const stale = await h.store.cleanupPending();
-    if (stale.length) log(`${a.vm}: removed ${stale.length} uncommitted version(s) left by an earlier run`);
+    if (stale.length) log.info({ stale }, `removed ${stale.length} uncommitted version(s) left by an earlier run`);
     const paths = vmPaths(runDir(), a.vm);
     createRamFile(paths.ram, ramBytes);
     const logFile = join(runDir(), `${a.vm}.qemu.log`);
     const ft = useFt(a['dirty-source'], argv[0]!);
     const qemu = launchQemu({ argv, ramBytes, paths, logFd: openSync(logFile, 'a'), ft });
     if (a.pidfile) writeFileSync(a.pidfile, `${qemu.pid}\n`);
-    log(`${a.vm}: QEMU started (pid ${qemu.pid}), RAM ${ramBytes >> 20} MiB in ${paths.ram}, store ${h.url}, QEMU log ${logFile}`);
+    log.info(
+      { pid: qemu.pid, ramBytes, ram: paths.ram, store: h.url, qemuLog: logFile },
+      `QEMU started (pid ${qemu.pid}), RAM ${ramBytes >> 20} MiB in ${paths.ram}, store ${h.url}, QEMU log ${logFile}`,
+    );
     const qmp = await Promise.race([
       QmpClient.connect(paths.qmp, 30_000),
       qemu.exited.then((c) => {
