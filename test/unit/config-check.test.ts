@@ -42,7 +42,7 @@ t.test('a bad file: exit 2, naming the file, the key and the fix', async (t) => 
   writeFileSync(bad, '[agent]\nric-intervall = 300\n');
   const r = await runCli(['config', 'check', '--config', bad], env());
   t.equal(r.code, 2);
-  t.match(r.stderr, `migsafe: ${bad}: unknown key "ric-intervall" in [agent]: did you mean "ric-interval"?`);
+  t.match(r.stderr, `${bad}: unknown key "ric-intervall" in [agent]: did you mean "ric-interval"?`);
   const typed = join(dir, 'typed.json');
   writeFileSync(typed, '{"agent": {"gate": "yes"}}');
   const r2 = await runCli(['config', 'check', '--config', typed], env());
