@@ -88,7 +88,17 @@ export function cliParser(args: string[], commands: readonly AnyCommand[], o: Pa
       if (typeof a['state-dir'] === 'string') process.env.MIGSAFE_STATE_DIR = a['state-dir'];
       if (typeof a['run-dir'] === 'string') process.env.MIGSAFE_RUN_DIR = a['run-dir'];
       if (typeof a['log-level'] === 'string') setLogLevel(a['log-level'] as LogLevel);
+
     })
+    // yargs lets `--hb-interval abc` through as NaN: no number option of ours takes that.
+    .check((a) => {
+      for (const [name, spec] of opts ?? []) {
+        if (spec.type === 'number' && typeof a[name] === 'number' && !Number.isFinite(a[name])) {
+          throw new Error(`--${name} is not a number: give it a number, e.g. --${name} ${spec.default ?? 100} (see migsafe ${verb} --help)`);
+        }
+      }
+      return true;
+    }, true)
     .fail((msg, err) => {
       restore();
       fail(msg, err);
