@@ -53,6 +53,9 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    await this.redis.ping().catch((e: Error) => {
+      throw new Error(`cannot reach Redis at ${this.o.redis}: ${e.message}; check --redis and that the server runs`);
+    });
     const d = await settleDurability(this.redis, this.o.durability ?? { kind: 'auto' }, false, this.o.redis);
     this.host.durability = d;
     this.o.log.info({ durability: d.kind }, `commits count when ${describeDurability(d)}`);
