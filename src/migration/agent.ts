@@ -17,7 +17,7 @@ import { connectRedis } from '../store/redis-server.js';
 import { describeDurability, settleDurability } from '../store/durability.js';
 import { Ownership, killPid } from '../ha/ownership.js';
 import { listen, requireTlsOrLoopback, type Peer } from '../ha/peer.js';
-import { VmHost, type AgentOptions } from './vm-runtime.js';
+import { VmHost, type AgentOptions, type VmRuntime } from './vm-runtime.js';
 import { Source, type MigrateRequest, type MigrateResult } from './source.js';
 import { Destination } from './destination.js';
 import { onLeaseTick } from './decisions.js';
@@ -34,6 +34,8 @@ export type { MigrateRequest, MigrateResult } from './source.js';
 export class Agent {
   private redis: Redis;
   private leaseRedis: Redis;
+  /** Fenced VMs whose lease is being asked back (one attempt at a time). */
+  private readonly reclaiming = new Set<string>();
   private server?: Server;
   private timers: NodeJS.Timeout[] = [];
   private readonly host: VmHost;
@@ -210,10 +212,35 @@ export class Agent {
 
   private tickLeases(): void {
     for (const r of this.host.vms.values()) {
+      if (r.role === 'fenced') {
+        this.reclaimFenced(r);
+        continue;
+      }
       this.ownership.renew(r.lease);
       const d = onLeaseTick({ role: r.role, hasQemu: r.qemu !== undefined, lease: this.ownership.standing(r.lease) });
       if (d.fence) this.host.fence(r, d.why);
     }
+  }
+
+  /**
+   * A VM this side fenced (its QEMU killed) while it could not renew the lease: once the store
+   * answers again and nobody took the lease meanwhile (Lease.reclaim: still ours, or free with
+   * the epoch unchanged), nobody else runs the VM — recover it here, or it stays down for good.
+   * A peer that took the lease (a migration's other side) runs it: reclaim fails, nothing happens.
+   */
+  private reclaimFenced(r: VmRuntime): void {
+    if (this.reclaiming.has(r.vm)) return;
+    this.reclaiming.add(r.vm);
+    void r.lease
+      .reclaim()
+      .then(async (got) => {
+        if (got && r.role === 'fenced') await this.host.recoverHere(r, 'the store answers again and nobody took the VM over');
+      })
+      .catch((e: Error) => {
+        // Fenced again (QEMU gone, lease dropped): the next tick asks for the lease anew.
+        if (r.role !== 'fenced') this.host.fence(r, `recovery failed (${e.message}); trying again once the lease can be had`);
+      })
+      .finally(() => this.reclaiming.delete(r.vm));
   }
 
   // ------------------------------------------------------------------ control protocol
