@@ -331,10 +331,16 @@ def test_fill(qemu: str, wd: str) -> None:
         t0 = time.time()
         res = dq.cmd_oob("migsafe-postcopy-fill", path=image)
         ms = (time.time() - t0) * 1000
-        mem = [b for b in res["blocks"] if b["name"] == "mem"][0]
+        # The guest RAM block is "mem" (the backend's id) on upstream machine types, and
+        # "/objects/mem" (its QOM path) on RHEL-style ones that use canonical RAM block ids.
+        guest_ram = [b for b in res["blocks"] if b["name"] in ("mem", "/objects/mem")]
+        if not guest_ram:
+            raise FTError("no guest RAM block ('mem' or '/objects/mem') in the fill's reply: "
+                          + ", ".join(b["name"] for b in res["blocks"]))
+        mem = guest_ram[0]
         log(f"filled in {ms:.0f} ms: " + ", ".join(
             f"{b['name']} present {b['present']} filled {b['filled']} restored {b.get('restored', '-')} "
-            f"zeroed {b['zeroed']}{'' if b.get('copy', True) or b['name'] == 'mem' else ' (no copy)'}"
+            f"zeroed {b['zeroed']}{'' if b.get('copy', True) or b is mem else ' (no copy)'}"
             for b in res["blocks"]))
         if mem["filled"] == 0:
             raise FTError("nothing was missing at the destination: the check proved nothing")
