@@ -71,6 +71,9 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
         ram: paths.ram,
         qmp: paths.qmp,
         recoveryMs: Math.round(r.timings.totalMs),
+        // Its phases: reading and verifying every frame, then QEMU's start and device state.
+        loadMs: Math.round(r.timings.loadMs),
+        startMs: Math.round(r.timings.startMs),
       }) + '\n',
     );
     if (a.detach) {
