@@ -125,7 +125,7 @@ async function qemuOwn(memMiB: number, work: string): Promise<QemuResult> {
   }
 }
 
-export interface MigsafeResult { firstFullMs: number; recoveryMs: number; loadMs: number; startMs: number; wallMs: number; versions: number }
+export interface MigsafeResult { firstFullMs: number; recoveryMs: number; loadMs: number; writeMs: number; startMs: number; wallMs: number; versions: number }
 
 /** pino JSON lines of the sidecar: the time of the first line matching `re`. */
 function logTime(log: string, re: RegExp): number | undefined {
@@ -179,10 +179,10 @@ async function migsafeEager(memMiB: number, work: string, url: string, run: numb
     const t0 = performance.now();
     const out = execFileSync(process.execPath, [main, 'recover', '--vm', vm, '--redis', url, '--detach'], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
     const wallMs = performance.now() - t0;
-    const info = JSON.parse(out.trim().split('\n').pop()!) as { pid: number; recoveryMs: number; loadMs: number; startMs: number };
+    const info = JSON.parse(out.trim().split('\n').pop()!) as { pid: number; recoveryMs: number; loadMs: number; writeMs: number; startMs: number };
     recoveredPid = info.pid;
     await selfCheck(serial, memMiB);
-    return { firstFullMs: first - start, recoveryMs: info.recoveryMs, loadMs: info.loadMs, startMs: info.startMs, wallMs, versions };
+    return { firstFullMs: first - start, recoveryMs: info.recoveryMs, loadMs: info.loadMs, writeMs: info.writeMs, startMs: info.startMs, wallMs, versions };
   } finally {
     for (const pid of [recoveredPid, sidecar?.pid]) {
       try {
@@ -233,14 +233,14 @@ export function formatRecoveryTable(rs: SizeResult[]): string {
   const lines = [
     'Recovery of a guest with 3/4 of its RAM in use (wset, TCG), ms, median (range) over runs; memory self-check passed in every run',
     '',
-    '| RAM MiB | QEMU save | QEMU restore | migsafe first full version | migsafe eager recovery (read+verify / start+load) | eager ÷ QEMU restore | first full ÷ QEMU save |',
+    '| RAM MiB | QEMU save | QEMU restore | migsafe first full version | migsafe eager recovery (read+verify / RAM file / QEMU start+load) | eager ÷ QEMU restore | first full ÷ QEMU save |',
     '|---|---|---|---|---|---|---|',
   ];
   for (const r of rs) {
     const q = (k: keyof QemuResult) => r.qemu.map((x) => x[k]);
     const m = (k: keyof MigsafeResult) => r.migsafe.map((x) => x[k]);
     lines.push(
-      `| ${r.memMiB} | ${fmt(q('saveMs'))} | ${fmt(q('restoreMs'))} | ${fmt(m('firstFullMs'))} | ${fmt(m('recoveryMs'))} (${fmt(m('loadMs'))} / ${fmt(m('startMs'))}) ` +
+      `| ${r.memMiB} | ${fmt(q('saveMs'))} | ${fmt(q('restoreMs'))} | ${fmt(m('firstFullMs'))} | ${fmt(m('recoveryMs'))} (${fmt(m('loadMs'))} / ${fmt(m('writeMs'))} / ${fmt(m('startMs'))}) ` +
         `| ${(median(m('recoveryMs')) / median(q('restoreMs'))).toFixed(2)} | ${(median(m('firstFullMs')) / median(q('saveMs'))).toFixed(2)} |`,
     );
   }

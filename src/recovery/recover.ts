@@ -33,7 +33,8 @@ export interface Recovered {
   /** The RAM image as restored: the checkpoint engine's starting shadow. */
   image: Buffer;
   pagesApplied: number;
-  timings: { loadMs: number; startMs: number; totalMs: number };
+  /** loadMs: read + verify; writeMs: the RAM and device-state files; startMs: QEMU up, device state in, running. */
+  timings: { loadMs: number; writeMs: number; startMs: number; totalMs: number };
 }
 
 export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
@@ -45,6 +46,7 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
 
   writeRam(o.paths.ram, loaded.image);
   await writeFile(o.paths.deviceState, loaded.deviceState, { mode: 0o600 });
+  const tw = performance.now();
 
   const argv = [...plan.vm.argv];
   if (o.qemuBinary) argv[0] = o.qemuBinary;
@@ -88,7 +90,7 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
     ft,
     image: loaded.image,
     pagesApplied: loaded.pagesApplied,
-    timings: { loadMs: t1 - t0, startMs: t2 - t1, totalMs: t2 - t0 },
+    timings: { loadMs: t1 - t0, writeMs: tw - t1, startMs: t2 - tw, totalMs: t2 - t0 },
   };
 }
 
@@ -96,13 +98,26 @@ function writeRam(path: string, image: Buffer): void {
   const fd = openSync(path, 'w', 0o600);
   try {
     ftruncateSync(fd, image.length);
-    // Only non-zero pages: the file is sparse and zero-filled already.
+    // Only non-zero pages: the file is sparse and zero-filled already. A run of non-zero pages
+    // goes in one write (a write per page was ~half of a 1 GiB guest's start).
     const PAGE = 4096;
     const zero = Buffer.alloc(PAGE);
+    const MAX_RUN = 64 << 20;
+    let run = -1;
+    const flush = (end: number) => {
+      for (let off = run; off < end; off += MAX_RUN) {
+        const len = Math.min(MAX_RUN, end - off);
+        let put = 0;
+        while (put < len) put += writeSync(fd, image, off + put, len - put, off + put);
+      }
+      run = -1;
+    };
     for (let off = 0; off < image.length; off += PAGE) {
-      const page = image.subarray(off, off + PAGE);
-      if (!page.equals(zero)) writeSync(fd, page, 0, PAGE, off);
+      const isZero = image.subarray(off, off + PAGE).equals(zero);
+      if (!isZero && run < 0) run = off;
+      else if (isZero && run >= 0) flush(off);
     }
+    if (run >= 0) flush(image.length);
   } finally {
     closeSync(fd);
   }

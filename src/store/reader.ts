@@ -172,6 +172,9 @@ export async function loadImage(
     }
   });
   const total = lists.reduce((a, l) => a + l.expect, 0);
+  for (const l of lists) {
+    if (l.expect === 0 && l.pages) throw new CorruptCheckpointError(`${l.where}: no frames, its metadata says ${l.pages} page records`);
+  }
 
   // The device state first: small, and a missing one makes reading the pages pointless.
   const target = plan.target;
@@ -183,35 +186,63 @@ export async function loadImage(
   const image = Buffer.alloc(plan.vm.ramBytes);
   let done = 0;
   let pagesApplied = 0;
+  // Pipelined: while one slice of frames is applied (in store order: later versions overwrite
+  // earlier ones), the next slice is read from Redis and its frames are decompressed and
+  // checked on the addon's worker threads. Errors are taken in frame order all the same.
   const SLICE = 16;
+  const slices: { l: ListRead; at: number; last: number; closes: boolean }[] = [];
   for (const l of lists) {
-    let records = 0;
     for (let at = 0; at < l.expect; at += SLICE) {
       const last = Math.min(at + SLICE, l.expect) - 1;
-      const frames = await store.chunkRange(l.list, at, last);
-      if (frames.length !== last - at + 1) {
-        throw new CorruptCheckpointError(
-          `${l.where}: the store returned ${frames.length} of frames ${at}..${last} (the list shrank while it was read)`,
-        );
-      }
-      for (const [j, f] of frames.entries()) {
-        const where = `${l.where}, chunk ${at + j}`;
-        const frame = await decodeFrame(f, { kind: 'pages', bind: { ...l.bind, index: at + j }, maxRecords: ramPages }, where);
-        let applied: number;
-        try {
-          applied = applyBatch(image, frame.raw).records;
-        } catch (e) {
-          throw new CorruptCheckpointError(`${where}: ${(e as Error).message}`);
+      slices.push({ l, at, last, closes: last === l.expect - 1 });
+    }
+  }
+  type Settled<T> = { ok: true; v: T } | { ok: false; e: unknown };
+  const settle = <T>(p: Promise<T>): Promise<Settled<T>> => p.then((v) => ({ ok: true as const, v }), (e: unknown) => ({ ok: false as const, e }));
+  const start = (i: number) => {
+    const { l, at, last } = slices[i]!;
+    return settle(
+      store.chunkRange(l.list, at, last).then((frames) => {
+        if (frames.length !== last - at + 1) {
+          throw new CorruptCheckpointError(
+            `${l.where}: the store returned ${frames.length} of frames ${at}..${last} (the list shrank while it was read)`,
+          );
         }
-        if (applied !== frame.count) throw new CorruptCheckpointError(`${where}: ${applied} page records, its header says ${frame.count}`);
-        records += applied;
-        await onProgress?.({ done: ++done, total });
+        return frames.map((f, j) => {
+          const where = `${l.where}, chunk ${at + j}`;
+          return settle(decodeFrame(f, { kind: 'pages', bind: { ...l.bind, index: at + j }, maxRecords: ramPages }, where).then((frame) => ({ frame, where })));
+        });
+      }),
+    );
+  };
+  let records = 0;
+  let next = slices.length ? start(0) : undefined;
+  for (let i = 0; i < slices.length; i++) {
+    const read = await next!;
+    next = i + 1 < slices.length ? start(i + 1) : undefined;
+    if (!read.ok) throw read.e;
+    for (const decoding of read.v) {
+      const d = await decoding;
+      if (!d.ok) throw d.e;
+      const { frame, where } = d.v;
+      let applied: number;
+      try {
+        applied = applyBatch(image, frame.raw).records;
+      } catch (e) {
+        throw new CorruptCheckpointError(`${where}: ${(e as Error).message}`);
       }
+      if (applied !== frame.count) throw new CorruptCheckpointError(`${where}: ${applied} page records, its header says ${frame.count}`);
+      records += applied;
+      await onProgress?.({ done: ++done, total });
     }
-    if (l.pages !== undefined && records !== l.pages) {
-      throw new CorruptCheckpointError(`${l.where}: ${records} page records in its frames, its metadata says ${l.pages}`);
+    const { l, closes } = slices[i]!;
+    if (closes) {
+      if (l.pages !== undefined && records !== l.pages) {
+        throw new CorruptCheckpointError(`${l.where}: ${records} page records in its frames, its metadata says ${l.pages}`);
+      }
+      pagesApplied += records;
+      records = 0;
     }
-    pagesApplied += records;
   }
   return { plan, image, deviceState: device.raw, pagesApplied };
 }

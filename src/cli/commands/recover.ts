@@ -53,12 +53,13 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
         version: r.plan.target.version,
         pagesApplied: r.pagesApplied,
         loadMs: Math.round(r.timings.loadMs),
+        writeMs: Math.round(r.timings.writeMs),
         startMs: Math.round(r.timings.startMs),
         pid: r.qemu.pid,
       },
       `recovered version ${r.plan.target.version}: ${r.pagesApplied} page records, ` +
         `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; read+verify ${r.timings.loadMs.toFixed(0)} ms, ` +
-        `QEMU start+load ${r.timings.startMs.toFixed(0)} ms; guest running, QEMU pid ${r.qemu.pid}`,
+        `RAM file ${r.timings.writeMs.toFixed(0)} ms, QEMU start+load ${r.timings.startMs.toFixed(0)} ms; guest running, QEMU pid ${r.qemu.pid}`,
     );
     process.stdout.write(
       JSON.stringify({
@@ -71,8 +72,10 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
         ram: paths.ram,
         qmp: paths.qmp,
         recoveryMs: Math.round(r.timings.totalMs),
-        // Its phases: reading and verifying every frame, then QEMU's start and device state.
+        // Its phases: reading and verifying every frame, writing the RAM file, QEMU's start and
+        // device state.
         loadMs: Math.round(r.timings.loadMs),
+        writeMs: Math.round(r.timings.writeMs),
         startMs: Math.round(r.timings.startMs),
       }) + '\n',
     );
