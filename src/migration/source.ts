@@ -64,6 +64,8 @@ export class Source {
       throw e;
     }
     h.setRole(r, 'migrating-src', `migrating to ${prep.host} (${mode}) via ${uri}`);
+    // Labelled by the destination's host name, known (and checked) from the prepare reply on.
+    peer.on('rtt', (ms: number) => o.metrics?.heartbeatRtt(r.vm, prep.host, ms / 1000));
     const caps = [
       { capability: 'events', state: true },
       { capability: 'pause-before-switchover', state: true },
