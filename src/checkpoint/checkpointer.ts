@@ -30,8 +30,8 @@ import type { ProgressListener, WorkProgress } from '../util/progress.js';
 export interface CheckpointGate {
   /** Everything the guest sent so far belongs to the state being checkpointed. */
   mark(): number;
-  /** Releases the frames held up to `mark`; returns how many. */
-  release(mark: number): number;
+  /** Releases the frames held up to `mark`, each one's hold time (s) to `onHeld`; returns how many. */
+  release(mark: number, onHeld?: (seconds: number) => void): number;
   /** Frames held now. */
   readonly pending: number;
   /** 'frame': a frame was held. */
@@ -216,7 +216,9 @@ export class Checkpointer {
       const m = await this.engine.round(opts).finally(() => this.endProgress());
       const end = this.engine.lastRoundEnd;
       this.lastRound = { meta: m, endStatus: end?.status, resumed: end?.resumed ?? true, at: performance.now() };
-      const released = this.o.gate ? this.o.gate.release(this.mark) : 0;
+      const metrics = this.o.metrics;
+      const vmId = this.o.store.vmId;
+      const released = this.o.gate ? this.o.gate.release(this.mark, metrics && ((s) => metrics.gateHold(vmId, s))) : 0;
       const st: RoundStat = {
         version: m.version,
         pauseMs: m.pauseMs,

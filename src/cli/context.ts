@@ -10,16 +10,26 @@ import { WriterLease } from '../ha/writer-lease.js';
 import { describeDurability, parseDurability, settleDurability } from '../store/durability.js';
 import { logger } from './log.js';
 
+/** Where persistent state goes, not created (doctor only looks). */
+export function stateDirPath(): string {
+  return process.env.MIGSAFE_STATE_DIR || join(process.env.XDG_STATE_HOME || join(homedir(), '.local', 'state'), 'migsafe');
+}
+
+/** Where guest RAM files and QMP sockets go, not created. */
+export function runDirPath(): string {
+  return process.env.MIGSAFE_RUN_DIR || `/dev/shm/migsafe-${process.getuid?.() ?? 0}`;
+}
+
 /** Persistent state (the private Redis and its AOF): $MIGSAFE_STATE_DIR or ~/.local/state/migsafe. */
 export function stateDir(): string {
-  const d = process.env.MIGSAFE_STATE_DIR || join(process.env.XDG_STATE_HOME || join(homedir(), '.local', 'state'), 'migsafe');
+  const d = stateDirPath();
   mkdirSync(d, { recursive: true, mode: 0o700 });
   return d;
 }
 
 /** Guest RAM files, QMP sockets: tmpfs. $MIGSAFE_RUN_DIR or /dev/shm/migsafe-UID. */
 export function runDir(): string {
-  const d = process.env.MIGSAFE_RUN_DIR || `/dev/shm/migsafe-${process.getuid?.() ?? 0}`;
+  const d = runDirPath();
   mkdirSync(d, { recursive: true, mode: 0o700 });
   return d;
 }

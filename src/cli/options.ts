@@ -9,35 +9,47 @@ import type { LoopSettings } from './checkpoint-loop.js';
 /** What every `--redis` accepts (src/store/redis-url.ts). */
 export const REDIS_FORMS = 'redis://HOST:PORT[/DB], rediss://..., a unix socket path, or redis+sentinel://HOST:PORT,HOST:PORT/NAME (a primary found and followed through Sentinel)';
 
+/** `--redis`, alone: `doctor` checks a store without naming a VM. */
+export function withRedis<T>(y: Argv<T>) {
+  return y.option('redis', {
+    type: 'string',
+    describe: `the checkpoint store: ${REDIS_FORMS} (a password in it is masked in the logs); default: migsafe's own redis-server`,
+  });
+}
+
 export function withStore<T>(y: Argv<T>) {
-  return y
+  return withRedis(y)
     .option('vm', { type: 'string', demandOption: true, describe: 'VM id (letters, digits, . _ -)' })
-    .option('redis', {
-      type: 'string',
-      describe: `the checkpoint store: ${REDIS_FORMS} (a password in it is masked in the logs); default: migsafe's own redis-server`,
-    })
     .check((a) => {
       checkVmId(String((a as { vm: string }).vm));
       return true;
     });
 }
 
-/** `--durability` and `--metrics`: the writers' (withCheckpointing) and the agent's. */
-export function withOperatorOptions<T>(y: Argv<T>) {
+/** `--durability`: the writers', the agent's and `doctor`'s (which checks the store can honour it). */
+export function withDurability<T>(y: Argv<T>) {
   return y
     .option('durability', {
       type: 'string',
       default: 'auto',
       describe: 'when a commit counts: fsync (appendfsync always), replicas:N[:MS] (WAIT), none; auto: fsync where the server does it',
     })
+    .check((a) => {
+      parseDurability(String((a as unknown as { durability: string }).durability));
+      return true;
+    });
+}
+
+/** `--durability` and `--metrics`: the writers' (withCheckpointing) and the agent's. */
+export function withOperatorOptions<T>(y: Argv<T>) {
+  return withDurability(y)
     .option('metrics', {
       type: 'string',
       describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)',
     })
     .check((a) => {
-      const o = a as unknown as { durability: string; metrics?: string };
+      const o = a as unknown as { metrics?: string };
       if (o.metrics !== undefined) parseListen(String(o.metrics));
-      parseDurability(String(o.durability));
       return true;
     });
 }

@@ -16,6 +16,7 @@ const LABEL: Record<WorkProgress['op'], string> = {
   'full-checkpoint': 'full checkpoint',
   compaction: 'compaction',
   'read-checkpoint': 'reading checkpoint',
+  recovery: 'recovery',
   migration: 'migration',
 };
 
@@ -32,7 +33,7 @@ let barOwner: Progress | undefined;
 /** Turns one VM's (or one command's) progress reports into a bar or log lines. */
 export class Progress {
   private bar?: CliProgress.SingleBar;
-  private started = new Map<string, { at: number; lastLog: number }>();
+  private started = new Map<string, { at: number; lastLog: number; phase?: string }>();
 
   constructor(private readonly log: Logger) {}
 
@@ -40,11 +41,19 @@ export class Progress {
   readonly report = (p: WorkProgress): void => {
     const key = `${p.op}:${p.version ?? ''}`;
     const now = Date.now();
-    const fields = { op: p.op, done: p.done, total: p.total, unit: p.unit, ...(p.version !== undefined ? { version: p.version } : {}) };
+    const fields = {
+      op: p.op,
+      done: p.done,
+      total: p.total,
+      unit: p.unit,
+      ...(p.version !== undefined ? { version: p.version } : {}),
+      ...(p.phase !== undefined ? { phase: p.phase } : {}),
+      ...(p.dirtyRate !== undefined ? { dirtyRate: p.dirtyRate } : {}),
+    };
     let s = this.started.get(key);
     if (!s) {
       if (p.finished) return; // the end of one already reported as done
-      s = { at: now, lastLog: now };
+      s = { at: now, lastLog: now, phase: p.phase };
       this.started.set(key, s);
       this.log.debug(fields, `${LABEL[p.op]} started: ${amount(p.total, p.unit)} ${p.unit === 'bytes' ? '' : p.unit}`.trimEnd());
       if (barsWanted && !barOwner && !p.finished && p.total > 0) this.startBar(p);
@@ -53,6 +62,11 @@ export class Progress {
       if (p.total !== this.bar.getTotal()) this.bar.setTotal(p.total);
       this.bar.update(p.done, { amount: this.amounts(p) });
     }
+    if (p.phase !== s.phase) {
+      // A new phase is news on a pipe too (a recovery's step, a migration turning post-copy).
+      s.phase = p.phase;
+      this.log.debug(fields, `${LABEL[p.op]}: ${p.phase}`);
+    }
     const end = p.finished === true || (p.done >= p.total && p.op !== 'migration');
     if (end) {
       this.started.delete(key);
@@ -60,12 +74,19 @@ export class Progress {
       this.log.debug({ ...fields, ms: now - s.at }, `${LABEL[p.op]} done: ${amount(p.done, p.unit)} of ${amount(p.total, p.unit)} in ${now - s.at} ms`);
     } else if (!this.bar && now - s.lastLog >= LOG_EVERY_MS) {
       s.lastLog = now;
-      this.log.info(fields, `${LABEL[p.op]}: ${amount(p.done, p.unit)} of ${amount(p.total, p.unit)}`);
+      this.log.info(fields, `${LABEL[p.op]}: ${amount(p.done, p.unit)} of ${amount(p.total, p.unit)}${this.detail(p)}`);
     }
   };
 
   private amounts(p: WorkProgress): string {
-    return `${amount(p.done, p.unit)}/${amount(p.total, p.unit)}${p.unit === 'bytes' ? '' : ` ${p.unit}`}`;
+    const left = p.op === 'migration' ? `, ${amount(p.total - p.done, p.unit)} left` : '';
+    return `${amount(p.done, p.unit)}/${amount(p.total, p.unit)}${p.unit === 'bytes' ? '' : ` ${p.unit}`}${left}${this.detail(p)}`;
+  }
+
+  /** " (postcopy-active, dirty 1200 pages/s)": the phase and the dirty rate, when reported. */
+  private detail(p: WorkProgress): string {
+    const parts = [p.phase, p.dirtyRate !== undefined ? `dirty ${Math.round(p.dirtyRate)} pages/s` : undefined].filter(Boolean);
+    return parts.length ? ` (${parts.join(', ')})` : '';
   }
 
   private startBar(p: WorkProgress): void {

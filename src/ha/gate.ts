@@ -34,6 +34,8 @@ export interface GateStats {
 
 interface Held {
   seq: number;
+  /** performance.now() when it was held, for the hold time. */
+  at: number;
   ip: string;
   port: number;
   payload: Buffer;
@@ -79,12 +81,14 @@ export class OutputGate extends EventEmitter {
     return this.seq;
   }
 
-  /** The round that covered frames up to `mark` is committed: let them out. */
-  release(mark: number): number {
+  /** The round that covered frames up to `mark` is committed: let them out. `onHeld`: each one's hold time, s. */
+  release(mark: number, onHeld?: (seconds: number) => void): number {
     let n = 0;
+    const now = performance.now();
     while (this.queue.length && this.queue[0]!.seq <= mark) {
       const h = this.queue.shift()!;
       this.send(h);
+      onHeld?.((now - h.at) / 1000);
       n++;
     }
     return n;
@@ -130,7 +134,7 @@ export class OutputGate extends EventEmitter {
     const port = udp.readUInt16BE(2);
     const len = udp.readUInt16BE(4);
     const payload = Buffer.from(udp.subarray(8, Math.max(8, Math.min(len, udp.length))));
-    const h: Held = { seq: ++this.seq, ip: dst, port, payload };
+    const h: Held = { seq: ++this.seq, at: performance.now(), ip: dst, port, payload };
     if (!this.holding) return this.send(h);
     this.stats.held++;
     this.queue.push(h);

@@ -2,6 +2,7 @@
 //
 //   → {"id":1,"op":"prepare","vm":"a",...}     ← {"id":1,"ok":true,"result":{...}}
 //   → {"hb":17}                                   (every heartbeat interval, both ways)
+//   ← {"hbAck":17}                                (its echo: 'rtt' is emitted with the round trip, ms)
 //   → {"event":"...","data":{...}}                (one-way notices)
 //
 // Any line from the other side counts as a heartbeat. When none arrived for `timeoutMs`
@@ -18,6 +19,8 @@ import { isLoopback, refusal, TLS_HINT, type TlsConfig } from './tls.js';
 
 /** A line longer than this closes the connection (the protocol's messages are small). */
 export const MAX_LINE = 1 << 20;
+/** Unanswered heartbeats remembered for their RTT. */
+const HB_KEEP = 64;
 
 export interface HeartbeatOptions {
   intervalMs: number;
@@ -31,6 +34,8 @@ export class Peer extends EventEmitter {
   private nextId = 1;
   private pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private hbTimer?: NodeJS.Timeout;
+  /** When each unanswered heartbeat left (by its number): the RTT is timed here, never from a time the other side sends. */
+  private readonly hbSent = new Map<number, number>();
   private lastSeen = performance.now();
   private suspected = false;
   /** Why the connection ended, when the other side or the socket said so. */
@@ -91,8 +96,12 @@ export class Peer extends EventEmitter {
     this.stopHeartbeat();
     this.lastSeen = performance.now();
     let n = 0;
+    this.hbSent.clear();
     this.hbTimer = setInterval(() => {
       this.write({ hb: ++n });
+      this.hbSent.set(n, performance.now());
+      // A peer that never echoes (an older migsafe) must not grow the map.
+      if (this.hbSent.size > HB_KEEP) this.hbSent.delete(this.hbSent.keys().next().value!);
       if (!this.suspected && performance.now() - this.lastSeen > o.timeoutMs) this.suspect('heartbeat timeout');
     }, o.intervalMs);
   }
@@ -170,7 +179,18 @@ export class Peer extends EventEmitter {
         continue;
       }
       if (typeof m !== 'object' || m === null || Array.isArray(m)) continue;
-      if ('hb' in m) continue;
+      if ('hb' in m) {
+        if (Number.isSafeInteger(m.hb)) this.write({ hbAck: m.hb });
+        continue;
+      }
+      if ('hbAck' in m) {
+        const sent = typeof m.hbAck === 'number' ? this.hbSent.get(m.hbAck) : undefined;
+        if (sent !== undefined) {
+          this.hbSent.delete(m.hbAck as number);
+          this.emit('rtt', performance.now() - sent);
+        }
+        continue;
+      }
       if (typeof m.refused === 'string') {
         this.endReason = `refused by the other side: ${m.refused.slice(0, 500)}`;
         continue;

@@ -70,6 +70,7 @@ export class Destination {
     r.peer = p;
     h.setRole(r, 'incoming', `QEMU pid ${r.qemu.pid} waits for ${req.vm} from ${req.from} on ${uri}`);
     p.startHeartbeat({ intervalMs: o.hbIntervalMs, timeoutMs: o.hbTimeoutMs });
+    p.on('rtt', (ms: number) => o.metrics?.heartbeatRtt(req.vm, req.from, ms / 1000));
     p.on('event', (ev: string, data: Record<string, unknown>) => {
       if (ev === 'lease') {
         let n: { token: number; version: number };

@@ -64,6 +64,8 @@ export class Source {
       throw e;
     }
     h.setRole(r, 'migrating-src', `migrating to ${prep.host} (${mode}) via ${uri}`);
+    // Labelled by the destination's host name, known (and checked) from the prepare reply on.
+    peer.on('rtt', (ms: number) => o.metrics?.heartbeatRtt(r.vm, prep.host, ms / 1000));
     const caps = [
       { capability: 'events', state: true },
       { capability: 'pause-before-switchover', state: true },
@@ -119,11 +121,18 @@ class Outgoing {
   /** QEMU's RAM counters while it migrates: bytes sent, of sent + still to send. */
   private async pollProgress(): Promise<void> {
     const info = await this.qmp
-      .execute<{ status?: string; ram?: { transferred?: number; remaining?: number } }>('query-migrate')
+      .execute<{ status?: string; ram?: { transferred?: number; remaining?: number; 'dirty-pages-rate'?: number } }>('query-migrate')
       .catch(() => undefined);
     const ram = info?.ram;
     if (this.settled || !ram || ram.transferred === undefined) return;
-    this.lastProgress = { op: 'migration', unit: 'bytes', done: ram.transferred, total: ram.transferred + (ram.remaining ?? 0) };
+    this.lastProgress = {
+      op: 'migration',
+      unit: 'bytes',
+      done: ram.transferred,
+      total: ram.transferred + (ram.remaining ?? 0),
+      ...(info?.status ? { phase: info.status } : {}),
+      ...(ram['dirty-pages-rate'] !== undefined ? { dirtyRate: ram['dirty-pages-rate'] } : {}),
+    };
     this.report(this.lastProgress);
   }
 

@@ -312,7 +312,15 @@ export class VmHost {
     this.gate?.discard();
     await r.store.cleanupPending().catch(() => []);
     const paths = vmPaths(this.o.runDir, `${r.vm}.${this.o.host}.r${Date.now()}`);
-    const rec = await recoverVm({ store: r.store, paths, logFd: this.qemuLog(r.vm), ft: (bin) => this.useFt(bin), diesWithMigsafe: true });
+    const rec = await recoverVm({
+      store: r.store,
+      paths,
+      logFd: this.qemuLog(r.vm),
+      ft: (bin) => this.useFt(bin),
+      diesWithMigsafe: true,
+      onProgress: (p) => r.progress?.({ op: 'read-checkpoint', unit: 'frames', ...p }),
+      onStep: (p) => r.progress?.(p),
+    });
     r.paths = paths;
     r.qemu = rec.qemu;
     r.qmp = rec.qmp;

@@ -6,6 +6,7 @@ import { launchQemu, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
 import { QmpClient } from '../qemu/qmp.js';
 import type { CheckpointStore } from '../store/checkpoint-store.js';
 import { loadVersion, type LoadProgress, type RestorePlan } from '../store/reader.js';
+import { RECOVERY_STEPS, type ProgressListener } from '../util/progress.js';
 
 export interface RecoverOptions {
   store: CheckpointStore;
@@ -16,6 +17,8 @@ export interface RecoverOptions {
   logFd?: number;
   onPlan?: (plan: RestorePlan) => void;
   onProgress?: (p: LoadProgress) => void;
+  /** After the read: each of RECOVERY_STEPS as it starts (src/util/progress.ts), as a WorkProgress of op 'recovery'. */
+  onStep?: ProgressListener;
   /** Replace the recorded QEMU binary (e.g. the patched build). */
   qemuBinary?: string;
   /** Decides, given the QEMU binary, whether to add the migsafe-ft object. */
@@ -43,6 +46,15 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
   const loaded = await loadVersion(o.store, o.version, { onPlan: o.onPlan, onProgress: o.onProgress });
   const plan = loaded.plan;
   const t1 = performance.now();
+  const total = RECOVERY_STEPS.length - 1;
+  const step = (done: number) => {
+    try {
+      o.onStep?.({ op: 'recovery', unit: 'steps', done, total, phase: RECOVERY_STEPS[done], version: plan.target.version });
+    } catch {
+      /* progress is news, never a reason for the recovery to fail */
+    }
+  };
+  step(0);
 
   writeRam(o.paths.ram, loaded.image);
   await writeFile(o.paths.deviceState, loaded.deviceState, { mode: 0o600 });
@@ -51,6 +63,7 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
   const argv = [...plan.vm.argv];
   if (o.qemuBinary) argv[0] = o.qemuBinary;
   const ft = o.ft?.(argv[0]!) ?? false;
+  step(1);
   const qemu = launchQemu({ argv, ramBytes: plan.vm.ramBytes, paths: o.paths, incoming: true, logFd: o.logFd, cwd: plan.vm.cwd, ft, diesWithMigsafe: o.diesWithMigsafe });
   let qmp: QmpClient;
   try {
@@ -69,6 +82,7 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
     throw e;
   }
   try {
+    step(2);
     await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(o.paths.deviceState)}` });
     await waitIncomingDone(qmp, 60_000);
     const st = await qmp.execute<{ status: string; running: boolean }>('query-status');
@@ -83,6 +97,7 @@ export async function recoverVm(o: RecoverOptions): Promise<Recovered> {
     throw new Error(`QEMU refused the device state of version ${plan.target.version}: ${(e as Error).message}`);
   }
   const t2 = performance.now();
+  step(3);
   return {
     plan,
     qemu,

@@ -40,12 +40,19 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function redisServerBinary(): string {
+/** The redis-server on PATH, or undefined. */
+export function findRedisServer(): string | undefined {
   try {
-    return execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).trim();
+    return execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).trim() || undefined;
   } catch {
-    throw new Error('redis-server is not installed: `apt-get install redis-server` (or give --redis URL)');
+    return undefined;
   }
+}
+
+function redisServerBinary(): string {
+  const b = findRedisServer();
+  if (!b) throw new Error('redis-server is not installed: `apt-get install redis-server` (or give --redis URL)');
+  return b;
 }
 
 /** Starts a redis-server that outlives this process (checkpoints must survive the sidecar). */
@@ -131,6 +138,11 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
 
 /** The private server of this user's state directory: reused while it runs, started when not. */
 export async function ensureLocalRedis(stateDir: string): Promise<string> {
+  return runningLocalRedis(stateDir) ?? (await startRedisServer({ dir: join(stateDir, 'redis') })).url;
+}
+
+/** The socket of the private server of `stateDir` when it runs, without starting one. */
+export function runningLocalRedis(stateDir: string): string | undefined {
   const dir = join(stateDir, 'redis');
   const sock = join(dir, 'redis.sock');
   const pidfile = join(dir, 'redis.pid');
@@ -138,7 +150,7 @@ export async function ensureLocalRedis(stateDir: string): Promise<string> {
     const pid = Number(readFileSync(pidfile, 'utf8').trim());
     if (pid > 0 && processAlive(pid)) return sock;
   }
-  return (await startRedisServer({ dir })).url;
+  return undefined;
 }
 
 export interface ConnectOptions {

@@ -26,6 +26,10 @@ export interface RecoveryReport {
 // Pauses are milliseconds to a few seconds; rounds up to tens of seconds (a first full checkpoint).
 const PAUSE_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 const ROUND_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+// Heartbeats: sub-millisecond on a LAN, up to the failure detector's timeout (1.5 s by default).
+const RTT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+// A packet is held from when the guest sent it to the commit of the round after: up to an interval plus a round.
+const HOLD_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export class Metrics {
   readonly registry = new Registry();
@@ -90,6 +94,20 @@ export class Metrics {
     labelNames: ['vm', 'phase'],
     registers: [this.registry],
   });
+  private readonly rttSeconds = new Histogram({
+    name: 'migsafe_heartbeat_rtt_seconds',
+    help: "Round trip of a heartbeat to the other agent of a migration and its echo",
+    labelNames: ['vm', 'peer'],
+    buckets: RTT_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly holdSeconds = new Histogram({
+    name: 'migsafe_gate_hold_seconds',
+    help: 'How long the output gate held each released guest packet (held until the round explaining it committed)',
+    labelNames: ['vm'],
+    buckets: HOLD_BUCKETS,
+    registers: [this.registry],
+  });
   private readonly recoveries = new Counter({
     name: 'migsafe_recoveries_total',
     help: 'VMs rebuilt from the store',
@@ -150,6 +168,16 @@ export class Metrics {
     this.recoverySeconds.set({ vm, phase: 'load' }, r.loadMs / 1000);
     this.recoverySeconds.set({ vm, phase: 'start' }, r.startMs / 1000);
     this.recoverySeconds.set({ vm, phase: 'total' }, r.totalMs / 1000);
+  }
+
+  /** A heartbeat's round trip to `peer` (its host name) during a migration of `vm`. */
+  heartbeatRtt(vm: string, peer: string, seconds: number): void {
+    this.rttSeconds.observe({ vm, peer }, seconds);
+  }
+
+  /** A packet the gate released after holding it this long. */
+  gateHold(vm: string, seconds: number): void {
+    this.holdSeconds.observe({ vm }, seconds);
   }
 
   /** Reads the gate's held packets at each scrape. */

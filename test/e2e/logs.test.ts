@@ -1,5 +1,5 @@
 // What an operator sees: the real CLI under a pseudo-terminal (util-linux `script`) writes
-// pino-pretty lines and a progress bar; through a pipe the same command writes JSON lines only
+// pino-pretty lines and progress bars (the read, then the recovery steps); through a pipe the same command writes JSON lines only
 // (vm and version fields, progress as debug lines with done/total), and never a password.
 // The command: `recover` of a small checkpoint written here, with a QEMU binary that exits at
 // once — it reads (and shows progress of) the whole checkpoint before failing to start QEMU.
@@ -50,6 +50,7 @@ t.test('a terminal gets readable lines and a bar; a pipe gets JSON lines', { ski
   t.equal(pty.status, 2, 'recover fails: the QEMU binary exits at once');
   t.match(seen, new RegExp(`\\[\\d\\d:\\d\\d:\\d\\d\\.\\d{3}\\] INFO: ${VM}: restoring version ${version} \\(from a zero image \\+ 1 version\\(s\\)\\)`), 'a pretty line: time, level, vm, message');
   t.match(seen, new RegExp(`${VM}: reading checkpoint \\[=+-*\\] 100% \\d+/\\d+ frames`), 'a progress bar that reached 100 %');
+  t.match(seen, new RegExp(`${VM}: recovery \\[[=-]+\\] \\d+% [01]/3 steps \\((writing the RAM file|starting QEMU)\\)`), "then the recovery's steps as a bar, naming the step");
   t.match(seen, new RegExp(`FATAL: ${VM}: QEMU exited \\(1\\) before its QMP socket came up`), 'the failure as a pretty line, naming the VM');
   t.notMatch(seen, /^\{"level"/m, 'no JSON line on the terminal');
 
@@ -66,6 +67,8 @@ t.test('a terminal gets readable lines and a bar; a pipe gets JSON lines', { ski
   t.match(progress.at(-1), { level: 'debug', vm: VM, version, unit: 'frames' });
   t.equal(progress.at(-1)!.done, progress.at(-1)!.total, 'the last one: all frames read');
   t.match(json.at(-1), { level: 'fatal', vm: VM, msg: /QEMU exited \(1\) before its QMP socket came up/ });
+  const steps = json.filter((l) => l.op === 'recovery').map((l) => l.phase);
+  t.same([...new Set(steps)], ['writing the RAM file', 'starting QEMU'], 'the recovery steps reached, as log lines with phase (QEMU then died)');
 
   // The default level hides debug lines; a higher one hides the info lines too.
   const quiet = await runCli([...args, '--log-level', 'error'], env, 60_000);

@@ -61,6 +61,11 @@ t.test('run and recover serve metrics that move with the guest', async (t) => {
   t.ok(lag !== undefined && lag >= 0 && lag < 60, `lag of the newest version: ${lag} s`);
   t.ok(sample(first, 'process_resident_memory_bytes')! > 0, "the process's own metrics are there");
   t.match(first, /# TYPE migsafe_checkpoint_round_duration_seconds histogram/);
+  // `run` has no output gate and no peer: the agent's series are declared and stay empty here
+  // (test/e2e/migration.test.ts's post-copy case sees them move).
+  t.match(first, /# TYPE migsafe_heartbeat_rtt_seconds histogram/);
+  t.match(first, /# TYPE migsafe_gate_hold_seconds histogram/);
+  t.notMatch(first, /^migsafe_gate_hold_seconds_count/m, 'no hold time without a gate');
 
   const second = await waitFor('more versions', 60_000, async () => {
     const text = await scrape(url);

@@ -61,6 +61,21 @@ for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
       t.equal(series(dst, 'migsafe_lease_token{vm="m1"}'), st.leaseToken, 'the lease token in the metrics is the one in the status');
       t.equal(series(src, 'migsafe_lease_token{vm="m1"}'), 0, 'the source holds no lease any more');
       t.ok(series(dst, 'migsafe_gate_held_packets{vm="m1"}') >= 0, 'the gate reports what it holds');
+      // Heartbeats went both ways during the migration, each side timing its own (labelled by the other's host).
+      for (const [text, peer] of [[src, 'dst'], [dst, 'src']] as const) {
+        const n = series(text, `migsafe_heartbeat_rtt_seconds_count{vm="m1",peer="${peer}"}`);
+        const sum = series(text, `migsafe_heartbeat_rtt_seconds_sum{vm="m1",peer="${peer}"}`);
+        t.ok(n > 0, `${peer === 'dst' ? 'the source' : 'the destination'} timed ${n} heartbeat round trips to ${peer}`);
+        // Below the failure detector's 1.5 s timeout: a round trip that long would have suspected the peer.
+        t.ok(sum > 0 && sum / n < 1.5, `mean RTT to ${peer}: ${((sum / n) * 1000).toFixed(2)} ms`);
+      }
+      // The gate released packets after their round committed: each held a positive time, under a few rounds' worth.
+      for (const [text, who] of [[src, 'source'], [dst, 'destination']] as const) {
+        const n = series(text, 'migsafe_gate_hold_seconds_count{vm="m1"}');
+        const sum = series(text, 'migsafe_gate_hold_seconds_sum{vm="m1"}');
+        t.ok(n > 0, `the ${who}'s gate released ${n} held packets`);
+        t.ok(sum > 0 && sum / n < 30, `mean hold at the ${who}: ${((sum / n) * 1000).toFixed(0)} ms`);
+      }
     }
   });
 }

@@ -13,6 +13,7 @@ import { recoverCommand } from './recover.js';
 import { runCommand } from './run.js';
 import { sidecarCommand } from './sidecar.js';
 import { configCommand } from './config.js';
+import { doctorCommand } from './doctor.js';
 import { buildRegistry, withConfigFile, type Registry } from '../config-file.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -28,6 +29,7 @@ const verbs: CommandModule<any, any>[] = [
   agentCommand,
   migrateCommand,
   demoMigrateCommand,
+  doctorCommand,
 ];
 
 let reg: Registry | undefined;

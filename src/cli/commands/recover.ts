@@ -45,6 +45,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
         );
       },
       onProgress: (p) => progress.report({ op: 'read-checkpoint', unit: 'frames', version, ...p }),
+      onStep: progress.report,
     }).finally(() => progress.close());
     if (a.pidfile) writeFileSync(a.pidfile, `${r.qemu.pid}\n`);
     loop.metrics?.recovered(a.vm, r.timings);

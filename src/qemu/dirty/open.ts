@@ -32,7 +32,7 @@ export async function openDirtySource(o: OpenDirtySourceOptions): Promise<DirtyS
 const ftKnown = new Map<string, boolean>();
 
 /** Whether a QEMU binary has the migsafe-ft object (the patched build); asked once per binary. */
-function qemuHasFt(qemuBinary: string): boolean {
+export function qemuHasFt(qemuBinary: string): boolean {
   let has = ftKnown.get(qemuBinary);
   if (has === undefined) {
     const r = spawnSync(qemuBinary, ['-object', 'help'], { encoding: 'utf8', timeout: 10_000 });
