@@ -19,6 +19,8 @@ export interface RoundReport {
 /** Phases of a recovery from the store, in ms. */
 export interface RecoveryReport {
   loadMs: number;
+  /** Writing the RAM file (recovery from the store; a live recovery has no such phase). */
+  writeMs?: number;
   startMs: number;
   totalMs: number;
 }
@@ -166,6 +168,7 @@ export class Metrics {
   recovered(vm: string, r: RecoveryReport): void {
     this.recoveries.inc({ vm });
     this.recoverySeconds.set({ vm, phase: 'load' }, r.loadMs / 1000);
+    if (r.writeMs !== undefined) this.recoverySeconds.set({ vm, phase: 'write' }, r.writeMs / 1000);
     this.recoverySeconds.set({ vm, phase: 'start' }, r.startMs / 1000);
     this.recoverySeconds.set({ vm, phase: 'total' }, r.totalMs / 1000);
   }

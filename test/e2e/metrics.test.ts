@@ -90,9 +90,10 @@ t.test('run and recover serve metrics that move with the guest', async (t) => {
   t.equal(sample(r, `migsafe_recoveries_total{vm="${vm}"}`), 1, 'one recovery');
   const load = sample(r, `migsafe_recovery_duration_seconds{vm="${vm}",phase="load"}`)!;
   const start = sample(r, `migsafe_recovery_duration_seconds{vm="${vm}",phase="start"}`)!;
+  const write = sample(r, `migsafe_recovery_duration_seconds{vm="${vm}",phase="write"}`)!;
   const total = sample(r, `migsafe_recovery_duration_seconds{vm="${vm}",phase="total"}`)!;
-  t.ok(load > 0 && start > 0, `phases: load ${load} s, start ${start} s`);
-  t.ok(Math.abs(load + start - total) < 1e-3, 'the phases add up to the total');
+  t.ok(load > 0 && write > 0 && start > 0, `phases: load ${load} s, write ${write} s, start ${start} s`);
+  t.ok(Math.abs(load + write + start - total) < 1e-3, 'the phases add up to the total');
   rec.child.kill('SIGTERM');
   t.equal(await rec.exited, 0, 'recover stops cleanly on SIGTERM');
   killQuietly(qemuPid);
