@@ -68,6 +68,9 @@ t.test('a store silent past the fencing margin: the VM is fenced, then recovered
   const back = await waitFor('the VM to be recovered here', 90_000, () => {
     const s = status();
     return s && s.role === 'owner' && s.pid > 0 && s.pid !== before.pid && s.recoveries.length > 0 ? s : undefined;
+  }).catch((e: Error) => {
+    // Say what the agent saw: its status and the end of its log.
+    throw new Error(`${e.message}; status ${JSON.stringify(status())}; agent log ends:\n${agent.err().slice(-4000)}`);
   });
   t.match(back.recoveries[back.recoveries.length - 1]!.why, /nobody took the VM over/, 'the agent recovered it, saying why');
   t.ok(alive(back.pid), `a new QEMU (${back.pid}) runs the VM`);
