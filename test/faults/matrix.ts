@@ -178,6 +178,16 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   const st = await waitFor(`${survivor} to own the VM`, 120_000, () => {
     const s = c.status(survivor)?.vms[0];
     return s?.role === 'owner' && s.pid > 0 && (!expectRecovery || s.recoveries.length > 0) ? s : undefined;
+  }).catch((e: Error) => {
+    // Say what the survivor saw: its status and the end of its agent's log.
+    const file = c.agents[survivor]?.log;
+    let log = '';
+    try {
+      log = file ? readFileSync(file, 'utf8') : '';
+    } catch {
+      /* no log */
+    }
+    throw new Error(`${e.message}; status ${JSON.stringify(c.status(survivor)?.vms[0])}; ${survivor} agent's log ends:\n${log.slice(-4000)}`);
   });
   if (scenario === 'source-agent-stopped') {
     // The destination runs the VM; the source agent wakes to a lease it no longer holds.
