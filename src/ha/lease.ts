@@ -2,7 +2,7 @@
 //
 // The rule that decides which copy runs after a failure or a partition: ONLY THE HOLDER OF
 // THE LEASE RUNS THE VM. The holder renews it every ttl/4; a holder that has not renewed for
-// `ttl - margin` (it cannot reach the store) kills its own QEMU before the lease can expire in
+// `ttl - margin` (it cannot reach the store) stops its own QEMU (kills or freezes it: ownership.ts) before the lease can expire in
 // Redis; another side may take the lease only after it expired (or is handed over). So the
 // side that can reach the store wins, and two copies never run at once.
 import type { Redis } from 'ioredis';

@@ -1,6 +1,6 @@
 // Ownership of a VM through its store lease (lease.ts): renewing it in the background, telling
 // whether it is still safe to run the VM on it, waiting for a free lease, and fencing — killing
-// this side's QEMU and dropping what the gate holds — when it is not.
+// or freezing this side's QEMU and dropping what the gate holds — when it is not.
 import type { Lease } from './lease.js';
 import type { OutputGate } from './gate.js';
 
@@ -62,6 +62,26 @@ export function fence(pid: number | undefined, lease: Lease, gate: OutputGate | 
   const dropped = gate?.discard() ?? 0;
   lease.token = 0;
   return dropped;
+}
+
+/**
+ * This side may no longer run the VM for now (the store is silent): stop its QEMU in place
+ * (SIGSTOP: it runs no guest code and sends nothing, as if killed, but can go on), drop what
+ * it would have sent, forget the lease. Returns the dropped packets.
+ */
+export function freeze(pid: number, lease: Lease, gate: OutputGate | undefined): number {
+  signalPid(pid, 'SIGSTOP');
+  const dropped = gate?.discard() ?? 0;
+  lease.token = 0;
+  return dropped;
+}
+
+export function signalPid(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* gone */
+  }
 }
 
 export function killPid(pid: number): void {

@@ -20,7 +20,7 @@ import { listen, requireTlsOrLoopback, type Peer } from '../ha/peer.js';
 import { VmHost, type AgentOptions, type VmRuntime } from './vm-runtime.js';
 import { Source, type MigrateRequest, type MigrateResult } from './source.js';
 import { Destination } from './destination.js';
-import { onLeaseTick } from './decisions.js';
+import { onFencedReclaim, onLeaseTick } from './decisions.js';
 import { checkHostName, checkMigrateRequest, checkPrepareRequest } from './protocol.js';
 
 export type { AgentOptions, MigrationMode, Role } from './vm-runtime.js';
@@ -36,6 +36,9 @@ export class Agent {
   private leaseRedis: Redis;
   /** Fenced VMs whose lease is being asked back (one attempt at a time). */
   private readonly reclaiming = new Set<string>();
+  /** Per VM: failed recoveries of a fenced VM in a row, and when the next may start. */
+  private readonly retries = new Map<string, number>();
+  private readonly retryAt = new Map<string, number>();
   private server?: Server;
   private timers: NodeJS.Timeout[] = [];
   private readonly host: VmHost;
@@ -174,6 +177,8 @@ export class Agent {
         ric: r.ric ?? null,
         events: r.events,
         recoveries: r.recoveries,
+        thaws: r.thaws ?? [],
+        frozen: r.frozen !== undefined,
         gate: gate?.stats ?? null,
       })),
     };
@@ -218,27 +223,55 @@ export class Agent {
       }
       this.ownership.renew(r.lease);
       const d = onLeaseTick({ role: r.role, hasQemu: r.qemu !== undefined, lease: this.ownership.standing(r.lease) });
-      if (d.fence) this.host.fence(r, d.why);
+      if (d.fence && d.how === 'freeze') this.host.freeze(r, d.why);
+      else if (d.fence) this.host.fence(r, d.why);
     }
   }
 
   /**
-   * A VM this side fenced (its QEMU killed) while it could not renew the lease: once the store
-   * answers again and nobody took the lease meanwhile (Lease.reclaim: still ours, or free with
-   * the epoch unchanged), nobody else runs the VM — recover it here, or it stays down for good.
-   * A peer that took the lease (a migration's other side) runs it: reclaim fails, nothing happens.
+   * A VM this side fenced while it could not renew the lease: once the store answers again and
+   * nobody took the lease meanwhile (Lease.reclaim: still ours, or free with the epoch
+   * unchanged), nobody else runs the VM — its frozen QEMU goes on, or (QEMU gone) it is recovered
+   * here from the store, else it stays down for good. A peer that took the lease (a migration's
+   * other side) runs it: a frozen QEMU here is killed. A failed recovery is retried with a
+   * growing pause, so that a store that keeps refusing does not make the agent spin.
    */
   private reclaimFenced(r: VmRuntime): void {
-    if (this.reclaiming.has(r.vm)) return;
+    if (this.reclaiming.has(r.vm) || performance.now() < (this.retryAt.get(r.vm) ?? 0)) return;
     this.reclaiming.add(r.vm);
-    void r.lease
-      .reclaim()
-      .then(async (got) => {
-        if (got && r.role === 'fenced') await this.host.recoverHere(r, 'the store answers again and nobody took the VM over');
+    const why = 'the store answers again and nobody took the VM over';
+    void (async () => {
+      const reclaimed = await r.lease.reclaim();
+      if (r.role !== 'fenced') return;
+      const hasCheckpoint = reclaimed && !r.frozen ? (await r.store.committed()).length > 0 : false;
+      switch (onFencedReclaim({ reclaimed, frozen: r.frozen !== undefined, hasCheckpoint })) {
+        case 'thaw':
+          return this.host.thaw(r, why);
+        case 'recover':
+          return this.host.recoverHere(r, why);
+        case 'kill-frozen':
+          return this.host.fence(r, 'another host took the lease while the store was silent');
+        case 'give-up':
+          await r.lease.release();
+          return this.host.setRole(r, 'none', `${why}, but its QEMU is gone and no checkpoint was ever committed: nothing can bring VM ${r.vm} back — start it again`);
+        case 'nothing':
+          return;
+      }
+    })()
+      .then(() => {
+        if (r.role !== 'owner') return;
+        this.retries.delete(r.vm);
+        this.retryAt.delete(r.vm);
       })
       .catch((e: Error) => {
-        // Fenced again (QEMU gone, lease dropped): the next tick asks for the lease anew.
-        if (r.role !== 'fenced') this.host.fence(r, `recovery failed (${e.message}); trying again once the lease can be had`);
+        // The store still silent (reclaim timed out): the next tick asks again. A failed
+        // recovery (QEMU gone, lease dropped): asked again after a pause that doubles, to 30 s.
+        if (r.role === 'fenced') return;
+        const n = (this.retries.get(r.vm) ?? 0) + 1;
+        this.retries.set(r.vm, n);
+        const pauseMs = Math.min(30_000, 500 * 2 ** (n - 1));
+        this.retryAt.set(r.vm, performance.now() + pauseMs);
+        this.host.fence(r, `recovery failed (${e.message}); trying again in ${(pauseMs / 1000).toFixed(1)} s once the lease can be had`);
       })
       .finally(() => this.reclaiming.delete(r.vm));
   }

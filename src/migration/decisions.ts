@@ -149,12 +149,31 @@ function onSourceFailed(s: SourceState): SourceStep {
 /** The roles in which this side's QEMU runs the guest: they need the lease (post-copy's source only serves pages). */
 const RUNS_THE_VM: readonly Role[] = ['owner', 'postcopy-dst', 'migrating-src'];
 
-/** Every lease tick, per VM: a side running the VM without a safe lease kills its QEMU. */
-export function onLeaseTick(s: { role: Role; hasQemu: boolean; lease: LeaseStanding }): { fence: false } | { fence: true; why: string } {
+/**
+ * Every lease tick, per VM: a side running the VM without a safe lease stops its QEMU.
+ * `freeze` (SIGSTOP, kept) where only the store is silent and the VM simply runs here: if the
+ * lease comes back to this side unchanged, nobody else ran the VM and the same QEMU goes on, with
+ * nothing lost — the only way a VM fenced before its first commit survives. Else `kill`: another
+ * host holds the lease (it may run the VM), or a migration is under way (its state is the other
+ * side's too).
+ */
+export function onLeaseTick(s: { role: Role; hasQemu: boolean; lease: LeaseStanding }): { fence: false } | { fence: true; how: 'freeze' | 'kill'; why: string } {
   if (!s.hasQemu || !RUNS_THE_VM.includes(s.role)) return { fence: false };
-  if (s.lease === 'lost') return { fence: true, why: 'the lease is held by another host' };
-  if (s.lease === 'unrenewed') return { fence: true, why: 'cannot reach the store to renew the lease' };
+  if (s.lease === 'lost') return { fence: true, how: 'kill', why: 'the lease is held by another host' };
+  if (s.lease === 'unrenewed') return { fence: true, how: s.role === 'owner' ? 'freeze' : 'kill', why: 'cannot reach the store to renew the lease' };
   return { fence: false };
+}
+
+/**
+ * A fenced VM, once the store answers again: `reclaimed` — the lease came back to this side
+ * (nobody held it meanwhile). A frozen QEMU then goes on; without one the VM is recovered from
+ * the store, if it has a committed checkpoint — else nothing can bring it back, and retrying
+ * would only spin. A lease another host took means that host runs the VM: a frozen QEMU here is killed.
+ */
+export function onFencedReclaim(s: { reclaimed: boolean; frozen: boolean; hasCheckpoint: boolean }): 'thaw' | 'recover' | 'give-up' | 'kill-frozen' | 'nothing' {
+  if (!s.reclaimed) return s.frozen ? 'kill-frozen' : 'nothing';
+  if (s.frozen) return 'thaw';
+  return s.hasCheckpoint ? 'recover' : 'give-up';
 }
 
 // ------------------------------------------------------------------ destination side

@@ -14,7 +14,8 @@ import type { Durability, DurabilityChoice } from '../store/durability.js';
 import { recoverVm } from '../recovery/recover.js';
 import { Lease } from '../ha/lease.js';
 import { OutputGate } from '../ha/gate.js';
-import { fence as fenceQemu, killPid, type Ownership } from '../ha/ownership.js';
+import { fence as fenceQemu, freeze as freezeQemu, killPid, signalPid, type Ownership } from '../ha/ownership.js';
+import { loadVersion } from '../store/reader.js';
 import type { Peer } from '../ha/peer.js';
 import type { TlsConfig } from '../ha/tls.js';
 import { Checkpointer, type CheckpointerOptions, type RoundStat } from '../checkpoint/checkpointer.js';
@@ -104,6 +105,10 @@ export interface VmRuntime {
   /** Statistics of every checkpoint round this host took for the VM. */
   rounds: RoundStat[];
   recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
+  /** Fenced by a silent store with its QEMU frozen (SIGSTOP, r.qemu kept): its old loop's end, and whether it had QEMU's bitmap. */
+  frozen?: { stopped: Promise<void>; bitmap: boolean };
+  /** Times this side resumed a frozen QEMU, the lease back (shown in the status). */
+  thaws?: { at: number; ms: number; fromVersion: number | null }[];
 }
 
 /** What a checkpoint loop needs beyond the VM's I/O: FIC's or RIC's schedule. */
@@ -158,6 +163,8 @@ export class VmHost {
 
   note(r: VmRuntime, msg: string): void {
     r.events.push(`${Date.now()} ${msg}`);
+    // The status keeps the recent story, not all of it: an agent runs for months.
+    if (r.events.length > 400) r.events.splice(0, r.events.length - 200);
     r.log.info({ role: r.role }, msg);
     this.changed();
   }
@@ -199,6 +206,7 @@ export class VmHost {
   private watchExit(r: VmRuntime, q: LaunchedQemu): void {
     void q.exited.then((c) => {
       if (r.qemu !== q) return;
+      r.frozen = undefined;
       this.note(r, `QEMU exited (${c})`);
       void this.stop(r);
       r.qemu = undefined;
@@ -227,13 +235,52 @@ export class VmHost {
     return this.stop(r);
   }
 
-  /** This side may no longer run the VM: kill its QEMU, drop what it would have sent. */
+  /** This side may no longer run the VM: kill its QEMU (frozen or not), drop what it would have sent. */
   fence(r: VmRuntime, why: string): void {
     const pid = r.qemu?.pid;
     const dropped = fenceQemu(pid, r.lease, this.gate);
     r.qemu = undefined;
+    r.frozen = undefined;
     void this.stop(r);
-    this.setRole(r, 'fenced', `${why}: QEMU ${pid} killed, ${dropped} held packet(s) dropped`);
+    this.setRole(r, 'fenced', `${why}: ${pid ? `QEMU ${pid} killed` : 'no QEMU here'}, ${dropped} held packet(s) dropped`);
+  }
+
+  /**
+   * The store is silent: this side may not run the VM for now, but nobody else may have it yet.
+   * Its QEMU is frozen in place (the checkpoint loop stops; its round under way, stuck on QMP,
+   * ends once QEMU goes on) — thawed if the lease comes back unchanged, killed if another took it.
+   */
+  freeze(r: VmRuntime, why: string): void {
+    const pid = r.qemu!.pid;
+    const dropped = freezeQemu(pid, r.lease, this.gate);
+    r.frozen = { stopped: this.stop(r), bitmap: r.dirty !== undefined };
+    this.setRole(r, 'fenced', `${why}: QEMU ${pid} frozen until the store answers, ${dropped} held packet(s) dropped`);
+  }
+
+  /**
+   * The lease came back to this side unchanged (nobody ran the VM meanwhile): the frozen QEMU
+   * goes on where it stopped, nothing lost, and FIC starts again from the store's newest version
+   * (a full compare first; the very first checkpoint if none was committed).
+   */
+  async thaw(r: VmRuntime, why: string): Promise<void> {
+    const t0 = performance.now();
+    const q = r.qemu!;
+    const f = r.frozen!;
+    r.frozen = undefined;
+    signalPid(q.pid, 'SIGCONT');
+    // The lease is held and fresh: the fencing rule watches the VM again from now on.
+    this.setRole(r, 'owner', `${why}: QEMU ${q.pid} goes on`);
+    await f.stopped;
+    const fresh = () => r.qemu === q && r.role === 'owner' && !r.frozen && !r.ckpt;
+    const resumeFrom = (await r.store.committed()).length ? await loadVersion(r.store) : undefined;
+    if (!fresh()) return; // fenced again, or gone, meanwhile
+    const dirty = f.bitmap ? await this.openBitmap(r, 'fic') : undefined;
+    if (!fresh()) return void dirty?.close();
+    r.dirty = dirty;
+    this.startFic(r, resumeFrom && { image: resumeFrom.image, version: resumeFrom.version }, dirty);
+    const ms = performance.now() - t0;
+    (r.thaws ??= []).push({ at: Date.now(), ms, fromVersion: resumeFrom?.version ?? null });
+    this.note(r, `FIC goes on ${resumeFrom ? `from version ${resumeFrom.version}` : 'with a first full checkpoint'} (${ms.toFixed(0)} ms after the lease came back)`);
   }
 
   /**

@@ -1,7 +1,8 @@
 // The store goes silent (redis-server SIGSTOPped) past the agent's fencing margin: by the
-// ownership rule the agent kills its QEMU. When the store answers again and nobody took the
-// lease, the agent must bring the VM back itself from the store — else it stays down for good.
-// A real redis-server, a real agent process, a real guest.
+// ownership rule the agent stops its QEMU — frozen in place (SIGSTOP), since only the store is
+// silent. When the store answers again and nobody took the lease, the same QEMU goes on, nothing
+// lost. If the frozen QEMU died meanwhile, the agent brings the VM back from the store itself —
+// else it would stay down for good. A real redis-server, a real agent process, a real guest.
 import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -24,7 +25,16 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-t.test('a store silent past the fencing margin: the VM is fenced, then recovered here once the store is back', async (t) => {
+/** The process's state letter in /proc (T: stopped by a signal). */
+function procState(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0];
+  } catch {
+    return undefined;
+  }
+}
+
+t.test('a store silent past the fencing margin: the VM is frozen and goes on once the store is back; if its QEMU died meanwhile, it is recovered here', async (t) => {
   const srv = await testRedis(t);
   const dir = mkdtempSync(join(tmpdir(), 'migsafe-outage-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -49,37 +59,62 @@ t.test('a store silent past the fencing margin: the VM is fenced, then recovered
       return undefined;
     }
   };
-  const before = await waitFor('FIC rounds', 90_000, () => {
+  // A timeout says what the agent saw: its status (without the full story) and the end of its log.
+  const seen = (e: Error): never => {
+    const s = status();
+    throw new Error(`${e.message}; status ${JSON.stringify(s && { ...s, events: s.events.slice(-12), rounds: s.rounds.length })}; agent log ends:\n${agent.err().slice(-4000)}`);
+  };
+  const owning = (minRounds: number) => () => {
     if (agent.child.exitCode !== null) throw new Error(`the agent exited: ${agent.err()}`);
     const s = status();
-    return s && s.role === 'owner' && s.rounds.length >= 2 ? s : undefined;
-  });
+    return s && s.role === 'owner' && !s.frozen && s.head > 0 && s.rounds.length >= minRounds ? s : undefined;
+  };
+  const before = await waitFor('FIC rounds', 90_000, owning(2)).catch(seen);
   await waitForConsole(serial, (c) => c.verifiedCount >= 1, 90_000);
 
-  // The store stops answering (connections stay open): renewals time out.
+  // 1. The store stops answering (connections stay open): renewals time out.
   process.kill(srv.pid, 'SIGSTOP');
-  await waitFor('the agent to fence its VM', 30_000, () => (status()?.role === 'fenced' ? true : undefined));
-  await waitFor('the old QEMU to be gone', 10_000, () => (alive(before.pid) ? undefined : true));
-  t.pass(`by the ownership rule, QEMU ${before.pid} was killed while the store was silent`);
+  await waitFor('the agent to fence its VM', 30_000, () => (status()?.role === 'fenced' ? status() : undefined)).catch(seen);
+  t.ok(status()?.frozen, 'fenced with its QEMU frozen, not killed');
+  await waitFor('the QEMU to be stopped', 10_000, () => (procState(before.pid) === 'T' ? true : undefined)).catch(seen);
+  t.pass(`QEMU ${before.pid} runs no guest code while the store is silent`);
   await sleep(1000);
+  const thawsBefore = status()?.thaws.length ?? 0;
   process.kill(srv.pid, 'SIGCONT');
+  let mark = readFileSync(serial, 'latin1').length;
+  const on = await waitFor('the frozen VM to go on', 60_000, () => {
+    const s = owning(0)();
+    return s && s.thaws.length > thawsBefore && s.ckpt === 'fic' && s.head > before.head ? s : undefined;
+  }).catch(seen);
+  t.equal(on.pid, before.pid, 'the same QEMU goes on');
+  t.not(procState(on.pid), 'T', 'and runs');
+  t.equal(on.recoveries.length, 0, 'no recovery was needed');
+  await waitForConsole(serial, (_c, text) => {
+    const q = parseConsole(text.slice(mark));
+    return q.verifiedCount >= 1 || q.errors.length > 0;
+  }, 90_000);
+  t.same(parseConsole(readFileSync(serial, 'latin1').slice(mark)).errors.map((e) => e.raw), [], 'the guest goes on verifying its memory');
 
-  const mark = readFileSync(serial, 'latin1').length;
+  // 2. Silent again, and this time the frozen QEMU dies: only the store can bring the VM back.
+  await waitFor('a round after the thaw', 60_000, owning(on.rounds.length + 1)).catch(seen);
+  process.kill(srv.pid, 'SIGSTOP');
+  await waitFor('the agent to freeze its VM again', 30_000, () => (status()?.frozen ? true : undefined)).catch(seen);
+  process.kill(on.pid, 'SIGKILL');
+  await waitFor('the old QEMU to be gone', 10_000, () => (alive(on.pid) ? undefined : true));
+  await sleep(500);
+  process.kill(srv.pid, 'SIGCONT');
+  mark = readFileSync(serial, 'latin1').length;
   const back = await waitFor('the VM to be recovered here', 90_000, () => {
     const s = status();
-    return s && s.role === 'owner' && s.pid > 0 && s.pid !== before.pid && s.recoveries.length > 0 ? s : undefined;
-  }).catch((e: Error) => {
-    // Say what the agent saw: its status and the end of its log.
-    throw new Error(`${e.message}; status ${JSON.stringify(status())}; agent log ends:\n${agent.err().slice(-4000)}`);
-  });
+    return s && s.role === 'owner' && s.pid > 0 && s.pid !== on.pid && s.recoveries.length > 0 ? s : undefined;
+  }).catch(seen);
   t.match(back.recoveries[back.recoveries.length - 1]!.why, /nobody took the VM over/, 'the agent recovered it, saying why');
   t.ok(alive(back.pid), `a new QEMU (${back.pid}) runs the VM`);
   await waitForConsole(serial, (_c, text) => {
     const q = parseConsole(text.slice(mark));
-    return q.verifiedCount >= 1 || q.errors.length > 0 ? true : false;
+    return q.verifiedCount >= 1 || q.errors.length > 0;
   }, 120_000);
-  const tail = parseConsole(readFileSync(serial, 'latin1').slice(mark));
-  t.same(tail.errors.map((e) => e.raw), [], 'the recovered guest verifies its memory');
-  await waitFor('FIC to go on', 30_000, () => ((status()?.head ?? 0) > before.head ? true : undefined));
+  t.same(parseConsole(readFileSync(serial, 'latin1').slice(mark)).errors.map((e) => e.raw), [], 'the recovered guest verifies its memory');
+  await waitFor('FIC to go on', 30_000, () => ((status()?.head ?? 0) > back.recoveries[back.recoveries.length - 1]!.fromVersion ? true : undefined)).catch(seen);
   t.pass('and FIC goes on from the recovered version');
 });

@@ -214,6 +214,8 @@ export interface AgentStatus {
     leaseToken?: number;
     events: string[];
     recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
+    thaws: { at: number; ms: number; fromVersion: number | null }[];
+    frozen: boolean;
   }[];
 }
 

@@ -11,6 +11,7 @@ import {
   onIncomingResume,
   onIncomingStatus,
   onLeaseTick,
+  onFencedReclaim,
   onSourceLost,
   postcopySourceLost,
   sourceStep,
@@ -165,14 +166,23 @@ t.test('destination: source lost', async (t) => {
 t.test('ownership: who must fence', async (t) => {
   const running: Role[] = ['owner', 'postcopy-dst', 'migrating-src'];
   for (const role of running) {
-    t.same(onLeaseTick({ role, hasQemu: true, lease: 'lost' }), { fence: true, why: 'the lease is held by another host' }, `${role}, lease lost`);
-    t.same(onLeaseTick({ role, hasQemu: true, lease: 'unrenewed' }), { fence: true, why: 'cannot reach the store to renew the lease' }, `${role}, store unreachable`);
+    t.same(onLeaseTick({ role, hasQemu: true, lease: 'lost' }), { fence: true, how: 'kill', why: 'the lease is held by another host' }, `${role}, lease lost`);
+    t.same(onLeaseTick({ role, hasQemu: true, lease: 'unrenewed' }), { fence: true, how: role === 'owner' ? 'freeze' : 'kill', why: 'cannot reach the store to renew the lease' }, `${role}, store unreachable`);
     t.same(onLeaseTick({ role, hasQemu: true, lease: 'held' }), { fence: false });
     t.same(onLeaseTick({ role, hasQemu: false, lease: 'lost' }), { fence: false }, `${role} without QEMU: nothing to kill`);
   }
   for (const role of ['postcopy-src', 'incoming', 'recovering', 'none', 'fenced'] as Role[]) {
     t.same(onLeaseTick({ role, hasQemu: true, lease: 'unrenewed' }), { fence: false }, `${role} does not run the guest`);
   }
+});
+
+t.test('ownership: a fenced VM once the store answers again', async (t) => {
+  t.equal(onFencedReclaim({ reclaimed: true, frozen: true, hasCheckpoint: false }), 'thaw', 'the lease came back, nobody ran the VM: the same QEMU goes on (even before any commit)');
+  t.equal(onFencedReclaim({ reclaimed: true, frozen: true, hasCheckpoint: true }), 'thaw', 'a frozen QEMU is newer than any checkpoint');
+  t.equal(onFencedReclaim({ reclaimed: true, frozen: false, hasCheckpoint: true }), 'recover', 'QEMU gone: from the store');
+  t.equal(onFencedReclaim({ reclaimed: true, frozen: false, hasCheckpoint: false }), 'give-up', 'nothing to recover from: no retry loop');
+  t.equal(onFencedReclaim({ reclaimed: false, frozen: true, hasCheckpoint: true }), 'kill-frozen', 'another host took the lease: it runs the VM');
+  t.equal(onFencedReclaim({ reclaimed: false, frozen: false, hasCheckpoint: true }), 'nothing');
 });
 
 t.test('ownership: lease standing and timings', async (t) => {
