@@ -44,7 +44,7 @@ export interface StoreHandle {
 }
 
 /** Connects to --redis, or to migsafe's private redis-server (started if it is not running). */
-export async function openStore(redisUrl: string | undefined, vm: string, retry = false): Promise<StoreHandle> {
+export async function openRedis(redisUrl: string | undefined, retry = false): Promise<Omit<StoreHandle, 'store'>> {
   const url = redisUrl ?? (await ensureLocalRedis(stateDir()));
   const redis = connectRedis(url, { retry });
   try {
@@ -53,7 +53,13 @@ export async function openStore(redisUrl: string | undefined, vm: string, retry 
     redis.disconnect();
     throw new Error(`cannot reach Redis at ${url}: ${(e as Error).message}`);
   }
-  return { redis, store: new CheckpointStore(redis, vm), url, own: redisUrl === undefined, close: () => redis.disconnect() };
+  return { redis, url, own: redisUrl === undefined, close: () => redis.disconnect() };
+}
+
+/** The store of one VM on --redis (openRedis). */
+export async function openStore(redisUrl: string | undefined, vm: string, retry = false): Promise<StoreHandle> {
+  const h = await openRedis(redisUrl, retry);
+  return { ...h, store: new CheckpointStore(h.redis, vm) };
 }
 
 export function fmtBytes(n: number): string {

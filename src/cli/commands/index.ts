@@ -14,6 +14,8 @@ import { runCommand } from './run.js';
 import { sidecarCommand } from './sidecar.js';
 import { configCommand } from './config.js';
 import { doctorCommand } from './doctor.js';
+import { statusCommand } from './status.js';
+import { gcCommand } from './gc.js';
 import { buildRegistry, withConfigFile, type Registry } from '../config-file.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -22,7 +24,9 @@ const verbs: CommandModule<any, any>[] = [
   attachCommand,
   recoverCommand,
   inspectCommand,
+  statusCommand,
   deleteCommand,
+  gcCommand,
   sidecarCommand,
   benchCommand,
   demoCommand,
