@@ -9,7 +9,8 @@
 // The source agent SIGSTOPped past its lease during pre-copy (source-agent-stopped) is the
 // fencing scenario: its QEMU runs on, the destination recovers, and when the agent wakes, its
 // commits must be refused and its QEMU stopped; source-agent-killed SIGKILLs the source agent
-// alone (its QEMU must die with it); store-failover SIGKILLs the store's primary (two replicas,
+// alone (its QEMU must die with it), source-agent-killed-mid-commit at a moment a version is begun
+// and not yet committed (none may be left half there); store-failover SIGKILLs the store's primary (two replicas,
 // three Sentinels; agents on redis+sentinel:// with --durability replicas:1) and checks that no
 // version an agent reported is missing after the failover. Every run counts the versions committed after a recovery
 // by anyone but the survivor (stale commits; versions carry their writer's lease). Each run's
@@ -24,6 +25,7 @@ import { ensureGuestBuilt, findProgressInImage, parseConsole, waitForConsole } f
 import { patchedQemu } from '../helpers/patched-qemu.js';
 import { udpGuestArgs, createCluster, peerDatagrams, qemuPidsIn, type Cluster, type HostName } from '../helpers/hosts.js';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
+import { vmKeys } from '../../src/store/keys.js';
 import { connectRedis } from '../../src/store/redis-server.js';
 import { loadImage, planRestore } from '../../src/store/reader.js';
 
@@ -39,6 +41,7 @@ export type Scenario =
   | 'network-precopy'
   | 'source-agent-stopped'
   | 'source-agent-killed'
+  | 'source-agent-killed-mid-commit'
   | 'store-failover';
 export const SCENARIOS: Scenario[] = [
   'source-precopy',
@@ -50,6 +53,7 @@ export const SCENARIOS: Scenario[] = [
   'network-precopy',
   'source-agent-stopped',
   'source-agent-killed',
+  'source-agent-killed-mid-commit',
   'store-failover',
 ];
 const RUNS = Number(process.env.MIGSAFE_FAULT_RUNS ?? 2);
@@ -127,6 +131,8 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   // What the source had reported committed (its status file) when the failure hit.
   const reportedBefore = (c.status('src')?.vms[0]?.rounds ?? []).map((r) => r.version);
   let survivor: HostName = 'dst';
+  /** source-agent-killed-mid-commit: the versions in flight when the sidecar was killed. */
+  let midCommit: number[] = [];
   switch (scenario) {
     case 'source-precopy':
     case 'source-postcopy':
@@ -164,6 +170,24 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
       failedAt = Date.now();
       survivor = 'dst';
       break;
+    case 'source-agent-killed-mid-commit': {
+      // The sidecar dies with a version begun and not committed (in the store's pending set):
+      // that version must never be half there — committed whole, or not at all.
+      const redis = connectRedis(await c.storeSocket());
+      try {
+        const k = vmKeys('f1');
+        midCommit = await waitFor('a commit in flight', 30_000, async () => {
+          const p = await redis.smembers(k.pending);
+          return p.length ? p.map(Number) : undefined;
+        });
+        c.agents.src!.child.kill('SIGKILL');
+        failedAt = Date.now();
+      } finally {
+        redis.disconnect();
+      }
+      survivor = 'dst';
+      break;
+    }
     case 'source-agent-stopped':
       // Frozen, not dead: its QEMU runs on and its gate holds what the guest sends.
       c.agents.src!.child.kill('SIGSTOP');
@@ -201,6 +225,10 @@ async function oneRun(t: Test, scenario: Scenario, run: number): Promise<void> {
   const lost = await missingVersions(c, reportedBefore);
   t.ok(reportedBefore.length > 0, `run ${run}: versions were reported before the failure (${reportedBefore.length})`);
   t.same(lost, [], `run ${run}: every version reported before the failure is still in the store`);
+  if (midCommit.length) {
+    const whole = await versionsInFlight(c, midCommit);
+    t.same(whole.torn, [], `run ${run}: of the versions in flight at the kill (${midCommit.join(', ')}), none is half there (${whole.committed.length ? `${whole.committed.join(', ')} committed whole` : 'none committed'})`);
+  }
   if (cancelled || scenario === 'source-agent-stopped') t.match(migRes.stdout, /"status":"(cancelled|failed)"/, `run ${run}: the migration is called off`);
   if (scenario === 'destination-postcopy') t.match(migRes.stdout, /"status":"recovered-at-source"/, `run ${run}: migrate reports the recovery at the source`);
   if (scenario === 'network-precopy') {
@@ -324,6 +352,28 @@ async function writtenAfter(c: Cluster, from: number, by: HostName): Promise<str
 }
 
 /** Of the versions reported committed, those the store has lost (neither committed nor folded into the base). */
+/** The versions in flight at a kill: committed ones must load whole; a torn one is committed and unreadable. */
+async function versionsInFlight(c: Cluster, versions: number[]): Promise<{ committed: number[]; torn: string[] }> {
+  const redis = connectRedis(await c.storeSocket());
+  try {
+    const store = new CheckpointStore(redis, 'f1');
+    const committed = new Set(await store.committed());
+    const out = { committed: [] as number[], torn: [] as string[] };
+    for (const v of versions) {
+      if (!committed.has(v)) continue;
+      out.committed.push(v);
+      try {
+        await loadImage(store, await planRestore(store, v));
+      } catch (e) {
+        out.torn.push(`${v}: ${(e as Error).message}`);
+      }
+    }
+    return out;
+  } finally {
+    redis.disconnect();
+  }
+}
+
 async function missingVersions(c: Cluster, reported: number[]): Promise<number[]> {
   const redis = connectRedis(await c.storeSocket());
   try {
