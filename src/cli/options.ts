@@ -7,7 +7,7 @@ import { parseDurability } from '../store/durability.js';
 import type { LoopSettings } from './checkpoint-loop.js';
 
 /** What every `--redis` accepts (src/store/redis-url.ts). */
-export const REDIS_FORMS = 'redis://HOST:PORT[/DB], rediss://..., a unix socket path, or redis+sentinel://HOST:PORT,HOST:PORT/NAME (a primary found and followed through Sentinel)';
+export const REDIS_FORMS = 'redis://HOST:PORT[/DB], rediss://..., a unix socket path, redis+sentinel://HOST:PORT,HOST:PORT/NAME (a primary found and followed through Sentinel), or redis+cluster://HOST:PORT,HOST:PORT (a Redis Cluster)';
 
 /** `--redis`, alone: `doctor` checks a store without naming a VM. */
 export function withRedis<T>(y: Argv<T>) {

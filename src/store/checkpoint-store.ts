@@ -2,6 +2,7 @@
 // Everything read back from Redis is checked before it is believed (the store is input).
 import { constants as bufferConstants } from 'node:buffer';
 import type { Redis } from 'ioredis';
+import { scanKeys } from './redis-cluster.js';
 import { STORE_FORMAT, vmKeys, type VmKeys } from './keys.js';
 import { metaFromHash, type VersionMeta } from './version-meta.js';
 import { PendingBase } from './base-writer.js';
@@ -230,13 +231,11 @@ export class CheckpointStore {
   /** Removes every key of the VM. */
   async deleteAll(): Promise<number> {
     let n = 0;
-    let cursor = '0';
-    do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.keys.prefix}*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) n += await this.redis.del(...keys);
-    } while (cursor !== '0');
+    const keys = await scanKeys(this.redis, `${this.keys.prefix}*`);
+    // One slot (the hash tag): a DEL of many keys is fine on a cluster too.
+    for (let i = 0; i < keys.length; i += 1000) n += await this.redis.del(...keys.slice(i, i + 1000));
     return n;
   }
+
 }
 

@@ -8,6 +8,7 @@
 //                newest versions, and packets they explained may already have left)
 //   auto         fsync where the server does it (migsafe's own server is told to), else none
 import type { Redis } from 'ioredis';
+import { isCluster, primaries } from './redis-cluster.js';
 
 export type Durability = { kind: 'fsync' } | { kind: 'none' } | { kind: 'replicas'; replicas: number; timeoutMs: number };
 export type DurabilityChoice = Durability | { kind: 'auto' };
@@ -57,6 +58,7 @@ async function config(redis: Redis, key: string): Promise<string | undefined> {
  */
 export async function settleDurability(redis: Redis, choice: DurabilityChoice, own: boolean, where: string): Promise<Durability> {
   if (choice.kind === 'none') return choice;
+  if (isCluster(redis)) return settleOnCluster(redis, choice, where);
   if (choice.kind === 'replicas') {
     const info = (await redis.info('replication')) as string;
     const role = /^role:(\w+)/m.exec(info)?.[1];
@@ -74,6 +76,29 @@ export async function settleDurability(redis: Redis, choice: DurabilityChoice, o
     throw new Error(
       `--durability fsync: Redis at ${where} has appendonly ${aof} and appendfsync ${fsync}, so a commit is not on disk when it returns; ` +
         'set `appendonly yes` and `appendfsync always` there, or use --durability replicas:N or none',
+    );
+  }
+  return { kind: 'none' };
+}
+
+/** A cluster: WAIT would go to any node, not the VM's primary; fsync must hold on every primary. */
+async function settleOnCluster(redis: Redis, choice: DurabilityChoice, where: string): Promise<Durability> {
+  if (choice.kind === 'replicas') {
+    throw new Error(
+      `--durability replicas:${choice.replicas}: not on a Redis Cluster (${where}) yet — WAIT must reach the primary of the VM's slot; ` +
+        'use --durability fsync with `appendonly yes` and `appendfsync always` on every primary, or none',
+    );
+  }
+  const weak: string[] = [];
+  for (const node of primaries(redis)) {
+    const [aof, fsync] = [await config(node, 'appendonly'), await config(node, 'appendfsync')];
+    if (aof !== 'yes' || fsync !== 'always') weak.push(`${node.options.host}:${node.options.port} (appendonly ${aof}, appendfsync ${fsync})`);
+  }
+  if (weak.length === 0) return { kind: 'fsync' };
+  if (choice.kind === 'fsync') {
+    throw new Error(
+      `--durability fsync: on the Redis Cluster at ${where}, ${weak.join(', ')} would not have a commit on disk when it returns; ` +
+        'set `appendonly yes` and `appendfsync always` on every primary, or use --durability none',
     );
   }
   return { kind: 'none' };

@@ -10,6 +10,7 @@ import type { Redis } from 'ioredis';
 import { CheckpointStore } from './checkpoint-store.js';
 import { vmKeys } from './keys.js';
 import { LeaseStore } from './lease-store.js';
+import { scanKeys } from './redis-cluster.js';
 
 /** The id in a key of our layout (`migsafe:{id}:...`), or undefined. */
 export function vmIdOfKey(key: string): string | undefined {
@@ -17,21 +18,16 @@ export function vmIdOfKey(key: string): string | undefined {
   return m?.[1];
 }
 
-/** Every key of the store under our prefix, by VM id. SCAN: the server is never blocked. */
+/** Every key of the store under our prefix, by VM id (every primary of a cluster). */
 export async function keysByVm(redis: Redis): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', 'migsafe:{*}:*', 'COUNT', 1000);
-    cursor = next;
-    for (const k of keys) {
-      const id = vmIdOfKey(k);
-      if (!id) continue;
-      let l = out.get(id);
-      if (!l) out.set(id, (l = []));
-      l.push(k);
-    }
-  } while (cursor !== '0');
+  for (const k of await scanKeys(redis, 'migsafe:{*}:*')) {
+    const id = vmIdOfKey(k);
+    if (!id) continue;
+    let l = out.get(id);
+    if (!l) out.set(id, (l = []));
+    l.push(k);
+  }
   return out;
 }
 

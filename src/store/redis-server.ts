@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { parseRedisTarget } from './redis-url.js';
 import { processAlive } from '../util/process.js';
 
@@ -19,6 +19,8 @@ export interface RedisServerOptions {
   bind?: string;
   /** argv prefix to start the server with, e.g. ['ip', 'netns', 'exec', NS] (tests). */
   wrap?: string[];
+  /** A Redis Cluster node (cluster-enabled, its nodes.conf in `dir`); the slots are assigned by `redis-cli --cluster create`. */
+  cluster?: boolean;
 }
 
 export interface RedisServerHandle {
@@ -78,6 +80,7 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
     '--logfile', join(opts.dir, 'redis.log'),
     // Checkpoint frames can be large.
     '--proto-max-bulk-len', '1gb',
+    ...(opts.cluster ? ['--cluster-enabled', 'yes', '--cluster-config-file', join(opts.dir, 'nodes.conf'), '--cluster-node-timeout', '2000'] : []),
   ];
   const cmd = [...(opts.wrap ?? []), redisServerBinary(), ...args];
   const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: 'ignore' });
@@ -172,6 +175,28 @@ export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
     // Commands wait for the (re)connection; a one-shot client fails them when it gives up.
     enableOfflineQueue: true,
   };
+  if (target.kind === 'cluster') {
+    const c = new Cluster(target.nodes, {
+      enableAutoPipelining: true,
+      enableOfflineQueue: true,
+      // Reads go to primaries too: a replica may lag the commit that a reader was told of.
+      scaleReads: 'master',
+      clusterRetryStrategy: common.retryStrategy,
+      // A failover or a slot moved: ask again where the slot is now, a few times.
+      retryDelayOnFailover: 200,
+      retryDelayOnClusterDown: 200,
+      maxRedirections: 16,
+      redisOptions: {
+        maxRetriesPerRequest: common.maxRetriesPerRequest,
+        ...(target.password ? { password: target.password } : {}),
+      },
+    });
+    c.on('error', () => {
+      /* surfaced by the failing command */
+    });
+    // Same commands; what differs (SCAN, per-server settings) goes through redis-cluster.ts.
+    return c as unknown as Redis;
+  }
   const r =
     target.kind === 'socket'
       ? new Redis({ ...common, path: target.path })

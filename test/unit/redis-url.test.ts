@@ -21,7 +21,17 @@ t.same(parseRedisTarget('redis+sentinel://:s%40cret@h1:1/m%20n/3'), {
   password: 's@cret',
   db: 3,
 });
-t.throws(() => parseRedisTarget('localhost:6379'), /--redis localhost:6379: use redis:\/\/HOST:PORT, .* or redis\+sentinel:\/\//);
+t.throws(() => parseRedisTarget('localhost:6379'), /--redis localhost:6379: use redis:\/\/HOST:PORT, .*redis\+sentinel:\/\/.* or redis\+cluster:\/\//);
 t.throws(() => parseRedisTarget('redis+sentinel://127.0.0.1:26379'), /cannot read it; the form is redis\+sentinel:\/\/.*PRIMARY_NAME/);
 t.throws(() => parseRedisTarget('redis+sentinel://127.0.0.1/m'), /"127.0.0.1" is not HOST:PORT/);
 t.throws(() => parseRedisTarget('redis+sentinel://a:1,b:99999/m'), /"b:99999" is not HOST:PORT/);
+t.same(parseRedisTarget('redis+cluster://127.0.0.1:7000,127.0.0.1:7001'), {
+  kind: 'cluster',
+  nodes: [
+    { host: '127.0.0.1', port: 7000 },
+    { host: '127.0.0.1', port: 7001 },
+  ],
+});
+t.same(parseRedisTarget('redis+cluster://:p%40ss@h:1/'), { kind: 'cluster', nodes: [{ host: 'h', port: 1 }], password: 'p@ss' });
+t.throws(() => parseRedisTarget('redis+cluster://h:1/x'), /cannot read it; the form is redis\+cluster:\/\//);
+t.throws(() => parseRedisTarget('redis+cluster://h:0'), /"h:0" is not HOST:PORT/);

@@ -1,0 +1,97 @@
+// A Redis Cluster as the store (3 primaries, real redis-server processes on loopback): the same
+// CLI with one URL changed. A real guest is checkpointed into the cluster, its QEMU SIGKILLed,
+// and `recover` brings it back from the cluster with its memory intact; `status` sees VMs on
+// every primary; a policy the cluster cannot honour is refused, naming it.
+import t from 'tap';
+import { existsSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { ensureGuestBuilt, findProgressInImage, guestQemuArgs, waitForConsole } from '../helpers/guest.js';
+import { nodeOfKey, testCluster } from '../helpers/redis-cluster.js';
+import { waitFor } from '../helpers/wait.js';
+import { CheckpointStore } from '../../src/store/checkpoint-store.js';
+import { vmKeys } from '../../src/store/keys.js';
+import { connectRedis } from '../../src/store/redis-server.js';
+import { loadImage, planRestore } from '../../src/store/reader.js';
+
+ensureGuestBuilt();
+
+t.test('checkpoint into a Redis Cluster, kill -9 QEMU, recover from it', async (t) => {
+  const cluster = await testCluster(t);
+  const env = cliEnv(t);
+  const redis = connectRedis(cluster.url);
+  t.teardown(() => redis.disconnect());
+  const vm = 'cl1';
+  const serial = join(tmpdir(), `migsafe-cluster-${process.pid}.serial`);
+  const pidfile = join(tmpdir(), `migsafe-cluster-${process.pid}.pid`);
+  const run = startCli(
+    ['run', '--vm', vm, '--redis', cluster.url, '--durability', 'fsync', '--interval', '600', '--compact-every', '2', '--pidfile', pidfile, '--',
+      ...guestQemuArgs({ workload: 'wset', workloadMiB: 8, serialLog: serial })],
+    env,
+  );
+  let qemuPid = 0;
+  t.teardown(() => {
+    killQuietly(run.child.pid);
+    killQuietly(qemuPid);
+  });
+  await waitFor('the pidfile', 30_000, async () => (existsSync(pidfile) ? true : undefined));
+  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  t.match(run.err(), /commits count when fsync/, 'fsync holds on every primary (appendfsync always), so it is the policy');
+  const store = new CheckpointStore(redis, vm);
+  await waitForConsole(serial, (c) => c.verifiedCount >= 2, 90_000);
+  const seen = await waitFor('versions past a compaction', 120_000, async () => {
+    const [c, base] = [await store.committed(), await store.base()];
+    return c.length >= 3 && base > 0 ? c : undefined;
+  });
+  t.ok(seen.length >= 3, `versions committed into the cluster: ${seen.join(',')}, base ${await store.base()}`);
+  const home = await nodeOfKey(cluster, vmKeys(vm).vm);
+  t.ok(cluster.nodes.some((n) => n.port === home), `the VM's keys live on the primary at port ${home} (its hash tag's slot)`);
+
+  process.kill(qemuPid, 'SIGKILL');
+  t.equal(await run.exited, 3, 'the sidecar reports the dead QEMU');
+  const plan = await planRestore(store);
+  const k = Number(findProgressInImage((await loadImage(store, plan)).image));
+  const rec = await runCli(['recover', '--vm', vm, '--redis', cluster.url, '--detach', '--pidfile', pidfile], env);
+  t.equal(rec.code, 0, `recover exits 0 (${rec.stderr.trim().split('\n').pop()})`);
+  const info = JSON.parse(rec.stdout.trim().split('\n').pop()!) as { version: number; pid: number };
+  t.equal(info.version, plan.target.version, 'restored the newest committed version');
+  qemuPid = info.pid;
+  t.ok(alive(qemuPid), 'the recovered QEMU runs');
+  // The recovered QEMU starts its serial file anew (file: chardev): all of it is the new run.
+  const after = await waitForConsole(serial, (c) => c.verifiedCount >= 1 || c.errors.length > 0, 120_000);
+  t.same(after.errors.map((e) => e.raw), [], 'the recovered guest finds its memory intact');
+  const first = after.progress[0]?.counter ?? -1;
+  t.ok(first === k || first === k + 1, `it resumed at counter ${first}, from the checkpoint (${k})`);
+  killQuietly(qemuPid);
+
+  // VMs whose slots are on other primaries: status scans every one.
+  const ids = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'].map((x) => `cl-${x}`);
+  const homes = new Map<number, string>();
+  for (const id of ids) {
+    const port = await nodeOfKey(cluster, vmKeys(id).vm);
+    if (!homes.has(port)) homes.set(port, id);
+  }
+  t.ok(homes.size >= 2, `VM ids land on ${homes.size} different primaries`);
+  for (const id of homes.values()) await new CheckpointStore(redis, id).init(['qemu-system-x86_64'], 4096 * 256);
+  const st = await runCli(['status', '--redis', cluster.url, '--json', '--no-agents'], env);
+  t.equal(st.code, 0, `status exits 0 ${st.stderr}`);
+  const listed = (JSON.parse(st.stdout) as { vms: { vm: string }[] }).vms.map((v) => v.vm).sort();
+  t.same(listed, [vm, ...homes.values()].sort(), 'status lists the VMs of every primary');
+
+  const del = await runCli(['delete', '--vm', vm, '--redis', cluster.url], env);
+  t.equal(del.code, 0, 'delete works on the cluster');
+  t.equal(await redis.exists(vmKeys(vm).vm, vmKeys(vm).committed), 0, 'and removes the VM');
+});
+
+t.test('a policy the cluster cannot honour is refused, naming it', async (t) => {
+  const cluster = await testCluster(t);
+  const env = cliEnv(t);
+  const r = await runCli(['run', '--vm', 'cl2', '--redis', cluster.url, '--durability', 'replicas:1', '--', ...guestQemuArgs({ workload: 'idle', serialLog: join(tmpdir(), `migsafe-cluster2-${process.pid}.serial`) })], env);
+  t.not(r.code, 0, 'replicas:N on a cluster fails');
+  t.match(r.stderr, /replicas:1: not on a Redis Cluster/, 'saying why');
+  t.match(r.stderr, /--durability fsync/, 'and what to use instead');
+  const bad = await runCli(['inspect', '--vm', 'x', '--redis', 'redis+cluster://127.0.0.1'], env);
+  t.not(bad.code, 0);
+  t.match(bad.stderr, /"127\.0\.0\.1" is not HOST:PORT; the form is redis\+cluster:\/\//, 'a malformed cluster URL is named with its form');
+});

@@ -1,0 +1,66 @@
+// A Redis Cluster of the test's own: `primaries` (+ one replica each, if asked) real
+// redis-server processes on loopback, slots assigned by `redis-cli --cluster create`, stopped
+// at teardown.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Test } from 'tap';
+import { connectRedis, freePort, startRedisServer, type RedisServerHandle } from '../../src/store/redis-server.js';
+
+export interface TestCluster {
+  /** What `--redis` takes: redis+cluster://127.0.0.1:P,127.0.0.1:P,... */
+  url: string;
+  nodes: (RedisServerHandle & { port: number })[];
+}
+
+export async function testCluster(t: Test, opts: { primaries?: number; replicas?: 0 | 1 } = {}): Promise<TestCluster> {
+  const count = (opts.primaries ?? 3) * (1 + (opts.replicas ?? 0));
+  const nodes: TestCluster['nodes'] = [];
+  for (let i = 0; i < count; i++) {
+    const dir = mkdtempSync(join(tmpdir(), 'migsafe-cluster-'));
+    const port = await freePort();
+    const srv = await startRedisServer({ dir, port, appendfsync: 'always', cluster: true });
+    nodes.push({ ...srv, port });
+    t.teardown(async () => {
+      await srv.stop();
+      rmSync(dir, { recursive: true, force: true });
+    });
+  }
+  execFileSync(
+    'redis-cli',
+    ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', String(opts.replicas ?? 0), '--cluster-yes'],
+    { stdio: 'pipe', timeout: 60_000 },
+  );
+  // Every node must agree the cluster is up before a client can rely on the slot map.
+  const deadline = Date.now() + 30_000;
+  for (const n of nodes) {
+    const r = connectRedis(n.url);
+    try {
+      for (;;) {
+        const info = String(await r.call('CLUSTER', 'INFO'));
+        if (/cluster_state:ok/.test(info)) break;
+        if (Date.now() > deadline) throw new Error(`cluster node ${n.url} not ok after 30 s:\n${info}`);
+        await sleep(100);
+      }
+    } finally {
+      r.disconnect();
+    }
+  }
+  return { url: `redis+cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`, nodes };
+}
+
+/** The node (port) that serves a key's slot. */
+export async function nodeOfKey(c: TestCluster, key: string): Promise<number> {
+  const r = connectRedis(c.nodes[0]!.url);
+  try {
+    const slot = Number(await r.call('CLUSTER', 'KEYSLOT', key));
+    const slots = (await r.call('CLUSTER', 'SLOTS')) as [number, number, [string, number, string]][];
+    const range = slots.find(([lo, hi]) => slot >= lo && slot <= hi);
+    if (!range) throw new Error(`slot ${slot} is served by no node`);
+    return Number(range[2][1]);
+  } finally {
+    r.disconnect();
+  }
+}
