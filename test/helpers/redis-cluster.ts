@@ -40,8 +40,10 @@ export async function testCluster(t: Test, opts: { primaries?: number; replicas?
     try {
       for (;;) {
         const info = String(await r.call('CLUSTER', 'INFO'));
-        if (/cluster_state:ok/.test(info)) break;
-        if (Date.now() > deadline) throw new Error(`cluster node ${n.url} not ok after 30 s:\n${info}`);
+        // A replica that never finished its first sync cannot fail over (replica validity).
+        const repl = String(await r.info('replication'));
+        if (/cluster_state:ok/.test(info) && (!/^role:slave/m.test(repl) || /master_link_status:up/.test(repl))) break;
+        if (Date.now() > deadline) throw new Error(`cluster node ${n.url} not ready after 30 s:\n${info}\n${repl}`);
         await sleep(100);
       }
     } finally {
@@ -49,6 +51,17 @@ export async function testCluster(t: Test, opts: { primaries?: number; replicas?
     }
   }
   return { url: `redis+cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`, nodes };
+}
+
+/** CLUSTER NODES as a surviving node sees it (for a failure message). */
+export async function clusterNodes(c: TestCluster, except?: number): Promise<string> {
+  const n = c.nodes.find((x) => x.port !== except)!;
+  const r = connectRedis(n.url);
+  try {
+    return String(await r.call('CLUSTER', 'NODES'));
+  } finally {
+    r.disconnect();
+  }
 }
 
 /** The node (port) that serves a key's slot. */
