@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
 import { ensureGuestBuilt, findProgressInImage, guestQemuArgs, waitForConsole } from '../helpers/guest.js';
-import { clusterNodes, nodeOfKey, testCluster } from '../helpers/redis-cluster.js';
+import { clusterNodes, moveSlotOf, nodeOfKey, testCluster } from '../helpers/redis-cluster.js';
 import { waitFor } from '../helpers/wait.js';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import { vmKeys } from '../../src/store/keys.js';
@@ -82,6 +82,54 @@ t.test('checkpoint into a Redis Cluster, kill -9 QEMU, recover from it', async (
   const del = await runCli(['delete', '--vm', vm, '--redis', cluster.url], env);
   t.equal(del.code, 0, 'delete works on the cluster');
   t.equal(await redis.exists(vmKeys(vm).vm, vmKeys(vm).committed), 0, 'and removes the VM');
+});
+
+t.test("the VM's slot moved to another primary while it checkpoints (ASK, TRYAGAIN, MOVED): checkpointing goes on, no version is torn, the VM recovers", async (t) => {
+  const cluster = await testCluster(t);
+  const env = cliEnv(t);
+  const redis = connectRedis(cluster.url, { retry: true });
+  t.teardown(() => redis.disconnect());
+  const vm = 'clm';
+  const serial = join(tmpdir(), `migsafe-clusterm-${process.pid}.serial`);
+  const pidfile = join(tmpdir(), `migsafe-clusterm-${process.pid}.pid`);
+  const run = startCli(
+    ['run', '--vm', vm, '--redis', cluster.url, '--durability', 'fsync', '--interval', '300', '--pidfile', pidfile, '--',
+      ...guestQemuArgs({ workload: 'wset', workloadMiB: 4, serialLog: serial })],
+    env,
+  );
+  let qemuPid = 0;
+  t.teardown(() => {
+    killQuietly(run.child.pid);
+    killQuietly(qemuPid);
+  });
+  await waitFor('the pidfile', 30_000, async () => (existsSync(pidfile) ? true : undefined));
+  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  const store = new CheckpointStore(redis, vm);
+  await waitFor('three versions', 90_000, async () => ((await store.committed()).length >= 3 ? true : undefined));
+  const home = await nodeOfKey(cluster, vmKeys(vm).vm);
+  const target = cluster.nodes.find((n) => n.port !== home)!.port;
+  const before = await store.head();
+  // Two keys at a time with a pause: rounds commit while the slot is half moved.
+  const moved = await moveSlotOf(cluster, vmKeys(vm).vm, target, 100);
+  t.equal(await nodeOfKey(cluster, vmKeys(vm).vm), target, `the slot moved from port ${home} to ${target} (${moved} keys)`);
+  const after = await waitFor('checkpointing to go on at the new primary', 90_000, async () => {
+    const h = await store.head().catch(() => 0);
+    return h > before + 2 ? h : undefined;
+  });
+  t.ok(after > before + 2, `versions go on: head ${before} before the move, ${after} after`);
+  t.equal(run.child.exitCode, null, 'the sidecar ran on through the move');
+  t.comment(`rounds that failed while the slot moved (the next one starts from the store's head): ${(run.err().match(/round failed/g) ?? []).length}; ${[...new Set(run.err().match(/round failed[^\n]{0,80}/g) ?? [])].slice(0, 3).join(' | ')}`);
+  const plan = await planRestore(store);
+  const k = Number(findProgressInImage((await loadImage(store, plan)).image));
+  t.pass(`the newest version ${plan.target.version} loads whole (every frame checked)`);
+  process.kill(qemuPid, 'SIGKILL');
+  t.equal(await run.exited, 3, 'the sidecar reports the dead QEMU');
+  const rec = await runCli(['recover', '--vm', vm, '--redis', cluster.url, '--detach', '--pidfile', pidfile], env);
+  t.equal(rec.code, 0, `recover exits 0 (${rec.stderr.trim().split('\n').pop()})`);
+  qemuPid = (JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid;
+  const con = await waitForConsole(serial, (c) => c.verifiedCount >= 1 || c.errors.length > 0, 120_000);
+  t.same(con.errors.map((e) => e.raw), [], 'the recovered guest finds its memory intact');
+  t.ok((con.progress[0]?.counter ?? -1) >= k, `it resumed at counter ${con.progress[0]?.counter}, from the checkpoint (${k}) or later`);
 });
 
 t.test('a policy the cluster cannot honour is refused, naming it', async (t) => {

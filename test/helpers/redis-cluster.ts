@@ -77,3 +77,40 @@ export async function nodeOfKey(c: TestCluster, key: string): Promise<number> {
     r.disconnect();
   }
 }
+
+/**
+ * Moves the slot of `key` to the primary at `toPort`, as `redis-cli --cluster reshard` does:
+ * IMPORTING/MIGRATING, then MIGRATE of its keys in batches (a writer meanwhile sees ASK and
+ * TRYAGAIN), then SETSLOT NODE on every primary. Returns the keys moved.
+ */
+export async function moveSlotOf(c: TestCluster, key: string, toPort: number, pauseMs = 0): Promise<number> {
+  const fromPort = await nodeOfKey(c, key);
+  const conn = (port: number) => connectRedis(c.nodes.find((n) => n.port === port)!.url);
+  const [from, to] = [conn(fromPort), conn(toPort)];
+  try {
+    const slot = Number(await from.call('CLUSTER', 'KEYSLOT', key));
+    const [fromId, toId] = [String(await from.call('CLUSTER', 'MYID')), String(await to.call('CLUSTER', 'MYID'))];
+    await to.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', fromId);
+    await from.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', toId);
+    let moved = 0;
+    for (;;) {
+      const keys = (await from.call('CLUSTER', 'GETKEYSINSLOT', String(slot), '2')) as string[];
+      if (keys.length === 0) break;
+      await from.call('MIGRATE', '127.0.0.1', String(toPort), '', '0', '10000', 'REPLACE', 'KEYS', ...keys);
+      moved += keys.length;
+      if (pauseMs) await sleep(pauseMs);
+    }
+    for (const n of c.nodes) {
+      const r = connectRedis(n.url);
+      try {
+        if (/^role:master/m.test(String(await r.info('replication')))) await r.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', toId);
+      } finally {
+        r.disconnect();
+      }
+    }
+    return moved;
+  } finally {
+    from.disconnect();
+    to.disconnect();
+  }
+}
