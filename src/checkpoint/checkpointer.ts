@@ -8,6 +8,7 @@
 //
 // The orchestrator can pause the loop (pause() waits for the round under way to finish) and
 // take one round on demand (roundNow(): the final consistent FIC checkpoint at downtime).
+import type { PauseTurns } from './pause-turns.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckpointEngine } from './engine.js';
 import { mapFile } from '../kernel/map-file.js';
@@ -82,6 +83,8 @@ export interface CheckpointerOptions {
    * (WriterLease.reclaim); true goes on with the next round instead of stopping.
    */
   reclaimLease?: () => Promise<boolean>;
+  /** The host's turns for stage-2 pauses, shared by the checkpoint loops of an agent's VMs. */
+  pauseTurns?: PauseTurns;
   /** Where round figures go for `--metrics` (src/util/metrics.ts). */
   metrics?: Metrics;
   /** FIC outside a migration: fold old versions into the base once more than 2×K are stored (0: never). */
@@ -106,6 +109,8 @@ export interface RoundStat {
   dirtySource?: string;
   /** Stage 1 compared all of guest RAM (no dirty log for this round). */
   fullCompare?: boolean;
+  /** When its stage-2 pause began, ms since the epoch. */
+  pausedAt?: number;
 }
 
 export type RoundTrigger = 'periodic' | 'packet' | 'dirty-pages' | 'now';
@@ -157,6 +162,7 @@ export class Checkpointer {
       maxPages: this.o.maxPages,
       maxTimeMs: this.o.maxTimeMs,
       threads: this.o.threads,
+      pauseTurns: this.o.pauseTurns,
       resumeFrom,
       beforeResume: () => {
         if (this.o.gate) this.mark = this.o.gate.mark();
@@ -229,6 +235,7 @@ export class Checkpointer {
         trigger,
         dirtySource: m.dirtySource,
         fullCompare: this.engine.lastRoundFull,
+        pausedAt: this.engine.lastPauseAt || undefined,
       };
       this.rounds.push(st);
       this.o.log.info(

@@ -12,8 +12,11 @@ import { NotDurableError, ParentMismatchError, type CheckpointStore, type Pendin
 import type { CodecChoice } from '../store/frame.js';
 import type { VersionMeta } from '../store/version-meta.js';
 import { encodeBatchAsync, scanDirty, splitBatch } from '../kernel/page-delta.js';
+import type { PauseTurns } from './pause-turns.js';
 
 export interface EngineOptions {
+  /** The host's turns for stage-2 pauses (an agent with several VMs): a pause waits for its turn. */
+  pauseTurns?: PauseTurns;
   store: CheckpointStore;
   qmp: QmpClient;
   /** Guest RAM, mapped from QEMU's shared file. */
@@ -207,9 +210,22 @@ export class CheckpointEngine {
     return { pages, leftover: candidates.subarray(at) };
   }
 
+  /** When the last stage-2 pause began (ms since the epoch): pauses of several VMs can be told apart. */
+  lastPauseAt = 0;
+
   private async stage2(leftover: Uint32Array, shadowZero: boolean): Promise<{ records: Buffer; device: Buffer; pauseMs: number }> {
+    const release = await this.o.pauseTurns?.take();
+    try {
+      return await this.pausedStage(leftover, shadowZero);
+    } finally {
+      release?.();
+    }
+  }
+
+  private async pausedStage(leftover: Uint32Array, shadowZero: boolean): Promise<{ records: Buffer; device: Buffer; pauseMs: number }> {
     const o = this.o;
     const t0 = performance.now();
+    this.lastPauseAt = Date.now();
     try {
       await o.qmp.execute('stop');
     } catch (e) {

@@ -18,6 +18,7 @@ import { fence as fenceQemu, freeze as freezeQemu, killPid, signalPid, type Owne
 import { loadVersion } from '../store/reader.js';
 import type { Peer } from '../ha/peer.js';
 import type { TlsConfig } from '../ha/tls.js';
+import { PauseTurns } from '../checkpoint/pause-turns.js';
 import { Checkpointer, type CheckpointerOptions, type RoundStat } from '../checkpoint/checkpointer.js';
 import type { Metrics } from '../util/metrics.js';
 import type { Logger } from '../util/logger.js';
@@ -116,6 +117,8 @@ export type LoopSettings = Omit<CheckpointerOptions, 'store' | 'qmp' | 'ramPath'
 
 export class VmHost {
   readonly vms = new Map<string, VmRuntime>();
+  /** Every VM's stage-2 pauses take turns on this host. */
+  readonly pauseTurns = new PauseTurns();
   gate?: OutputGate;
   /** The durability policy as settled with the store at start (Agent.start). */
   durability: Durability = { kind: 'none' };
@@ -321,6 +324,7 @@ export class VmHost {
       deviceStatePath: r.paths!.deviceState,
       codec: this.o.codec,
       gate: this.gate,
+      pauseTurns: this.pauseTurns,
       log: r.log,
       onProgress: r.progress,
       onRound: () => this.changed(),

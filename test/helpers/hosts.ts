@@ -209,7 +209,7 @@ export interface AgentStatus {
     pid: number;
     head: number;
     ckpt: string | null;
-    rounds: { version: number; pauseMs: number; replicationMs: number; kind: string }[];
+    rounds: { version: number; pauseMs: number; replicationMs: number; kind: string; pausedAt?: number }[];
     failures: number;
     leaseToken?: number;
     events: string[];

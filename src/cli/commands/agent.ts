@@ -14,12 +14,14 @@ import { parseDurability } from '../../store/durability.js';
 import { hideBin } from 'yargs/helpers';
 import { agentSignals, reloadAgent } from '../agent-signals.js';
 import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
+import { readVmList, type VmEntry } from '../vm-list.js';
 
 interface AgentArgs extends TlsArgs {
   host: string;
   listen: string;
   redis: string;
   vm?: string;
+  vms?: string;
   interval: number;
   'max-pages': number;
   'max-time': number;
@@ -50,6 +52,10 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the control channel (PORT+1 takes migrations); without --tls-*, a loopback address only' })
       .option('redis', { type: 'string', demandOption: true, describe: `the checkpoint store: ${REDIS_FORMS}` })
       .option('vm', { type: 'string', describe: 'start this VM here, from the QEMU command line after --' })
+      .option('vms', {
+        type: 'string',
+        describe: 'start these VMs here: a JSON file, [{"vm": ID, "argv": [QEMU argv]}, ...]; their stage-2 pauses take turns (needs --no-gate for more than one VM)',
+      })
       .option('interval', { type: 'number', default: 1000, describe: 'FIC: ms between rounds' })
       .option('max-pages', { type: 'number', default: 0, describe: 'FIC: N, most pages sent live per round' })
       .option('max-time', { type: 'number', default: 0, describe: 'FIC: T, longest live stage, ms' })
@@ -124,12 +130,15 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       log: hostLog,
       progress: (log) => new Progress(log).report,
     });
+    const list: VmEntry[] = a.vms ? readVmList(a.vms) : [];
+    if (a.vm) list.unshift({ vm: a.vm, argv: [...(a['--'] ?? [])].map(String) });
+    for (const e of list) checkUserArgv(e.argv);
+    if (new Set(list.map((e) => e.vm)).size !== list.length) throw new Error(`--vm ${a.vm} is also in --vms ${a.vms}: give it once`);
+    // The output gate holds and releases the host's packets as one stream: a round of one VM
+    // would release what another VM's guest sent before its own checkpoint.
+    if (list.length > 1 && a.gate && a.checkpoint) throw new Error(`${list.length} VMs with the output gate: the gate is host-wide for now and cannot tell the VMs' packets apart; add --no-gate`);
     await agent.start();
-    if (a.vm) {
-      const argv = [...(a['--'] ?? [])].map(String);
-      checkUserArgv(argv);
-      await agent.startVm(a.vm, argv);
-    }
+    for (const e of list) await agent.startVm(e.vm, e.argv);
     const sig = await stopped;
     log(`${sig}: finishing the checkpoint round under way, a final checkpoint, quitting QEMU, releasing the leases`);
     const left = await agent.shutdown();
