@@ -109,8 +109,7 @@ export interface RoundStat {
   dirtySource?: string;
   /** Stage 1 compared all of guest RAM (no dirty log for this round). */
   fullCompare?: boolean;
-  /** When its stage-2 pause began, ms since the epoch. */
-  pausedAt?: number;
+  pausedAt?: number; // when its stage-2 pause began, ms since the epoch
 }
 
 export type RoundTrigger = 'periodic' | 'packet' | 'dirty-pages' | 'now';
