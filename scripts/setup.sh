@@ -11,6 +11,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils                  # stock QEMU 7.2: the scan dirty source
   busybox-static cpio kmod gcc libc6-dev      # the test guest (test/guest/build.sh)
   iproute2 socat
+  libvirt-daemon-system libvirt-clients       # attach --domain (docs/libvirt.md), test/e2e: a real libvirtd
   # the patched QEMU (qemu-patches/build.sh --debian)
   ninja-build meson python3-venv flex bison libglib2.0-dev libpixman-1-dev libfdt-dev
   libslirp-dev dpkg-dev xz-utils qemu-system-data seabios ipxe-qemu

@@ -24,6 +24,15 @@ export interface VmRecord {
   createdAt: number;
   /** Directory QEMU was started in: its command line may name files relative to it. */
   cwd: string;
+  /** A VM run by libvirt (attach --domain): recovery re-creates the domain from this. */
+  libvirt?: LibvirtRecord;
+}
+
+/** The libvirt domain a VM is: where libvirt answers, its name and its (migratable) XML. */
+export interface LibvirtRecord {
+  uri: string;
+  domain: string;
+  xml: string;
 }
 
 /** A list of page frames: a version's own, or the base image's (compaction). */
@@ -56,7 +65,7 @@ export class CheckpointStore {
   }
 
   /** Records (or checks) the VM: a VM id keeps its RAM size for life. */
-  async init(argv: readonly string[], ramBytes: number, cwd = process.cwd()): Promise<void> {
+  async init(argv: readonly string[], ramBytes: number, cwd = process.cwd(), libvirt?: LibvirtRecord): Promise<void> {
     const existing = await this.vm();
     if (existing) this.checkFormat(existing);
     if (existing && existing.ramBytes !== ramBytes) {
@@ -74,7 +83,10 @@ export class CheckpointStore {
       pageSize: 4096,
       cwd,
       createdAt: existing?.createdAt ?? Date.now(),
+      ...(libvirt ? { libvirtUri: libvirt.uri, libvirtDomain: libvirt.domain, libvirtXml: libvirt.xml } : {}),
     });
+    // A VM id attached without --domain is no longer that domain.
+    if (!libvirt) await this.redis.hdel(this.keys.vm, 'libvirtUri', 'libvirtDomain', 'libvirtXml');
   }
 
   /** Throws unless `vm` is stored in the format this migsafe reads and writes. */
@@ -114,6 +126,12 @@ export class CheckpointStore {
       argv = undefined;
     }
     if (!Array.isArray(argv) || !argv.every((a) => typeof a === 'string')) throw bad('argv is not a JSON array of strings');
+    // Older records have no libvirt fields: a VM migsafe (or the user) started.
+    let libvirt: LibvirtRecord | undefined;
+    if (h.libvirtXml !== undefined || h.libvirtDomain !== undefined) {
+      if (!h.libvirtXml || !h.libvirtDomain || !h.libvirtUri) throw bad('libvirtUri, libvirtDomain and libvirtXml must all be set');
+      libvirt = { uri: h.libvirtUri, domain: h.libvirtDomain, xml: h.libvirtXml };
+    }
     return {
       format,
       argv: argv as string[],
@@ -121,6 +139,7 @@ export class CheckpointStore {
       pageSize: 4096,
       createdAt: Number(h.createdAt),
       cwd: h.cwd ?? '/',
+      ...(libvirt ? { libvirt } : {}),
     };
   }
 

@@ -1,7 +1,8 @@
 // The Redis layout of one VM's checkpoints. All keys of a VM share the hash tag {id},
 // so a cluster keeps them on one shard and a Lua commit can touch them all.
 //
-//   migsafe:{id}:vm            hash    format, argv (JSON), ramBytes, pageSize, createdAt
+//   migsafe:{id}:vm            hash    format, argv (JSON), ramBytes, pageSize, createdAt, cwd;
+//                                      libvirtUri, libvirtDomain, libvirtXml for a libvirt domain
 //   migsafe:{id}:seq           string  last version number handed out (INCR)
 //   migsafe:{id}:committed     zset    committed versions (score = member = version)
 //   migsafe:{id}:pending       set     versions being written; never read, cleaned up

@@ -11,6 +11,7 @@ import { logger } from '../log.js';
 import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { asWriter } from '../writer.js';
 import { Progress } from '../progress.js';
+import { recoverDomain } from './recover-libvirt.js';
 
 export interface RecoverArgs extends CheckpointArgs {
   version?: number;
@@ -23,6 +24,8 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
   // One copy of the VM: nobody may be checkpointing it (a killed writer's lease runs out first).
   const log = logger.child({ vm: a.vm });
   return asWriter(a, { retry: !a.detach, leaseWaitMs: a['lease-ttl'] + 1000 }, async ({ h, loop }) => {
+    // A VM recorded from a libvirt domain comes back as that domain, through libvirt.
+    if ((await h.store.vm())?.libvirt) return recoverDomain(a, h, loop);
     // A new RAM file per recovery: never write under a QEMU that might still run.
     const paths = { ...vmPaths(runDir(), `${a.vm}.r${Date.now()}`) };
     const logFile = join(runDir(), `${a.vm}.qemu.log`);
@@ -103,13 +106,15 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
 
 export const recoverCommand: CommandModule<object, RecoverArgs> = {
   command: 'recover',
-  describe: 'Rebuild a VM from its checkpoints, resume it, and keep checkpointing it (unless --detach)',
+  describe:
+    'Rebuild a VM from its checkpoints, resume it, and keep checkpointing it (unless --detach); ' +
+    'a VM attached with --domain is re-created and resumed through libvirt (docs/libvirt.md)',
   builder: (y) =>
     withCheckpointing(withStore(y))
       .option('version', { type: 'number', describe: 'committed version to restore (default: the newest)' })
       .option('pidfile', { type: 'string', describe: 'write the new QEMU process id to this file' })
       .option('detach', { type: 'boolean', default: false, describe: 'leave the recovered VM running and exit' })
-      .option('qemu-binary', { type: 'string', describe: 'QEMU binary to use instead of the recorded one' }) as never,
+      .option('qemu-binary', { type: 'string', describe: 'QEMU binary to use instead of the recorded one (libvirt: the <emulator>)' }) as never,
   handler: async (a) => {
     process.exitCode = await recoverHandler(a);
   },
