@@ -2,7 +2,7 @@
 // first, then libvirt starts the domain paused from its recorded XML plus `-incoming defer`, the
 // image goes into the RAM file that QEMU mapped, the device state is loaded, and libvirt resumes
 // it — so libvirt owns the new QEMU and knows its state (docs/libvirt.md).
-import { writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { closeSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import {
   INCOMING_ARGS,
@@ -21,7 +21,7 @@ import { loadVersion, type LoadProgress, type RestorePlan } from '../store/reade
 export interface LibvirtRecoverOptions {
   store: CheckpointStore;
   version?: number;
-  /** Scratch file for the device state (QEMU reads it with `exec:cat`). */
+  /** Scratch path: the device state goes to QEMU through the unix socket PATH.sock. */
   deviceStatePath: string;
   /** Replace the recorded <emulator> (e.g. the patched build). */
   qemuBinary?: string;
@@ -63,7 +63,6 @@ export async function recoverLibvirtVm(o: LibvirtRecoverOptions): Promise<Libvir
   if (!qmpPath) throw new Error(`the recorded XML of domain "${lv.domain}" has no -qmp unix:PATH in <qemu:commandline>`);
   let xml = withQemuCommandline(lv.xml, [...args, ...INCOMING_ARGS]);
   if (o.qemuBinary) xml = withEmulator(xml, o.qemuBinary);
-  await writeFile(o.deviceStatePath, loaded.deviceState, { mode: 0o600 });
   rmSync(qmpPath, { force: true }); // the dead QEMU's: connecting to it would only be refused
 
   await virsh.create(xml, true);
@@ -76,7 +75,12 @@ export async function recoverLibvirtVm(o: LibvirtRecoverOptions): Promise<Libvir
     }
     // The guest has not run: QEMU may only have written its start-up (ROM) bytes, which the image replaces.
     syncRam(ram.path, loaded.image);
-    await qmp.execute('migrate-incoming', { uri: `exec:cat '${o.deviceStatePath.replace(/'/g, `'\\''`)}'` });
+    // Over a unix socket, not `exec:cat FILE`: libvirt starts QEMU with `-sandbox spawn=deny`,
+    // so QEMU may not run a command.
+    const sock = `${o.deviceStatePath}.sock`;
+    rmSync(sock, { force: true });
+    await qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
+    await sendAll(sock, loaded.deviceState).finally(() => rmSync(sock, { force: true }));
     await waitLoaded(qmp, 60_000);
     await virsh.resume(lv.domain); // through libvirt, so that it knows the domain runs
     const st = await qmp.execute<{ status: string }>('query-status');
@@ -115,6 +119,18 @@ function syncRam(path: string, image: Buffer): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/** Connects to the unix socket QEMU listens on and writes `data`, then closes. */
+function sendAll(path: string, data: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const c = connect(path);
+    c.once('error', (e) => reject(new Error(`sending the device state to ${path}: ${e.message}`)));
+    c.once('connect', () => c.end(data));
+    c.once('close', (hadError) => {
+      if (!hadError) resolve();
+    });
+  });
 }
 
 /** Started with -S (libvirt), QEMU is `paused` once the device state is in, `inmigrate` before. */
