@@ -103,16 +103,23 @@ function escapeXml(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 }
 
-/** Throws, naming the element to add, unless guest RAM is a shared file (<memoryBacking>). */
-export function checkSharedFileMemory(xml: string, name: string): void {
+/** What to add unless guest RAM is a shared file (<memoryBacking>); undefined when it is. */
+export function sharedFileMemoryProblem(xml: string): string | undefined {
   const mb = /<memoryBacking>([\s\S]*?)<\/memoryBacking>/.exec(xml)?.[1] ?? '';
-  if (!/<source\s+type=['"]file['"]/.test(mb) || !/<access\s+mode=['"]shared['"]/.test(mb)) {
-    throw new Error(
-      `libvirt domain "${name}" has no shared file memory backing, so its guest RAM cannot be read: add ` +
-        `<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking> to its XML (virsh edit ${name}), ` +
-        'then restart it (docs/libvirt.md)',
-    );
-  }
+  if (/<source\s+type=['"]file['"]/.test(mb) && /<access\s+mode=['"]shared['"]/.test(mb)) return undefined;
+  return (
+    'it has no shared file memory backing, so its guest RAM cannot be read: add ' +
+    "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
+  );
+}
+
+/** What to add for migsafe's own QMP monitor (a `-qmp unix:` in <qemu:commandline>). */
+export function qmpProblem(name: string): string {
+  return (
+    "it has no QMP monitor for migsafe: add <qemu:commandline><qemu:arg value='-qmp'/>" +
+    `<qemu:arg value='unix:/var/lib/libvirt/qemu/${name}.migsafe.qmp,server=on,wait=off'/></qemu:commandline> ` +
+    "(and xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0' on its <domain> element)"
+  );
 }
 
 /** The values of every <qemu:arg> of the domain's <qemu:commandline>, in order. */

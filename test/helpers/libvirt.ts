@@ -180,3 +180,16 @@ export async function domState(name: string): Promise<string | null> {
   const r = await virsh(['domstate', name], 30_000);
   return r.code === 0 ? r.stdout.trim() : null;
 }
+
+/** Defines a persistent domain without starting it; undefined at teardown. */
+export async function defineTestDomain(t: Test, o: TestDomainOptions): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'migsafe-domain-'));
+  const file = join(dir, `${o.name}.xml`);
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(file, testDomainXml(o));
+  t.teardown(async () => {
+    await virsh(['undefine', o.name], 30_000);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await virshOk(['define', file], 120_000);
+}

@@ -4,7 +4,8 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   Virsh,
-  checkSharedFileMemory,
+  qmpProblem,
+  sharedFileMemoryProblem,
   ftSocketOf,
   qemuCommandline,
   qmpSocketOf,
@@ -23,11 +24,8 @@ export async function attachDomain(a: AttachArgs, name: string): Promise<void> {
   const uri = a['libvirt-uri'];
   const virsh = new Virsh(uri);
   const state = await virsh.existingState(name);
-  if (state !== 'running' && state !== 'paused') {
-    throw new Error(`libvirt domain "${name}" is ${state}, not running: start it (virsh -c ${uri} start ${name}), then attach`);
-  }
-  const live = await virsh.dumpXml(name);
-  checkSharedFileMemory(live, name);
+  // What the domain's XML lacks is said first, all of it at once (one `virsh edit`), whatever
+  // its state: the fix needs a restart anyway.
   // --migratable: the XML libvirt itself would start a migration's destination from, so the
   // re-created QEMU has the same devices (the device state must fit them); without what a
   // migsafe recovery added to its commandline.
@@ -35,13 +33,17 @@ export async function attachDomain(a: AttachArgs, name: string): Promise<void> {
   const args = withoutIncomingArgs(qemuCommandline(migratable));
   const xml = withQemuCommandline(migratable, args);
   const qmpPath = a.qmp ?? qmpSocketOf(args);
-  if (!qmpPath) {
+  const missing = [sharedFileMemoryProblem(migratable), qmpPath ? undefined : qmpProblem(name)].filter((m) => m !== undefined);
+  if (missing.length) {
     throw new Error(
-      `libvirt domain "${name}" has no QMP monitor for migsafe: add <qemu:commandline><qemu:arg value='-qmp'/>` +
-        `<qemu:arg value='unix:/run/migsafe/${name}.qmp,server=on,wait=off'/></qemu:commandline> to its XML ` +
-        `(root element <domain ... xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>), then restart it (docs/libvirt.md)`,
+      `libvirt domain "${name}" cannot be checkpointed: ${missing.join('; ')}. ` +
+        `Edit it (virsh -c ${uri} edit ${name}), then restart it (docs/libvirt.md)`,
     );
   }
+  if (state !== 'running' && state !== 'paused') {
+    throw new Error(`libvirt domain "${name}" is ${state}, not running: start it (virsh -c ${uri} start ${name}), then attach`);
+  }
+  if (!qmpPath) throw new Error('unreachable: no QMP path');
   if (!qmpSocketOf(args)) {
     logger.warn({ vm: a.vm }, `--qmp ${qmpPath} is not in the domain's <qemu:commandline>: recovery needs it there`);
   }
