@@ -1,5 +1,4 @@
 // Where migsafe keeps its things, and how a command reaches the store.
-import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
@@ -9,6 +8,9 @@ import { Metrics, serveMetrics } from '../util/metrics.js';
 import { WriterLease } from '../ha/writer-lease.js';
 import { describeDurability, parseDurability, settleDurability } from '../store/durability.js';
 import { logger } from './log.js';
+import { ensurePrivateDir } from '../util/private-dir.js';
+import { explainRedisError, type RedisAuth } from '../store/redis-url.js';
+import { maskSecrets } from '../util/logger.js';
 
 /** Where persistent state goes, not created (doctor only looks). */
 export function stateDirPath(): string {
@@ -22,43 +24,43 @@ export function runDirPath(): string {
 
 /** Persistent state (the private Redis and its AOF): $MIGSAFE_STATE_DIR or ~/.local/state/migsafe. */
 export function stateDir(): string {
-  const d = stateDirPath();
-  mkdirSync(d, { recursive: true, mode: 0o700 });
-  return d;
+  return ensurePrivateDir(stateDirPath(), '--state-dir (MIGSAFE_STATE_DIR)');
 }
 
 /** Guest RAM files, QMP sockets: tmpfs. $MIGSAFE_RUN_DIR or /dev/shm/migsafe-UID. */
 export function runDir(): string {
-  const d = runDirPath();
-  mkdirSync(d, { recursive: true, mode: 0o700 });
-  return d;
+  return ensurePrivateDir(runDirPath(), '--run-dir (MIGSAFE_RUN_DIR)');
 }
 
 export interface StoreHandle {
   redis: Redis;
   store: CheckpointStore;
   url: string;
+  /** The URL as it may be printed: its password masked. */
+  where: string;
+  auth?: RedisAuth;
   /** migsafe's own redis-server (no --redis): migsafe may configure it. */
   own: boolean;
   close(): void;
 }
 
 /** Connects to --redis, or to migsafe's private redis-server (started if it is not running). */
-export async function openRedis(redisUrl: string | undefined, retry = false): Promise<Omit<StoreHandle, 'store'>> {
+export async function openRedis(redisUrl: string | undefined, retry = false, auth?: RedisAuth): Promise<Omit<StoreHandle, 'store'>> {
   const url = redisUrl ?? (await ensureLocalRedis(stateDir()));
-  const redis = connectRedis(url, { retry });
+  const where = maskSecrets(url);
+  const redis = connectRedis(url, { retry, auth });
   try {
     await redis.ping();
   } catch (e) {
     redis.disconnect();
-    throw new Error(`cannot reach Redis at ${url}: ${(e as Error).message}`);
+    throw new Error(explainRedisError(e as Error, where));
   }
-  return { redis, url, own: redisUrl === undefined, close: () => redis.disconnect() };
+  return { redis, url, where, auth, own: redisUrl === undefined, close: () => redis.disconnect() };
 }
 
 /** The store of one VM on --redis (openRedis). */
-export async function openStore(redisUrl: string | undefined, vm: string, retry = false): Promise<StoreHandle> {
-  const h = await openRedis(redisUrl, retry);
+export async function openStore(redisUrl: string | undefined, vm: string, retry = false, auth?: RedisAuth): Promise<StoreHandle> {
+  const h = await openRedis(redisUrl, retry, auth);
   return { ...h, store: new CheckpointStore(h.redis, vm) };
 }
 
@@ -89,7 +91,7 @@ export async function openMetrics(listen: string | undefined): Promise<MetricsHa
  * (src/ha/writer-lease.ts); `waitMs`: how long to wait for another holder's lease to expire.
  */
 export async function takeWriterLease(h: StoreHandle, ttlMs: number, waitMs = 0): Promise<WriterLease & { close(): Promise<void> }> {
-  const redis = connectRedis(h.url, { retry: true });
+  const redis = connectRedis(h.url, { retry: true, auth: h.auth });
   try {
     const w = await WriterLease.take({ redis, store: h.store, ttlMs, waitMs, log: logger.child({ vm: h.store.vmId }) });
     return Object.assign(w, {
@@ -106,7 +108,7 @@ export async function takeWriterLease(h: StoreHandle, ttlMs: number, waitMs = 0)
 
 /** Settles `--durability` with the server (refusing what it cannot honour) and says what it means. */
 export async function applyDurability(h: StoreHandle, spec: string): Promise<void> {
-  const d = await settleDurability(h.redis, parseDurability(spec), h.own, h.url);
+  const d = await settleDurability(h.redis, parseDurability(spec), h.own, h.where);
   h.store.setDurability(d);
   logger.info({ vm: h.store.vmId, durability: d.kind }, `commits count when ${describeDurability(d)}`);
 }

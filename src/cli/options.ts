@@ -5,6 +5,7 @@ import { checkVmId } from '../store/keys.js';
 import { parseListen } from '../util/metrics.js';
 import { parseDurability } from '../store/durability.js';
 import type { LoopSettings } from './checkpoint-loop.js';
+import { withRedisAuth, type RedisAuthArgs } from './redis-auth.js';
 
 /** What every `--redis` accepts (src/store/redis-url.ts). */
 export const REDIS_FORMS = 'redis://HOST:PORT[/DB], rediss://..., a unix socket path, redis+sentinel://HOST:PORT,HOST:PORT/NAME (a primary found and followed through Sentinel), or redis+cluster://HOST:PORT,HOST:PORT (a Redis Cluster)';
@@ -13,12 +14,12 @@ export const REDIS_FORMS = 'redis://HOST:PORT[/DB], rediss://..., a unix socket 
 export function withRedis<T>(y: Argv<T>) {
   return y.option('redis', {
     type: 'string',
-    describe: `the checkpoint store: ${REDIS_FORMS} (a password in it is masked in the logs); default: migsafe's own redis-server`,
+    describe: `the checkpoint store: ${REDIS_FORMS} (a password in it is masked in logs and in ps; better: --redis-password-file); default: migsafe's own redis-server`,
   });
 }
 
 export function withStore<T>(y: Argv<T>) {
-  return withRedis(y)
+  return withRedisAuth(withRedis(y))
     .option('vm', { type: 'string', demandOption: true, describe: 'VM id (letters, digits, . _ -)' })
     .check((a) => {
       checkVmId(String((a as { vm: string }).vm));
@@ -94,9 +95,8 @@ export function withCheckpointing<T>(y: Argv<T>) {
     });
 }
 
-export interface CheckpointArgs {
+export interface CheckpointArgs extends RedisAuthArgs {
   vm: string;
-  redis?: string;
   interval: number;
   'max-pages': number;
   'max-time': number;

@@ -5,7 +5,8 @@ import yargs, { type Argv, type CommandModule } from 'yargs';
 import { commandName, commandOptions, type CommandOptions } from './config-file.js';
 import { scanEnv, setAside } from './env.js';
 import { logger, setLogLevel } from './log.js';
-import type { LogLevel } from '../util/logger.js';
+import { maskSecrets, type LogLevel } from '../util/logger.js';
+import { hardenProcess, refuseSecretArgs } from './hardening.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyCommand = CommandModule<any, any>;
@@ -49,9 +50,9 @@ function defaultFail(msg: string, err?: Error): void {
     // What a command failed on: a log line (JSON for machines), the stack only at debug level.
     const vm = vmArg();
     logger.fatal({ ...(vm ? { vm } : {}), ...(logger.isLevelEnabled('debug') || process.env.MIGSAFE_DEBUG ? { err } : {}) }, err.message);
-    if (!logger.isLevelEnabled('fatal')) process.stderr.write(`migsafe: ${err.message}\n`);
+    if (!logger.isLevelEnabled('fatal')) process.stderr.write(`migsafe: ${maskSecrets(err.message)}\n`);
   } else {
-    process.stderr.write(`migsafe: ${msg}\nRun \`migsafe --help\` for usage.\n`);
+    process.stderr.write(`migsafe: ${maskSecrets(msg)}\nRun \`migsafe --help\` for usage.\n`);
   }
   process.exit(2);
 }
@@ -113,6 +114,8 @@ export function cliParser(args: string[], commands: readonly AnyCommand[], o: Pa
 export async function runCli(args: string[], commands: readonly AnyCommand[]): Promise<void> {
   let parser: ReturnType<typeof cliParser>;
   try {
+    hardenProcess(args);
+    refuseSecretArgs(args);
     parser = cliParser(args, commands);
   } catch (e) {
     return defaultFail('', e as Error);

@@ -4,6 +4,7 @@
 // opened in that order, closed in the reverse one.
 import { applyDurability, openMetrics, openStore, takeWriterLease, type StoreHandle } from './context.js';
 import { loopSettings, type CheckpointArgs } from './options.js';
+import { redisAuthFrom } from './redis-auth.js';
 import type { CheckpointLoopOptions, LoopSettings } from './checkpoint-loop.js';
 
 export interface Writer {
@@ -25,7 +26,7 @@ export async function asWriter<T>(a: CheckpointArgs, o: WriterOptions, body: (w:
   let h: StoreHandle | undefined;
   let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
   try {
-    h = await openStore(a.redis, a.vm, o.retry);
+    h = await openStore(a.redis, a.vm, o.retry, redisAuthFrom(a));
     lease = await takeWriterLease(h, a['lease-ttl'], o.leaseWaitMs);
     await applyDurability(h, a.durability);
     return await body({ h, loop: { ...loopSettings(a), metrics: m.metrics, lease } });

@@ -14,6 +14,8 @@ import type { Server } from 'node:net';
 import type { Redis } from 'ioredis';
 import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths } from '../qemu/launch.js';
 import { connectRedis } from '../store/redis-server.js';
+import { explainRedisError } from '../store/redis-url.js';
+import { maskSecrets } from '../util/logger.js';
 import { describeDurability, settleDurability } from '../store/durability.js';
 import { Ownership, killPid } from '../ha/ownership.js';
 import { listen, requireTlsOrLoopback, type Peer } from '../ha/peer.js';
@@ -49,8 +51,8 @@ export class Agent {
   constructor(readonly o: AgentOptions) {
     checkHostName(o.host, '--host');
     requireTlsOrLoopback(o.listen, o.tls, '--listen');
-    this.redis = connectRedis(o.redis, { retry: true });
-    this.leaseRedis = connectRedis(o.redis, { retry: true });
+    this.redis = connectRedis(o.redis, { retry: true, auth: o.redisAuth });
+    this.leaseRedis = connectRedis(o.redis, { retry: true, auth: o.redisAuth });
     this.ownership = new Ownership(o.leaseTtlMs);
     this.host = new VmHost(o, this.redis, this.leaseRedis, this.ownership, () => this.writeStatus());
     this.source = new Source(this.host);
@@ -59,9 +61,9 @@ export class Agent {
 
   async start(): Promise<void> {
     await this.redis.ping().catch((e: Error) => {
-      throw new Error(`cannot reach Redis at ${this.o.redis}: ${e.message}; check --redis and that the server runs`);
+      throw new Error(`${explainRedisError(e, maskSecrets(this.o.redis))}; check --redis and that the server runs`);
     });
-    const d = await settleDurability(this.redis, this.o.durability ?? { kind: 'auto' }, false, this.o.redis);
+    const d = await settleDurability(this.redis, this.o.durability ?? { kind: 'auto' }, false, maskSecrets(this.o.redis));
     this.host.durability = d;
     this.o.log.info({ durability: d.kind }, `commits count when ${describeDurability(d)}`);
     await this.host.openGate();

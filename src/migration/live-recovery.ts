@@ -36,7 +36,7 @@ export async function recoverLive(
     const tPaused = performance.now();
     const from = await finalImage();
     const tLoaded = performance.now();
-    writeFileSync(file, from.image);
+    writeFileSync(file, from.image, { mode: 0o600 });
     const tWritten = performance.now();
     // restored/copy: 0008 (the block's own contents from before the migration; older binaries: zeros)
     const res = await qmp.executeOob<{

@@ -4,6 +4,7 @@
 import { openSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
+import type { RedisAuth } from '../store/redis-url.js';
 import { vmPaths, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
 import { QmpClient } from '../qemu/qmp.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
@@ -32,6 +33,8 @@ export interface AgentOptions {
   host: string;
   listen: string;
   redis: string;
+  /** Credentials and TLS material for `redis` besides the URL's. */
+  redisAuth?: RedisAuth;
   runDir: string;
   intervalMs: number;
   maxPages: number;

@@ -1,7 +1,8 @@
 // Starting QEMU with guest RAM in a shared file and a QMP socket that migsafe owns.
 import { spawn } from 'node:child_process';
-import { openSync, closeSync, existsSync, ftruncateSync, rmSync } from 'node:fs';
+import { openSync, closeSync, existsSync, fchmodSync, ftruncateSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { childEnv } from '../util/process.js';
 
 export const RAM_BACKEND_ID = 'migsafe-ram';
 
@@ -63,6 +64,8 @@ export function vmPaths(runDir: string, vmId: string): VmPaths {
 export function createRamFile(path: string, bytes: number): void {
   const fd = openSync(path, 'w+', 0o600);
   try {
+    // The mode of open() applies only to a new file: an old one is made private too.
+    fchmodSync(fd, 0o600);
     ftruncateSync(fd, bytes);
   } finally {
     closeSync(fd);
@@ -130,7 +133,7 @@ export function launchQemu(opts: LaunchOptions): LaunchedQemu {
   const out = opts.logFd ?? 'ignore';
   // setpriv sets the death signal, then execs QEMU: the same process, so the pid is QEMU's.
   const cmd = opts.diesWithMigsafe ? [SETPRIV, '--pdeathsig', 'KILL', '--', ...argv] : argv;
-  const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: ['ignore', out, out], cwd: opts.cwd });
+  const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: ['ignore', out, out], cwd: opts.cwd, env: childEnv() });
   const exited = new Promise<number | string>((resolve) => {
     child.once('exit', (code, signal) => resolve(code ?? signal ?? -1));
     child.once('error', (e) => resolve(`spawn error: ${e.message}`));

@@ -65,8 +65,19 @@ export async function settleDurability(redis: Redis, choice: DurabilityChoice, o
     if (role !== 'master') throw new Error(`--durability replicas:${choice.replicas}: Redis at ${where} is a ${role}, not a primary`);
     return choice;
   }
-  const aof = await config(redis, 'appendonly');
-  let fsync = await config(redis, 'appendfsync');
+  let aof: string | undefined;
+  let fsync: string | undefined;
+  try {
+    aof = await config(redis, 'appendonly');
+    fsync = await config(redis, 'appendfsync');
+  } catch (e) {
+    // An ACL user without CONFIG (usual: it is in @dangerous) cannot tell: auto settles for none.
+    if (!/NOPERM/.test((e as Error).message)) throw e;
+    if (choice.kind === 'fsync') {
+      throw new Error(`--durability fsync: the Redis user at ${where} may not run CONFIG GET, so migsafe cannot check appendfsync: grant +config|get in its ACL, or use --durability replicas:N or none`);
+    }
+    return { kind: 'none' };
+  }
   if (own && aof === 'yes' && fsync !== 'always') {
     await redis.call('CONFIG', 'SET', 'appendfsync', 'always');
     fsync = 'always';

@@ -6,8 +6,8 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis } from 'ioredis';
-import { parseRedisTarget } from './redis-url.js';
-import { processAlive } from '../util/process.js';
+import { parseRedisTarget, redisOptions, type RedisAuth } from './redis-url.js';
+import { childEnv, processAlive } from '../util/process.js';
 
 export interface RedisServerOptions {
   dir: string;
@@ -83,7 +83,7 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
     ...(opts.cluster ? ['--cluster-enabled', 'yes', '--cluster-config-file', join(opts.dir, 'nodes.conf'), '--cluster-node-timeout', '2000'] : []),
   ];
   const cmd = [...(opts.wrap ?? []), redisServerBinary(), ...args];
-  const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: 'ignore' });
+  const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: 'ignore', env: childEnv() });
   child.unref();
   const pid = child.pid;
   if (pid === undefined) throw new Error('cannot start redis-server');
@@ -159,10 +159,13 @@ export function runningLocalRedis(stateDir: string): string | undefined {
 export interface ConnectOptions {
   /** Keep reconnecting when the server goes away (the sidecar); off for one-shot commands. */
   retry?: boolean;
+  /** Credentials and TLS material besides the URL's (src/store/redis-url.ts). */
+  auth?: RedisAuth;
 }
 
 /**
- * redis://host:port[/db], rediss://..., a unix socket path, or redis+sentinel://host:port,.../NAME
+ * redis://host:port[/db], rediss://..., a unix socket path, redis+sentinel://host:port,.../NAME or
+ * redis+cluster://host:port,... with `opts.auth` (credentials, TLS files)
  * (src/store/redis-url.ts). Loopback only unless the user says otherwise.
  */
 export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
@@ -188,7 +191,7 @@ export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
       maxRedirections: 16,
       redisOptions: {
         maxRetriesPerRequest: common.maxRetriesPerRequest,
-        ...(target.password ? { password: target.password } : {}),
+        ...redisOptions(url, opts.auth),
       },
     });
     c.on('error', () => {
@@ -197,20 +200,13 @@ export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
     // Same commands; what differs (SCAN, per-server settings) goes through redis-cluster.ts.
     return c as unknown as Redis;
   }
-  const r =
-    target.kind === 'socket'
-      ? new Redis({ ...common, path: target.path })
-      : target.kind === 'url'
-        ? new Redis(target.url, common)
-        : new Redis({
-            ...common,
-            sentinels: target.sentinels,
-            name: target.name,
-            db: target.db,
-            ...(target.password ? { password: target.password } : {}),
-            // While no sentinel answers (or none knows a primary yet): the same patience as above.
-            sentinelRetryStrategy: common.retryStrategy,
-          });
+  const node = redisOptions(url, opts.auth);
+  const r = new Redis({
+    ...common,
+    ...node,
+    // While no sentinel answers (or none knows a primary yet): the same patience as above.
+    ...(node.sentinels ? { sentinelRetryStrategy: common.retryStrategy } : {}),
+  });
   r.on('error', () => {
     /* surfaced by the failing command */
   });

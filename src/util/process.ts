@@ -7,3 +7,11 @@ export function processAlive(pid: number): boolean {
     return false;
   }
 }
+
+/**
+ * The environment for a child that is not migsafe (QEMU, redis-server): without migsafe's
+ * secrets (MIGSAFE_REDIS_PASSWORD and the like), which it has no use for.
+ */
+export function childEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !(k.startsWith('MIGSAFE_') && /PASSWORD|SECRET|TOKEN/.test(k))));
+}

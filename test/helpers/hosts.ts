@@ -297,7 +297,7 @@ export async function createCluster(opts: { t?: { teardown(fn: () => unknown): v
     agents,
     startAgent(h, extra = []) {
       const runDir = join('/dev/shm', `${hosts.id}-${h}-${Object.keys(agents).length}${Date.now() % 10000}`);
-      mkdirSync(runDir, { recursive: true });
+      mkdirSync(runDir, { recursive: true, mode: 0o700 });
       const log = join(dir, `agent-${h}-${Date.now()}.log`);
       const statusFile = join(dir, `status-${h}.json`);
       rmSync(statusFile, { force: true });

@@ -15,8 +15,9 @@ import { hideBin } from 'yargs/helpers';
 import { agentSignals, reloadAgent } from '../agent-signals.js';
 import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
 import { readVmList, type VmEntry } from '../vm-list.js';
+import { redisAuthFrom, withRedisAuth, type RedisAuthArgs } from '../redis-auth.js';
 
-interface AgentArgs extends TlsArgs {
+interface AgentArgs extends TlsArgs, RedisAuthArgs {
   host: string;
   listen: string;
   redis: string;
@@ -47,7 +48,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
   command: 'agent',
   describe: 'Run the host sidecar: checkpoint the VMs held here, send and receive migrations, recover on failure',
   builder: (y) =>
-    withTls(withOperatorOptions(y))
+    withTls(withOperatorOptions(withRedisAuth(y)))
       .option('host', { type: 'string', demandOption: true, describe: 'name of this host (the lease holder name)' })
       .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the control channel (PORT+1 takes migrations); without --tls-*, a loopback address only' })
       .option('redis', { type: 'string', demandOption: true, describe: `the checkpoint store: ${REDIS_FORMS}` })
@@ -107,6 +108,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       host: a.host,
       listen: a.listen,
       redis: a.redis,
+      redisAuth: redisAuthFrom(a),
       runDir: runDir(),
       intervalMs: a.interval,
       maxPages: a['max-pages'],

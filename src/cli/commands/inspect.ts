@@ -2,6 +2,7 @@
 import type { CommandModule } from 'yargs';
 import { fmtBytes, openStore } from '../context.js';
 import { withStore } from '../options.js';
+import { redisAuthFrom, type RedisAuthArgs } from '../redis-auth.js';
 import { isDurable } from '../../store/version-meta.js';
 
 /** "yes (fsync)", "NO (replicas:1)": a version not durable by its policy stands out. */
@@ -10,21 +11,25 @@ function durableText(durable: boolean | null, policy: string | null): string {
   return `${durable ? 'yes' : policy === 'none' ? 'no' : 'NO'} (${policy})`;
 }
 
-interface InspectArgs {
+interface InspectArgs extends RedisAuthArgs {
   vm: string;
-  redis?: string;
   json: boolean;
+  argv: boolean;
 }
 
 export const inspectCommand: CommandModule<object, InspectArgs> = {
   command: 'inspect',
   describe: 'List the committed checkpoint versions of a VM',
-  builder: (y) => withStore(y).option('json', { type: 'boolean', default: false, describe: 'print JSON' }) as never,
+  builder: (y) =>
+    withStore(y)
+      .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
+      // The recorded command line may hold secrets of the VM's own (a disk's password, a key file's path).
+      .option('argv', { type: 'boolean', default: false, describe: 'also show the recorded QEMU command line (hidden by default: it may hold secrets)' }) as never,
   handler: async (a) => {
-    const h = await openStore(a.redis, a.vm);
+    const h = await openStore(a.redis, a.vm, false, redisAuthFrom(a));
     try {
       const vm = await h.store.vm();
-      if (!vm) throw new Error(`no VM "${a.vm}" in the store at ${h.url}`);
+      if (!vm) throw new Error(`no VM "${a.vm}" in the store at ${h.where}`);
       const metas = await h.store.metas();
       const base = await h.store.base();
       const versions = metas.map((m) => ({
@@ -49,13 +54,13 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
       }));
       if (a.json) {
         process.stdout.write(
-          JSON.stringify({ vm: a.vm, ramBytes: vm.ramBytes, argv: vm.argv, base, versions }, null, 2) + '\n',
+          JSON.stringify({ vm: a.vm, ramBytes: vm.ramBytes, ...(a.argv ? { argv: vm.argv } : {}), base, versions }, null, 2) + '\n',
         );
         return;
       }
       process.stdout.write(`VM ${a.vm}: RAM ${fmtBytes(vm.ramBytes)}, ${versions.length} committed version(s)` +
         (base ? `, base image at version ${base}` : '') + `\n`);
-      process.stdout.write(`QEMU: ${vm.argv.join(' ')}\n`);
+      process.stdout.write(a.argv ? `QEMU: ${vm.argv.join(' ')}\n` : `QEMU: ${vm.argv.length} argument(s) recorded (inspect --argv shows them)\n`);
       process.stdout.write('version  committed                 pages   stored      B/page  pause ms  device     source   durable          writer\n');
       for (const v of versions) {
         const perPage = v.pages ? v.bytesStored / v.pages : 0;

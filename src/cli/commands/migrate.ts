@@ -10,8 +10,9 @@ import { Progress } from '../progress.js';
 import type { WorkProgress } from '../../util/progress.js';
 import { REDIS_FORMS } from '../options.js';
 import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
+import { redisAuthFrom, withRedisAuth, type RedisAuthArgs } from '../redis-auth.js';
 
-interface MigrateArgs extends TlsArgs {
+interface MigrateArgs extends TlsArgs, RedisAuthArgs {
   vm: string;
   to: string;
   from?: string;
@@ -26,7 +27,7 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
   command: 'migrate',
   describe: 'Live-migrate a VM to another host\'s agent, with FIC/RIC checkpointing around it',
   builder: (y) =>
-    withTls(y)
+    withTls(withRedisAuth(y))
       .option('vm', { type: 'string', demandOption: true })
       .option('to', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the destination agent' })
       .option('from', { type: 'string', describe: 'ADDR:PORT of the source agent (default: the one the store names)' })
@@ -42,7 +43,7 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
   handler: async (a) => {
     let from = a.from;
     if (!from) {
-      const r = connectRedis(a.redis!);
+      const r = connectRedis(a.redis!, { auth: redisAuthFrom(a) });
       from = (await new CheckpointStore(r, a.vm).agentAddress()) ?? undefined;
       r.disconnect();
       if (!from) throw new Error(`no agent runs VM ${a.vm} (nothing in the store): give --from`);

@@ -33,8 +33,8 @@ export async function runHandler(a: RunArgs): Promise<number> {
     const qemu = launchQemu({ argv, ramBytes, paths, logFd: openSync(logFile, 'a'), ft });
     if (a.pidfile) writeFileSync(a.pidfile, `${qemu.pid}\n`);
     log.info(
-      { pid: qemu.pid, ramBytes, ram: paths.ram, store: h.url, qemuLog: logFile },
-      `QEMU started (pid ${qemu.pid}), RAM ${ramBytes >> 20} MiB in ${paths.ram}, store ${h.url}, QEMU log ${logFile}`,
+      { pid: qemu.pid, ramBytes, ram: paths.ram, store: h.where, qemuLog: logFile },
+      `QEMU started (pid ${qemu.pid}), RAM ${ramBytes >> 20} MiB in ${paths.ram}, store ${h.where}, QEMU log ${logFile}`,
     );
     const qmp = await Promise.race([
       QmpClient.connect(paths.qmp, 30_000),
