@@ -3,13 +3,13 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { CheckpointStore } from '../store/checkpoint-store.js';
-import { connectRedis, ensureLocalRedis } from '../store/redis-server.js';
+import { connectRedis, ensureLocalRedis, pingExplained } from '../store/redis-server.js';
 import { Metrics, serveMetrics } from '../util/metrics.js';
 import { WriterLease } from '../ha/writer-lease.js';
 import { describeDurability, parseDurability, settleDurability } from '../store/durability.js';
 import { logger } from './log.js';
 import { ensurePrivateDir } from '../util/private-dir.js';
-import { explainRedisError, type RedisAuth } from '../store/redis-url.js';
+import type { RedisAuth } from '../store/redis-url.js';
 import { maskSecrets } from '../util/logger.js';
 
 /** Where persistent state goes, not created (doctor only looks). */
@@ -50,10 +50,10 @@ export async function openRedis(redisUrl: string | undefined, retry = false, aut
   const where = maskSecrets(url);
   const redis = connectRedis(url, { retry, auth });
   try {
-    await redis.ping();
+    await pingExplained(redis, where);
   } catch (e) {
     redis.disconnect();
-    throw new Error(explainRedisError(e as Error, where));
+    throw e;
   }
   return { redis, url, where, auth, own: redisUrl === undefined, close: () => redis.disconnect() };
 }

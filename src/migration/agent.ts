@@ -13,8 +13,7 @@ import { writeFileSync, renameSync } from 'node:fs';
 import type { Server } from 'node:net';
 import type { Redis } from 'ioredis';
 import { createRamFile, launchQemu, ramBytesFromArgv, vmPaths } from '../qemu/launch.js';
-import { connectRedis } from '../store/redis-server.js';
-import { explainRedisError } from '../store/redis-url.js';
+import { connectRedis, pingExplained } from '../store/redis-server.js';
 import { maskSecrets } from '../util/logger.js';
 import { describeDurability, settleDurability } from '../store/durability.js';
 import { Ownership, killPid } from '../ha/ownership.js';
@@ -60,8 +59,8 @@ export class Agent {
   }
 
   async start(): Promise<void> {
-    await this.redis.ping().catch((e: Error) => {
-      throw new Error(`${explainRedisError(e, maskSecrets(this.o.redis))}; check --redis and that the server runs`);
+    await pingExplained(this.redis, maskSecrets(this.o.redis)).catch((e: Error) => {
+      throw new Error(`${e.message}; check --redis and that the server runs`);
     });
     const d = await settleDurability(this.redis, this.o.durability ?? { kind: 'auto' }, false, maskSecrets(this.o.redis));
     this.host.durability = d;

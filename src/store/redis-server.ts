@@ -6,7 +6,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis } from 'ioredis';
-import { parseRedisTarget, redisOptions, type RedisAuth } from './redis-url.js';
+import { explainRedisError, parseRedisTarget, redisOptions, type RedisAuth } from './redis-url.js';
 import { childEnv, processAlive } from '../util/process.js';
 
 export interface RedisServerOptions {
@@ -211,4 +211,24 @@ export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
     /* surfaced by the failing command */
   });
   return r;
+}
+
+/**
+ * PINGs, or throws what is wrong and its fix (explainRedisError; `where`: the URL, masked). A
+ * failed connection (a TLS handshake refused, a reset, a refused port) fails the PING with
+ * ioredis' bare "Connection is closed." or "Reached the max retries"; the socket's own error
+ * says why, so that is the one explained. A reply (NOAUTH, WRONGPASS) is explained as it is.
+ */
+export async function pingExplained(r: Redis, where: string): Promise<void> {
+  let cause: Error | undefined;
+  const onError = (e: Error) => (cause ??= e);
+  r.on('error', onError);
+  try {
+    await r.ping();
+  } catch (e) {
+    const reply = (e as Error).name === 'ReplyError';
+    throw new Error(explainRedisError(reply ? (e as Error) : (cause ?? (e as Error)), where));
+  } finally {
+    r.off('error', onError);
+  }
 }
