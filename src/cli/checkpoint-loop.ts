@@ -19,6 +19,8 @@ export interface CheckpointLoopOptions
   vm: string;
   /** Resolves when the QEMU process ends, if migsafe started it. */
   qemuExited?: Promise<number | string>;
+  /** QEMU's stdout and stderr, if migsafe started it: named when it ends unexpectedly. */
+  qemuLog?: string;
   /** Quit QEMU when migsafe is told to stop (run), or leave it alone (attach). */
   quitVmOnStop: boolean;
   /** The patched QEMU's migsafe-ft socket: dirty pages from its bitmap instead of a scan. */
@@ -34,7 +36,7 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   log.info({ dirtySource: dirty.kind }, `dirty pages from ${dirty.kind === 'bitmap' ? "QEMU's fault-tolerance dirty bitmap" : 'a compare of all guest RAM'}`);
   const progress = new Progress(log);
   let head = o.resumeFrom?.version ?? 0;
-  const { vm: _vm, qemuExited: _exited, quitVmOnStop: _quit, ftSocket: _ft, lease: _lease, ...loop } = o;
+  const { vm: _vm, qemuExited: _exited, qemuLog: _qlog, quitVmOnStop: _quit, ftSocket: _ft, lease: _lease, ...loop } = o;
   let fenced: string | undefined;
   const ckpt = new Checkpointer({
     kind: 'fic',
@@ -100,6 +102,16 @@ export async function checkpointLoop(o: CheckpointLoopOptions): Promise<number> 
   // QMP went away: QEMU ended.
   if (o.qemuExited) exitStatus = await Promise.race([o.qemuExited, new Promise<undefined>((r) => setTimeout(r, 2000))]);
   o.qmp.close();
+  if (exitStatus === 0 && head === 0) {
+    // Nothing was ever checkpointed: likelier a guest that never came up than a shutdown.
+    log.warn(
+      { exit: 0 },
+      'QEMU exited normally (status 0) before the first checkpoint was committed: the guest shut down at once, or did not boot ' +
+        '(under -no-reboot a guest that resets exits 0 too: a triple fault, a kernel and initrd that do not fit in -m); ' +
+        `see the guest's console and ${o.qemuLog ?? "QEMU's log"}; nothing was checkpointed`,
+    );
+    return 0;
+  }
   if (exitStatus === 0) {
     log.info({ version: head || undefined }, `QEMU exited normally (guest shut down); last committed version ${head || 'none'}`);
     return 0;

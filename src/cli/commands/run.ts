@@ -50,6 +50,7 @@ export async function runHandler(a: RunArgs): Promise<number> {
       ramBytes,
       deviceStatePath: paths.deviceState,
       qemuExited: qemu.exited,
+      qemuLog: logFile,
       quitVmOnStop: true,
       ftSocket: ft ? paths.ft : undefined,
       ...loop,
