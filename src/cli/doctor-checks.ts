@@ -113,7 +113,11 @@ export function redisVerdict(p: RedisProbe): Check {
       `cannot reach Redis at ${p.url}: ${p.error ?? 'no answer'}`,
       p.own
         ? `the server of the state directory does not answer: stop it (kill $(cat ${p.url.replace(/redis\.sock$/, 'redis.pid')})) and let migsafe start it again`
-        : 'start the server there, or check --redis (redis://HOST:PORT, a socket path, redis+sentinel://...) and the firewall',
+        : /NOAUTH|WRONGPASS|invalid (username-)?password/i.test(p.error ?? '')
+          ? 'give the password with --redis-password-file FILE or MIGSAFE_REDIS_PASSWORD (and --redis-user NAME for an ACL user)'
+          : /certificate|self[- ]signed|UNABLE_TO|ECONNRESET/i.test(p.error ?? '') && p.url.startsWith('rediss://')
+            ? "TLS: give the server's CA with --redis-ca FILE, and --redis-cert FILE --redis-key FILE if it demands a client certificate"
+            : 'start the server there, or check --redis (redis://HOST:PORT, a socket path, redis+sentinel://...) and the firewall',
     );
   }
   return ok('redis', `Redis ${p.version ?? '?'} at ${p.url}${p.role ? ` (${p.role})` : ''}${p.own ? ", migsafe's own" : ''}`);

@@ -59,6 +59,10 @@ t.test('redis: unreachable names the URL and the fix; own server not running is 
   const ownDead = redisVerdict({ url: '/s/redis/redis.sock', own: true, running: true, reachable: false, error: 'x' });
   t.equal(ownDead.status, 'FAIL');
   t.match(ownDead.fix, /kill \$\(cat \/s\/redis\/redis\.pid\)/);
+  const noauth = redisVerdict({ url: 'redis://h:1', own: false, reachable: false, error: 'NOAUTH Authentication required.' });
+  t.match(noauth.fix, /--redis-password-file FILE or MIGSAFE_REDIS_PASSWORD/, 'a store that wants a password: how to give it');
+  const tls = redisVerdict({ url: 'rediss://h:1', own: false, reachable: false, error: 'self-signed certificate in certificate chain' });
+  t.match(tls.fix, /--redis-ca FILE, and --redis-cert FILE --redis-key FILE/);
   const up = redisVerdict({ url: 'redis://h:1', own: false, reachable: true, version: '7.0.15', role: 'master' });
   t.equal(up.status, 'ok');
   t.match(up.message, /Redis 7\.0\.15 at redis:\/\/h:1 \(master\)/);

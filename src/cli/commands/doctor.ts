@@ -13,6 +13,7 @@ import { parseDurability, settleDurability } from '../../store/durability.js';
 import { maskSecrets } from '../../util/logger.js';
 import { runDirPath, stateDirPath } from '../context.js';
 import { withDurability, withRedis } from '../options.js';
+import { redisAuthFrom, withRedisAuth, type RedisAuthArgs } from '../redis-auth.js';
 import {
   dirVerdict,
   durabilityVerdict,
@@ -32,7 +33,7 @@ import {
   type UffdProbe,
 } from '../doctor-checks.js';
 
-interface DoctorArgs {
+interface DoctorArgs extends RedisAuthArgs {
   redis?: string;
   durability: string;
   'qemu-binary': string;
@@ -166,7 +167,7 @@ async function probeStore(a: DoctorArgs): Promise<Check[]> {
   const r: RedisProbe = { url: shown, own, reachable: false, ...(own ? { running: sock !== undefined } : {}) };
   const d: DurabilityProbe = { spec: a.durability, choice, own };
   if (!own || sock) {
-    const redis = connectRedis(url, { retry: false });
+    const redis = connectRedis(url, { retry: false, auth: redisAuthFrom(a) });
     // ioredis fails the PING with "Connection is closed."; the socket's error says why (ECONNREFUSED, ...).
     let cause: Error | undefined;
     redis.on('error', (e: Error) => (cause ??= e));
@@ -196,7 +197,7 @@ export const doctorCommand: CommandModule<object, DoctorArgs> = {
   command: 'doctor',
   describe: 'Check this host for what migsafe needs (QEMU, KVM, the store, userfaultfd, directories) and say what to fix',
   builder: (y) =>
-    withDurability(withRedis(y))
+    withDurability(withRedisAuth(withRedis(y)))
       .option('qemu-binary', { type: 'string', default: 'qemu-system-x86_64', describe: 'the QEMU to check (a name on PATH or a path)' })
       .option('json', { type: 'boolean', default: false, describe: 'print {ok, checks: [{name, status, message, fix}]}' })
       .usage('$0 doctor [--redis URL] [--durability D] [--qemu-binary PATH] [--json]')
