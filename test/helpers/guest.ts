@@ -136,9 +136,20 @@ export function guestAppend(opts: Omit<GuestQemuOptions, 'serialLog'>): string {
  * QMP, which migsafe (or startTestGuest) adds: `-object memory-backend-file,...,share=on
  * -machine memory-backend=<id>` of memMiB MiB, and `-qmp ...`.
  */
+/**
+ * Below this the test guest does not boot: Debian's cloud kernel (a 14 MB bzImage) unpacked
+ * beside its initrd does not fit, the CPU resets before the console prints a line, and under
+ * -no-reboot QEMU exits 0 at once — which looks like a guest that shut down (72 MiB failed,
+ * 80 MiB booted on this machine; 96 leaves a margin).
+ */
+export const GUEST_MIN_MEM_MIB = 96;
+
 export function guestQemuArgs(opts: GuestQemuOptions): string[] {
   const g = guestArtifacts();
   const memMiB = opts.memMiB ?? 256;
+  if (memMiB < GUEST_MIN_MEM_MIB) {
+    throw new Error(`guestQemuArgs: memMiB ${memMiB} is too small for the test guest, which needs ${GUEST_MIN_MEM_MIB} MiB or more (below, QEMU exits 0 before it boots)`);
+  }
   const args = [
     opts.qemu ?? 'qemu-system-x86_64',
     '-accel',
