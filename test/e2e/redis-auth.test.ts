@@ -165,6 +165,15 @@ t.test('an ACL user (default user off, no CONFIG): in the URL, masked in ps; a w
   const shown = await runCli(['inspect', '--vm', 'b1', '--redis', srv.url, '--redis-user', 'alice'], { ...env, MIGSAFE_REDIS_PASSWORD: ALICE }, 30_000);
   t.equal(shown.code, 0, shown.stderr);
   t.match(shown.stdout, /VM b1: .* committed version/);
+  // The fleet commands log in the same way; the URL they print has its password masked.
+  const st = await runCli(['status', '--redis', url, '--no-agents', '--json'], env, 30_000);
+  t.equal(st.code, 0, st.stderr);
+  const fleet = JSON.parse(st.stdout) as { store: string; vms: { vm: string }[] };
+  t.same(fleet.vms.map((v) => v.vm), ['b1'], 'status lists the VM as the ACL user');
+  t.match(fleet.store, /^redis:\/\/alice:\*\*\*@127\.0\.0\.1:\d+$/);
+  const gc = await runCli(['gc', '--redis', srv.url, '--redis-user', 'alice', '--dry-run', '--json'], { ...env, MIGSAFE_REDIS_PASSWORD: ALICE }, 30_000);
+  t.equal(gc.code, 0, gc.stderr);
+  t.notOk(st.stdout.includes(ALICE) || gc.stdout.includes(ALICE) || st.rawStderr.includes(ALICE) || gc.rawStderr.includes(ALICE), 'status and gc print no password');
 });
 
 t.test('TLS only (rediss://, client certificates demanded): --redis-ca, --redis-cert, --redis-key', async (t) => {

@@ -6,8 +6,9 @@ import { collectGarbage, findGarbage, keysByVm } from '../../store/fleet.js';
 import { checkVmId } from '../../store/keys.js';
 import { openRedis } from '../context.js';
 import { withRedis } from '../options.js';
+import { redisAuthFrom, withRedisAuth, type RedisAuthArgs } from '../redis-auth.js';
 
-interface GcArgs {
+interface GcArgs extends RedisAuthArgs {
   redis?: string;
   vm?: string;
   'dry-run': boolean;
@@ -18,7 +19,7 @@ export const gcCommand: CommandModule<object, GcArgs> = {
   command: 'gc',
   describe: 'Remove what no VM references from the store (pending leftovers, orphan versions and chunks); --dry-run lists it',
   builder: (y) =>
-    withRedis(y)
+    withRedisAuth(withRedis(y))
       .option('vm', { type: 'string', describe: 'only this VM (default: every VM in the store)' })
       .option('dry-run', { type: 'boolean', default: false, describe: 'list what would be removed, remove nothing' })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
@@ -27,10 +28,10 @@ export const gcCommand: CommandModule<object, GcArgs> = {
         return true;
       }) as never,
   handler: async (a) => {
-    const h = await openRedis(a.redis);
+    const h = await openRedis(a.redis, false, redisAuthFrom(a));
     try {
       const byVm = await keysByVm(h.redis);
-      if (a.vm !== undefined && !byVm.has(a.vm)) throw new Error(`no VM "${a.vm}" in the store at ${h.url}`);
+      if (a.vm !== undefined && !byVm.has(a.vm)) throw new Error(`no VM "${a.vm}" in the store at ${h.where}`);
       const report = [];
       let removed = 0;
       for (const [vm, keys] of [...byVm].sort(([x], [y]) => x.localeCompare(y))) {
@@ -52,7 +53,7 @@ export const gcCommand: CommandModule<object, GcArgs> = {
           for (const k of g.keys) process.stdout.write(`  ${k.key}  (${k.why})\n`);
         }
       }
-      if (a.json) process.stdout.write(JSON.stringify({ store: h.url, dryRun: a['dry-run'], removed, vms: report }, null, 2) + '\n');
+      if (a.json) process.stdout.write(JSON.stringify({ store: h.where, dryRun: a['dry-run'], removed, vms: report }, null, 2) + '\n');
       else if (!a['dry-run']) process.stdout.write(`${removed} key(s) removed\n`);
     } finally {
       h.close();

@@ -6,9 +6,10 @@ import { Peer } from '../../ha/peer.js';
 import { keysByVm, summarize, type VmSummary } from '../../store/fleet.js';
 import { fmtBytes, openRedis } from '../context.js';
 import { withRedis } from '../options.js';
+import { redisAuthFrom, withRedisAuth, type RedisAuthArgs } from '../redis-auth.js';
 import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
 
-interface StatusArgs extends TlsArgs {
+interface StatusArgs extends TlsArgs, RedisAuthArgs {
   redis?: string;
   json: boolean;
   agents: boolean;
@@ -48,11 +49,11 @@ export const statusCommand: CommandModule<object, StatusArgs> = {
   command: 'status',
   describe: 'List every VM in the store: lease holder, role, newest version and its age, bytes stored, last pause',
   builder: (y) =>
-    withTls(withRedis(y))
+    withTls(withRedisAuth(withRedis(y)))
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
       .option('agents', { type: 'boolean', default: true, describe: 'ask each VM\'s agent for its role (--no-agents: the store alone)' }) as never,
   handler: async (a) => {
-    const h = await openRedis(a.redis);
+    const h = await openRedis(a.redis, false, redisAuthFrom(a));
     try {
       const byVm = await keysByVm(h.redis);
       const now = Date.now();
@@ -67,11 +68,11 @@ export const statusCommand: CommandModule<object, StatusArgs> = {
         return { ...v, role, agentError: typeof view === 'string' ? view : undefined };
       });
       if (a.json) {
-        process.stdout.write(JSON.stringify({ store: h.url, at: now, vms: rows }, null, 2) + '\n');
+        process.stdout.write(JSON.stringify({ store: h.where, at: now, vms: rows }, null, 2) + '\n');
         return;
       }
       if (rows.length === 0) {
-        process.stdout.write(`no VM in the store at ${h.url}\n`);
+        process.stdout.write(`no VM in the store at ${h.where}\n`);
         return;
       }
       const table = [
