@@ -125,7 +125,11 @@ async function main(): Promise<void> {
     const tablePath = process.env.MIGSAFE_FAULT_TABLE ?? '/tmp/migsafe-fault-table.md';
     const faults = existsSync(tablePath) ? readFileSync(tablePath, 'utf8') : null;
     if (json) {
-      process.stdout.write(JSON.stringify({ runs: N, bandwidthMiBs: BW, qemu: QEMU ?? 'qemu-system-x86_64', load: { before: loadBefore, after: load() }, migration: rows, ric: ricStats, faultTable: faults }) + '\n');
+      // samples: every migration of both sides; ricRounds: every RIC round of the side with
+      // checkpointing (npm run eval draws spreads and cumulative downtimes from them).
+      const samples = sides.flatMap((s) => s.results.map((r) => ({ side: s.name, ...r })));
+      const ricRounds = ric.map((r) => ({ version: r.version, pauseMs: r.pauseMs, replicationMs: r.replicationMs, dirtySource: (r as { dirtySource?: string }).dirtySource }));
+      process.stdout.write(JSON.stringify({ runs: N, bandwidthMiBs: BW, qemu: QEMU ?? 'qemu-system-x86_64', load: { before: loadBefore, after: load() }, migration: rows, ric: ricStats, samples, ricRounds, faultTable: faults }) + '\n');
       return;
     }
     const out: string[] = [];

@@ -125,7 +125,19 @@ async function qemuOwn(memMiB: number, work: string): Promise<QemuResult> {
   }
 }
 
-export interface MigsafeResult { firstFullMs: number; recoveryMs: number; loadMs: number; writeMs: number; startMs: number; wallMs: number; versions: number }
+export interface MigsafeResult {
+  firstFullMs: number;
+  recoveryMs: number;
+  loadMs: number;
+  writeMs: number;
+  startMs: number;
+  wallMs: number;
+  versions: number;
+  /** From `migsafe inspect --json` after the recovery: pages and stored bytes of each committed version. */
+  versionPages?: { version: number; pages: number; bytesStored: number }[];
+  /** The version the store's base image stands at (recovery reads it plus the versions after it), or null. */
+  base?: number;
+}
 
 /** pino JSON lines of the sidecar: the time of the first line matching `re`. */
 function logTime(log: string, re: RegExp): number | undefined {
@@ -182,7 +194,12 @@ async function migsafeEager(memMiB: number, work: string, url: string, run: numb
     const info = JSON.parse(out.trim().split('\n').pop()!) as { pid: number; recoveryMs: number; loadMs: number; writeMs: number; startMs: number };
     recoveredPid = info.pid;
     await selfCheck(serial, memMiB);
-    return { firstFullMs: first - start, recoveryMs: info.recoveryMs, loadMs: info.loadMs, writeMs: info.writeMs, startMs: info.startMs, wallMs, versions };
+    const ins = JSON.parse(execFileSync(process.execPath, [main, 'inspect', '--vm', vm, '--redis', url, '--json'], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })) as {
+      base: number;
+      versions: { version: number; pages: number; bytesStored: number }[];
+    };
+    const versionPages = ins.versions.map((v) => ({ version: v.version, pages: v.pages, bytesStored: v.bytesStored }));
+    return { firstFullMs: first - start, recoveryMs: info.recoveryMs, loadMs: info.loadMs, writeMs: info.writeMs, startMs: info.startMs, wallMs, versions, versionPages, base: ins.base };
   } finally {
     for (const pid of [recoveredPid, sidecar?.pid]) {
       try {
@@ -238,7 +255,7 @@ export function formatRecoveryTable(rs: SizeResult[]): string {
   ];
   for (const r of rs) {
     const q = (k: keyof QemuResult) => r.qemu.map((x) => x[k]);
-    const m = (k: keyof MigsafeResult) => r.migsafe.map((x) => x[k]);
+    const m = (k: 'firstFullMs' | 'recoveryMs' | 'loadMs' | 'writeMs' | 'startMs') => r.migsafe.map((x) => x[k]);
     lines.push(
       `| ${r.memMiB} | ${fmt(q('saveMs'))} | ${fmt(q('restoreMs'))} | ${fmt(m('firstFullMs'))} | ${fmt(m('recoveryMs'))} (${fmt(m('loadMs'))} / ${fmt(m('writeMs'))} / ${fmt(m('startMs'))}) ` +
         `| ${(median(m('recoveryMs')) / median(q('restoreMs'))).toFixed(2)} | ${(median(m('firstFullMs')) / median(q('saveMs'))).toFixed(2)} |`,
