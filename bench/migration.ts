@@ -25,6 +25,8 @@ const json = process.argv.includes('--json');
 const QEMU = process.env.MIGSAFE_BENCH_QEMU === 'patched' ? patchedQemu() : process.env.MIGSAFE_BENCH_QEMU || undefined;
 // MIGSAFE_BENCH_MODES=postcopy (or precopy): only those modes.
 const MODES = (process.env.MIGSAFE_BENCH_MODES ?? 'precopy,postcopy').split(',').filter((m): m is 'precopy' | 'postcopy' => m === 'precopy' || m === 'postcopy');
+// MIGSAFE_BENCH_RIC_INTERVAL=MS: the checkpointing side's --ric-interval (default: the agent's).
+const RIC_INTERVAL = process.env.MIGSAFE_BENCH_RIC_INTERVAL ? ['--ric-interval', process.env.MIGSAFE_BENCH_RIC_INTERVAL] : [];
 const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
 
 interface Side {
@@ -37,7 +39,7 @@ interface Side {
 async function setUp(name: Side['name']): Promise<Side> {
   const c = await createCluster();
   const serial = join(c.dir, 'serial.log');
-  const extra = name === 'without' ? ['--no-checkpoint'] : ['--interval', '1000', '--max-time', '200', '--fic-bandwidth', '8'];
+  const extra = name === 'without' ? ['--no-checkpoint'] : ['--interval', '1000', '--max-time', '200', '--fic-bandwidth', '8', ...RIC_INTERVAL];
   const argv = appendSerial(
     guestQemuArgs({
       qemu: QEMU,
@@ -128,8 +130,11 @@ async function main(): Promise<void> {
       // samples: every migration of both sides; ricRounds: every RIC round of the side with
       // checkpointing (npm run eval draws spreads and cumulative downtimes from them).
       const samples = sides.flatMap((s) => s.results.map((r) => ({ side: s.name, ...r })));
-      const ricRounds = ric.map((r) => ({ version: r.version, pauseMs: r.pauseMs, replicationMs: r.replicationMs, dirtySource: (r as { dirtySource?: string }).dirtySource }));
-      process.stdout.write(JSON.stringify({ runs: N, bandwidthMiBs: BW, qemu: QEMU ?? 'qemu-system-x86_64', load: { before: loadBefore, after: load() }, migration: rows, ric: ricStats, samples, ricRounds, faultTable: faults }) + '\n');
+      const ricRounds = ric.map((r) => {
+        const x = r as typeof r & { pages?: number; bytesStored?: number; trigger?: string; dirtySource?: string };
+        return { version: x.version, pauseMs: x.pauseMs, replicationMs: x.replicationMs, pages: x.pages, bytesStored: x.bytesStored, trigger: x.trigger, dirtySource: x.dirtySource };
+      });
+      process.stdout.write(JSON.stringify({ runs: N, ricIntervalMs: RIC_INTERVAL[1] ? Number(RIC_INTERVAL[1]) : undefined, bandwidthMiBs: BW, qemu: QEMU ?? 'qemu-system-x86_64', load: { before: loadBefore, after: load() }, migration: rows, ric: ricStats, samples, ricRounds, faultTable: faults }) + '\n');
       return;
     }
     const out: string[] = [];

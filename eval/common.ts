@@ -89,11 +89,11 @@ export function med(xs: number[]): number {
 }
 
 /** "median (min–max, n runs)", or the single value when there is one run. */
-export function spread(xs: number[], digits = 0, unit = ''): string {
+export function spread(xs: number[], digits = 0, unit = '', noun = 'run'): string {
   if (!xs.length) return 'not measured';
   const f = (x: number) => x.toFixed(digits);
-  if (xs.length === 1) return `${f(xs[0]!)}${unit} (1 run)`;
-  return `${f(med(xs))}${unit} (${f(Math.min(...xs))}–${f(Math.max(...xs))}, ${xs.length} runs)`;
+  if (xs.length === 1) return `${f(xs[0]!)}${unit} (1 ${noun})`;
+  return `${f(med(xs))}${unit} (${f(Math.min(...xs))}–${f(Math.max(...xs))}, ${xs.length} ${noun}s)`;
 }
 
 export function ratio(ours: number, paper: number | undefined, digits = 2): string {

@@ -10,23 +10,24 @@ import { PAPER_E2 } from './papers.js';
 
 interface BenchJson {
   runs: number;
+  ricIntervalMs?: number;
   bandwidthMiBs: number;
   qemu: string;
   load: { before: string; after: string };
   samples: { side: 'with' | 'without'; mode: string; totalMs: number; downtimeMs: number; finalPauseMs?: number }[];
-  ricRounds: { version: number; pauseMs: number; replicationMs: number; dirtySource?: string }[];
+  ricRounds: { version: number; pauseMs: number; replicationMs: number; pages?: number; bytesStored?: number; trigger?: string; dirtySource?: string }[];
 }
 
 /** Runs bench:migration once and returns its JSON (shared by E2 and E5). */
-export async function runMigrationBench(o: EvalOptions, log: (s: string) => void): Promise<BenchJson> {
-  const env = { ...process.env, MIGSAFE_BENCH_RUNS: String(o.runs), MIGSAFE_BENCH_MODES: 'postcopy,precopy' };
+export async function runMigrationBench(o: EvalOptions, log: (s: string) => void, extraEnv: Record<string, string> = {}): Promise<BenchJson> {
+  const env = { ...process.env, MIGSAFE_BENCH_RUNS: String(o.runs), MIGSAFE_BENCH_MODES: o.quick ? 'postcopy' : 'postcopy,precopy', ...extraEnv };
   const child = spawn(process.execPath, [join(ROOT, 'dist', 'bench', 'migration.js'), '--json'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     err += d;
-    for (const l of d.split('\n')) if (l.trim()) log(`E2: ${l}`);
+    for (const l of d.split('\n')) if (l.trim()) log(`bench:migration: ${l}`);
   });
   const code = await new Promise<number | null>((r) => child.once('exit', r));
   if (code !== 0) throw new Error(`bench:migration exited ${code}:\n${err.slice(-2000)}`);
@@ -34,7 +35,7 @@ export async function runMigrationBench(o: EvalOptions, log: (s: string) => void
 }
 
 export function migrationRaw(j: BenchJson, id: string): Raw[] {
-  const setting = { runs: j.runs, bandwidthMiBs: j.bandwidthMiBs, qemu: j.qemu, load: j.load, memMiB: 128, workload: 'wset 16 MiB @ 1000 writes/s' };
+  const setting = { runs: j.runs, ricIntervalMs: j.ricIntervalMs ?? 500, bandwidthMiBs: j.bandwidthMiBs, qemu: j.qemu, load: j.load, memMiB: 128, workload: 'wset 16 MiB @ 1000 writes/s' };
   return [
     ...j.samples.map((s) => ({ experiment: id, kind: 'migration', ...setting, ...s })),
     ...j.ricRounds.map((r) => ({ experiment: id, kind: 'ric-round', ...setting, ...r })),

@@ -12,11 +12,12 @@ import { E1 } from './e1-codec-bytes.js';
 import { E2 } from './e2-fic-migration-overhead.js';
 import { E4 } from './e4-recovery-vs-size.js';
 import { E5 } from './e5-ric-downtime.js';
+import { E6 } from './e6-ric-interval.js';
 import { E7 } from './e7-recovery-vs-pages.js';
 import { NOT_RUN } from './not-run.js';
 import { renderSvg } from './plot.js';
 
-export const EXPERIMENTS: Experiment[] = [E1, E2, E4, E5, E7];
+export const EXPERIMENTS: Experiment[] = [E1, E2, E4, E5, E6, E7];
 const ORDER = ['E1', 'E2', 'E3', 'E4', 'E5', 'E6', 'E7', 'E8'];
 
 export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--runs N] [--quick] [--out DIR] [--report-only]

@@ -10,12 +10,6 @@ export const NOT_RUN: NotRun[] = [
     why: 'not built yet: it needs the qsort guest to report sorts per second on its console with timestamps, and a run that migrates it with and without FIC/RIC while sampling that rate (the qsort workload and bench:migration exist; the time series does not)',
   },
   {
-    id: 'E6',
-    title: 'Downtime and checkpointed pages vs RIC interval',
-    paper: 'V-Recover Fig. 12, 16',
-    why: 'not built yet: it needs bench:migration to take --ric-interval per run and a sweep down to where the agent stops keeping up; no sweep was run, so where it stops is not known',
-  },
-  {
     id: 'E8',
     title: 'Event-based vs continuous RIC: request latency of a network service',
     paper: 'V-Recover Fig. 13–15',

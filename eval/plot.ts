@@ -4,7 +4,7 @@ import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 
 export async function renderSvg(spec: TopLevelSpec): Promise<string> {
-  const full = { width: 520, height: 300, ...spec, config: { font: 'sans-serif', ...(spec as { config?: object }).config } } as TopLevelSpec;
+  const full = { width: 520, height: 300, ...spec, config: { font: 'sans-serif', legend: { labelLimit: 400 }, axisX: { labelAngle: 0 }, ...(spec as { config?: object }).config } } as TopLevelSpec;
   const view = new vega.View(vega.parse(compile(full).spec), { renderer: 'none' });
   try {
     return await view.toSVG();
