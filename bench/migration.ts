@@ -6,11 +6,11 @@
 // downtime (QEMU's own), with/without ratio; RIC's pause per round and replication time; the
 // final FIC checkpoint's pause. Recovery times per failure scenario come from the fault matrix
 // (npm run test:faults), whose table is printed here when it exists.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, readSync, closeSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../test/helpers/guest.js';
+import { ensureGuestBuilt, guestQemuArgs, parseConsoleLine, waitForConsole } from '../test/helpers/guest.js';
 import { appendSerial, createCluster, PEER_PORT, type Cluster, type HostName } from '../test/helpers/hosts.js';
 import { gateNetdev } from '../src/ha/gate.js';
 import { waitFor } from '../src/util/wait.js';
@@ -27,6 +27,10 @@ const QEMU = process.env.MIGSAFE_BENCH_QEMU === 'patched' ? patchedQemu() : proc
 const MODES = (process.env.MIGSAFE_BENCH_MODES ?? 'precopy,postcopy').split(',').filter((m): m is 'precopy' | 'postcopy' => m === 'precopy' || m === 'postcopy');
 // MIGSAFE_BENCH_RIC_INTERVAL=MS: the checkpointing side's --ric-interval (default: the agent's).
 const RIC_INTERVAL = process.env.MIGSAFE_BENCH_RIC_INTERVAL ? ['--ric-interval', process.env.MIGSAFE_BENCH_RIC_INTERVAL] : [];
+// MIGSAFE_BENCH_WORKLOAD=qsort: the guest sorts (1 MiB of ints, unpaced) instead of wset, and
+// the JSON carries its progress lines as the host saw them arrive (time, completed sorts) and
+// each migration's start and end, for sorts per second over time (npm run eval's E3).
+const WORKLOAD = process.env.MIGSAFE_BENCH_WORKLOAD === 'qsort' ? 'qsort' : 'wset';
 const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
 
 interface Side {
@@ -34,6 +38,44 @@ interface Side {
   c: Cluster;
   owner: HostName;
   results: { mode: string; totalMs: number; downtimeMs: number; finalPauseMs?: number }[];
+  /** The guest's progress lines as they arrived (host ms), and the migrations' windows. */
+  series: { t: number; counter: number; cycles: number }[];
+  windows: { mode: string; start: number; end: number }[];
+  stopTail?: () => void;
+}
+
+/** Follows the serial log (both hosts' QEMUs append to it) and stamps each progress line. */
+function tailSerial(path: string, into: Side['series']): () => void {
+  let off = 0;
+  let rest = '';
+  const poll = () => {
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch {
+      return;
+    }
+    try {
+      const buf = Buffer.alloc(1 << 16);
+      for (;;) {
+        const n = readSync(fd, buf, 0, buf.length, off);
+        if (n <= 0) break;
+        off += n;
+        rest += buf.subarray(0, n).toString('utf8');
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const lines = rest.split('\n');
+    rest = lines.pop()!;
+    const t = Date.now();
+    for (const l of lines) {
+      const p = parseConsoleLine(l);
+      if (p?.kind === 'progress') into.push({ t, counter: Number(p.fields.counter), cycles: Number(p.fields.cycles) });
+    }
+  };
+  const h = setInterval(poll, 100);
+  return () => clearInterval(h);
 }
 
 async function setUp(name: Side['name']): Promise<Side> {
@@ -43,9 +85,9 @@ async function setUp(name: Side['name']): Promise<Side> {
   const argv = appendSerial(
     guestQemuArgs({
       qemu: QEMU,
-      workload: 'wset',
-      workloadMiB: 16,
-      rate: 1000,
+      workload: WORKLOAD,
+      workloadMiB: WORKLOAD === 'qsort' ? 1 : 16,
+      rate: WORKLOAD === 'qsort' ? 0 : 1000,
       memMiB: 128,
       serialLog: serial,
       netdev: { netdev: gateNetdev(), ip: '192.168.77.2/24', gw: '192.168.77.1', peer: `${c.hosts.sto.ip}:${PEER_PORT}` },
@@ -53,8 +95,10 @@ async function setUp(name: Side['name']): Promise<Side> {
   );
   c.startAgent('dst', extra);
   c.startAgent('src', [...extra, '--vm', 'b1', '--', ...argv]);
+  const series: Side['series'] = [];
+  const stopTail = WORKLOAD === 'qsort' ? tailSerial(serial, series) : undefined;
   await waitForConsole(serial, (p) => p.verifiedCount >= 2, 180_000);
-  return { name, c, owner: 'src', results: [] };
+  return { name, c, owner: 'src', results: [], series, windows: [], stopTail };
 }
 
 async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void> {
@@ -62,6 +106,7 @@ async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void>
   if (s.name === 'with') {
     await waitFor('a committed checkpoint at the owner', 60_000, () => ((s.c.status(s.owner)?.vms[0]?.head ?? 0) > 0 ? true : undefined));
   }
+  const start = Date.now();
   const r = await s.c.cli(s.owner, [
     'migrate', '--vm', 'b1', '--to', s.c.agents[to]!.addr, '--redis', s.c.redisUrl, '--mode', mode,
     '--bandwidth', String(BW), '--postcopy-bandwidth', String(BW),
@@ -76,6 +121,7 @@ async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void>
   if (res.status !== 'completed') throw new Error(`${s.name}: ${mode} migration did not complete: ${r.stderr.slice(-500)}`);
   // QEMU's total-time: from `migrate` to completion (the agents' set-up is not part of it).
   // (A query-migrate answered without numbers gives 0: that sample is left out.)
+  s.windows.push({ mode, start, end: Date.now() });
   if (res.qemuTotalMs > 0) s.results.push({ mode, totalMs: res.qemuTotalMs, downtimeMs: res.downtimeMs, finalPauseMs: res.finalFicPauseMs });
   note(`  ${s.name.padEnd(7)} ${mode.padEnd(8)} ${s.owner}→${to}: total ${res.qemuTotalMs} ms (with set-up ${res.totalMs.toFixed(0)} ms), downtime ${res.downtimeMs} ms`);
   await waitFor(`${to} to own the VM`, 60_000, () => (s.c.status(to)?.vms[0]?.role === 'owner' ? true : undefined));
@@ -85,7 +131,7 @@ async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void>
 
 async function main(): Promise<void> {
   ensureGuestBuilt();
-  note(`bench:migration — ${N}× pre-copy and ${N}× post-copy per side, ${BW} MiB/s, guest 128 MiB, wset 16 MiB @ 1000 writes/s, QEMU ${QEMU ?? 'qemu-system-x86_64'}`);
+  note(`bench:migration — ${N}× ${MODES.join(' and ')} per side, ${BW} MiB/s, guest 128 MiB, ${WORKLOAD === 'qsort' ? 'qsort 1 MiB' : 'wset 16 MiB @ 1000 writes/s'}, QEMU ${QEMU ?? 'qemu-system-x86_64'}`);
   const loadBefore = load();
   const sides: Side[] = [];
   try {
@@ -134,7 +180,9 @@ async function main(): Promise<void> {
         const x = r as typeof r & { pages?: number; bytesStored?: number; trigger?: string; dirtySource?: string };
         return { version: x.version, pauseMs: x.pauseMs, replicationMs: x.replicationMs, pages: x.pages, bytesStored: x.bytesStored, trigger: x.trigger, dirtySource: x.dirtySource };
       });
-      process.stdout.write(JSON.stringify({ runs: N, ricIntervalMs: RIC_INTERVAL[1] ? Number(RIC_INTERVAL[1]) : undefined, bandwidthMiBs: BW, qemu: QEMU ?? 'qemu-system-x86_64', load: { before: loadBefore, after: load() }, migration: rows, ric: ricStats, samples, ricRounds, faultTable: faults }) + '\n');
+      for (const s of sides) s.stopTail?.();
+      const guest = WORKLOAD === 'qsort' ? sides.map((s) => ({ side: s.name, series: s.series, windows: s.windows })) : undefined;
+      process.stdout.write(JSON.stringify({ runs: N, workload: WORKLOAD, guest, ricIntervalMs: RIC_INTERVAL[1] ? Number(RIC_INTERVAL[1]) : undefined, bandwidthMiBs: BW, qemu: QEMU ?? 'qemu-system-x86_64', load: { before: loadBefore, after: load() }, migration: rows, ric: ricStats, samples, ricRounds, faultTable: faults }) + '\n');
       return;
     }
     const out: string[] = [];
@@ -152,7 +200,10 @@ async function main(): Promise<void> {
     out.push('', faults ? `recovery per scenario (last npm run test:faults, ${tablePath}):\n\n${faults}` : `recovery per scenario: run \`npm run test:faults\` (its table lands in ${tablePath})`);
     process.stdout.write(out.join('\n') + '\n');
   } finally {
-    for (const s of sides) await s.c.teardown();
+    for (const s of sides) {
+      s.stopTail?.();
+      await s.c.teardown();
+    }
   }
 }
 

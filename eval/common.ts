@@ -9,6 +9,8 @@ export interface EvalOptions {
   only: string[];
   /** Guest sizes in MiB for the experiments that vary it (E4, E7). */
   sizes: number[];
+  /** RIC intervals in ms for E6 (empty: its defaults). */
+  intervals: number[];
   /** Repetitions per point. */
   runs: number;
   quick: boolean;

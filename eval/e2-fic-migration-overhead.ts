@@ -15,6 +15,8 @@ interface BenchJson {
   qemu: string;
   load: { before: string; after: string };
   samples: { side: 'with' | 'without'; mode: string; totalMs: number; downtimeMs: number; finalPauseMs?: number }[];
+  workload?: string;
+  guest?: { side: 'with' | 'without'; series: { t: number; counter: number; cycles: number }[]; windows: { mode: string; start: number; end: number }[] }[];
   ricRounds: { version: number; pauseMs: number; replicationMs: number; pages?: number; bytesStored?: number; trigger?: string; dirtySource?: string }[];
 }
 
@@ -35,10 +37,14 @@ export async function runMigrationBench(o: EvalOptions, log: (s: string) => void
 }
 
 export function migrationRaw(j: BenchJson, id: string): Raw[] {
-  const setting = { runs: j.runs, ricIntervalMs: j.ricIntervalMs ?? 500, bandwidthMiBs: j.bandwidthMiBs, qemu: j.qemu, load: j.load, memMiB: 128, workload: 'wset 16 MiB @ 1000 writes/s' };
+  const setting = { runs: j.runs, ricIntervalMs: j.ricIntervalMs ?? 500, bandwidthMiBs: j.bandwidthMiBs, qemu: j.qemu, load: j.load, memMiB: 128, workload: j.workload === 'qsort' ? 'qsort 1 MiB, unpaced' : 'wset 16 MiB @ 1000 writes/s' };
   return [
     ...j.samples.map((s) => ({ experiment: id, kind: 'migration', ...setting, ...s })),
     ...j.ricRounds.map((r) => ({ experiment: id, kind: 'ric-round', ...setting, ...r })),
+    ...(j.guest ?? []).flatMap((g) => [
+      ...g.series.map((x) => ({ experiment: id, kind: 'guest-progress', side: g.side, ...x })),
+      ...g.windows.map((w, i) => ({ experiment: id, kind: 'window', side: g.side, migration: i, ...w })),
+    ]),
   ];
 }
 

@@ -18,7 +18,7 @@ export const E6: Experiment = {
   mergeKey: (r) => String(r.ricIntervalMs),
   async run(o, log) {
     const out: Raw[] = [];
-    for (const ms of e6Intervals(o.quick)) {
+    for (const ms of o.intervals.length ? o.intervals : e6Intervals(o.quick)) {
       log(`E6: RIC interval ${ms} ms`);
       const j = await runMigrationBench(o, log, { MIGSAFE_BENCH_MODES: 'postcopy', MIGSAFE_BENCH_RIC_INTERVAL: String(ms) });
       out.push(...migrationRaw(j, 'E6'));

@@ -10,6 +10,7 @@ import { ROOT } from '../bench/pipeline.js';
 import { NotMeasured, readRaw, writeRaw, type EvalOptions, type Experiment, type Raw } from './common.js';
 import { E1 } from './e1-codec-bytes.js';
 import { E2 } from './e2-fic-migration-overhead.js';
+import { E3 } from './e3-qsort-rate.js';
 import { E4 } from './e4-recovery-vs-size.js';
 import { E5 } from './e5-ric-downtime.js';
 import { E6 } from './e6-ric-interval.js';
@@ -17,26 +18,28 @@ import { E7 } from './e7-recovery-vs-pages.js';
 import { NOT_RUN } from './not-run.js';
 import { renderSvg } from './plot.js';
 
-export const EXPERIMENTS: Experiment[] = [E1, E2, E4, E5, E6, E7];
+export const EXPERIMENTS: Experiment[] = [E1, E2, E3, E4, E5, E6, E7];
 const ORDER = ['E1', 'E2', 'E3', 'E4', 'E5', 'E6', 'E7', 'E8'];
 
-export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--runs N] [--quick] [--out DIR] [--report-only]
+export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--intervals MS,...] [--runs N] [--quick] [--out DIR] [--report-only]
   Reproduces the seed papers' evaluation (V-Recover §4, the thesis's byte-level experiments) on
   real guests under QEMU/TCG and writes DIR/report.md (paper value, ours, ratio, setting),
   DIR/<id>.svg (one figure per experiment) and DIR/results/<id>.jsonl (raw results).
   --only         experiments to run (default: all that are built: ${EXPERIMENTS.map((e) => e.id).join(', ')});
                  ${NOT_RUN.map((e) => e.id).join(', ')} are not built and are listed as not run
   --sizes        guest RAM sizes in MiB for E4/E7 (default 256,1024,2048,4096; --quick: 256)
+  --intervals    RIC intervals in ms for E6 (default 10,50,100,500,1000; --quick: 200)
   --runs         repetitions per point (default 3; --quick: 1)
   --quick        small sizes and one run, for CI; fails unless every figure it claims was written
   --out          output directory (default eval/out; --quick: eval/out-quick)
   --report-only  redraw the report and figures from DIR/results without running anything
-  Results from earlier invocations in DIR are kept and reported with the time they were measured.
+  Results from earlier invocations in DIR are kept (E4/E7 per size, E6 per interval: a later
+  run replaces only the points it measured) and reported with the time they were measured.
   Run it under flock /tmp/migsafe-e2e.lock on a shared machine: it starts QEMU guests.
 `;
 
 export function parseEvalArgs(argv: string[]): EvalOptions & { help: boolean } {
-  const o = { only: [] as string[], sizes: [] as number[], runs: 0, quick: false, outDir: '', reportOnly: false, help: false };
+  const o = { only: [] as string[], sizes: [] as number[], intervals: [] as number[], runs: 0, quick: false, outDir: '', reportOnly: false, help: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = () => {
@@ -54,6 +57,9 @@ export function parseEvalArgs(argv: string[]): EvalOptions & { help: boolean } {
     } else if (a === '--sizes') {
       o.sizes = value().split(',').map(Number);
       if (o.sizes.some((s) => !Number.isInteger(s) || s < 256 || s % 2)) throw new Error('--sizes: give even whole MiB of at least 256, e.g. --sizes 256,1024');
+    } else if (a === '--intervals') {
+      o.intervals = value().split(',').map(Number);
+      if (o.intervals.some((s) => !Number.isInteger(s) || s < 1)) throw new Error('--intervals: give whole ms of at least 1, e.g. --intervals 10,100,1000');
     } else if (a === '--runs') {
       o.runs = Number(value());
       if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error('--runs: give a whole number of at least 1');

@@ -4,12 +4,6 @@ import type { NotRun } from './common.js';
 
 export const NOT_RUN: NotRun[] = [
   {
-    id: 'E3',
-    title: 'Quicksort rate during migration with FIC / RIC',
-    paper: 'V-Recover Fig. 5, 11',
-    why: 'not built yet: it needs the qsort guest to report sorts per second on its console with timestamps, and a run that migrates it with and without FIC/RIC while sampling that rate (the qsort workload and bench:migration exist; the time series does not)',
-  },
-  {
     id: 'E8',
     title: 'Event-based vs continuous RIC: request latency of a network service',
     paper: 'V-Recover Fig. 13–15',
