@@ -103,7 +103,7 @@ export const E1: Experiment = {
         const pages = inc.reduce((a, v) => a + v.pages, 0);
         const bytes = inc.reduce((a, v) => a + v.bytesStored, 0);
         if (pages > 0) {
-          rows.push([`live wset guest ${r.memMiB} MiB (E4 run ${r.run})`, pages, 'as stored by migsafe (zstd-1), versions 2+', PAPER_E1.wset.delta.toFixed(2), (bytes / pages).toFixed(1), ratio(bytes / pages, PAPER_E1.wset.delta), '—', `${(100 * (1 - bytes / pages / PAGE)).toFixed(1)} %`]);
+          rows.push([`live wset guest ${r.memMiB} MiB (E4 run ${r.run})`, pages, 'as stored by migsafe attach (default codec zstd:1), versions 2+', PAPER_E1.wset.delta.toFixed(2), (bytes / pages).toFixed(1), ratio(bytes / pages, PAPER_E1.wset.delta), '—', `${(100 * (1 - bytes / pages / PAGE)).toFixed(1)} %`]);
         }
       }
     } else notes.push('No live-guest row: E4 did not run in this output directory (its incremental versions give one).');
