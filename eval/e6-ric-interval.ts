@@ -45,6 +45,7 @@ export const E6: Experiment = {
       fig.push({ interval: iv, measure: 'cumulative RIC pause per migration (ms)', value: pause });
       fig.push({ interval: iv, measure: 'pages checkpointed per migration', value: pages });
       if (Number.isFinite(achieved)) fig.push({ interval: iv, measure: 'achieved interval (ms)', value: achieved });
+      fig.push({ interval: iv, measure: 'requested interval (ms), for reference', value: iv });
     }
     const first = raw[0] ?? {};
     return {
