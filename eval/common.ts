@@ -16,6 +16,8 @@ export interface EvalOptions {
   quick: boolean;
   /** Where report.md, the SVGs and results/*.jsonl go. */
   outDir: string;
+  /** A line for the report's head (eval-full.sh: the run's command and duration). */
+  note?: string;
   /** Only redraw the report from the JSON lines already in outDir. */
   reportOnly: boolean;
 }

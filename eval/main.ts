@@ -21,7 +21,7 @@ import { renderSvg } from './plot.js';
 export const EXPERIMENTS: Experiment[] = [E1, E2, E3, E4, E5, E6, E7];
 const ORDER = ['E1', 'E2', 'E3', 'E4', 'E5', 'E6', 'E7', 'E8'];
 
-export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--intervals MS,...] [--runs N] [--quick] [--out DIR] [--report-only]
+export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--intervals MS,...] [--runs N] [--quick] [--out DIR] [--report-only] [--note TEXT]
   Reproduces the seed papers' evaluation (V-Recover §4, the thesis's byte-level experiments) on
   real guests under QEMU/TCG and writes DIR/report.md (paper value, ours, ratio, setting),
   DIR/<id>.svg (one figure per experiment) and DIR/results/<id>.jsonl (raw results).
@@ -33,6 +33,7 @@ export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--in
   --quick        small sizes and one run, for CI; fails unless every figure it claims was written
   --out          output directory (default eval/out; --quick: eval/out-quick)
   --report-only  redraw the report and figures from DIR/results without running anything
+  --note TEXT    a line for the report's head (scripts/eval-full.sh: its command and duration)
   Results from earlier invocations in DIR are kept (E4/E7 per size, E6 per interval: a later
   run replaces only the points it measured) and reported with the time they were measured.
   Run it under flock /tmp/migsafe-e2e.lock on a shared machine: it starts QEMU guests.
@@ -177,6 +178,7 @@ export async function runEval(o: EvalOptions, log: (s: string) => void = (s) => 
     '',
     `Command: \`${invocation}\`${o.reportOnly ? ' (report redrawn from stored results)' : ''}; ${o.quick ? 'quick (CI) settings: small sizes, one run — not the full evaluation; ' : ''}this invocation took ${secs.toFixed(0)} s.`,
     '',
+    ...(o.note ? [o.note, ''] : []),
     `Machine: ${machineLine()}. Every guest runs under TCG (no KVM on this host); the papers ran KVM on dual six-core Xeons with 1 Gbit/s links. Every table shows the paper's value, ours and the ratio, and each section says how our setting differs.`,
     '',
     '| id | experiment | paper | status | figure |',
