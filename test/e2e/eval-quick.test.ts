@@ -1,4 +1,4 @@
-// `npm run eval -- --quick` for a subset (E1, E4, E7: about 40 s): the real entry point on real
+// `npm run eval -- --quick` for a subset (E1, E3, E4, E7: about 70 s): the real entry point on real
 // guests writes the report, one SVG per experiment with titled axes (units in the titles), raw
 // JSON lines, and tables whose numbers were measured; the experiments not run say "not run:"
 // with a reason. Times are not asserted (the report gives them as ratios beside the papers').
@@ -12,24 +12,24 @@ import { svgAxisTitles } from '../../eval/main.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'eval', 'cli.js');
 
-t.test('eval --quick --only E1,E4,E7', async (t) => {
+t.test('eval --quick --only E1,E3,E4,E7', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'migsafe-eval-quick-'));
   t.teardown(() => rmSync(out, { recursive: true, force: true }));
-  const child = spawn(process.execPath, [CLI, '--quick', '--only', 'E1,E4,E7', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, '--quick', '--only', 'E1,E3,E4,E7', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));
   const code = await new Promise((r) => child.once('exit', r));
   t.equal(code, 0, `exit 0 (${err.trim().split('\n').slice(-3).join(' / ')})`);
   const report = readFileSync(join(out, 'report.md'), 'utf8');
-  for (const id of ['E1', 'E4', 'E7']) {
+  for (const id of ['E1', 'E3', 'E4', 'E7']) {
     const f = join(out, `${id}.svg`);
     t.ok(existsSync(f), `${id}.svg written`);
     const titles = svgAxisTitles(readFileSync(f, 'utf8'));
     t.ok(titles.length >= 2, `${id}: both axes titled (${titles.join('; ')})`);
-    t.ok(titles.some((x) => /\((B|ms|s|MiB|4 KiB pages)[^)]*\)/.test(x)), `${id}: a unit in an axis title`);
+    t.ok(titles.some((x) => /\((B|ms|s|1\/s|MiB|4 KiB pages)[^)]*\)/.test(x)), `${id}: a unit in an axis title`);
     t.match(report, new RegExp(`!\\[${id}\\]\\(${id}\\.svg\\)`), `${id}: figure in the report`);
   }
-  for (const id of ['E2', 'E3', 'E5', 'E6', 'E8']) t.match(report, new RegExp(`## ${id}:[^#]*\\*\\*not run:\\*\\* \\S`), `${id}: not run, with a reason`);
+  for (const id of ['E2', 'E5', 'E6', 'E8']) t.match(report, new RegExp(`## ${id}:[^#]*\\*\\*not run:\\*\\* \\S`), `${id}: not run, with a reason`);
   t.match(report, /paper B\/page \| ours B\/page/, 'E1 table: paper beside ours');
   t.match(report, /TCG/, 'the setting says TCG');
 
@@ -49,6 +49,12 @@ t.test('eval --quick --only E1,E4,E7', async (t) => {
   t.ok((eager[0]!.recoveryMs as number) > 0 && (qemu[0]!.recoveryMs as number) > 0, 'E4: recovery times measured');
   const pages = (eager[0]!.versionPages as { pages: number }[]).reduce((a, v) => a + v.pages, 0);
   t.ok(pages > 0, `E7's input: ${pages} pages checkpointed`);
+  const e3 = raw('E3');
+  const progress = e3.filter((r) => r.kind === 'guest-progress');
+  t.ok(progress.filter((r) => r.side === 'with').length > 3 && progress.filter((r) => r.side === 'without').length > 3, `E3: the guests' progress lines on both sides (${progress.length})`);
+  t.equal(e3.filter((r) => r.kind === 'window').length, 2, 'E3: one post-copy migration per side');
+  t.ok(progress.some((r) => (r.cycles as number) > 0), 'E3: the guest completed sorts');
+  t.match(report, /\| sorts\/s during migration \| \d+\.\d\d \(1 run\) \| \d+\.\d\d \(1 run\) \| \d/, 'E3: measured rates and their ratio in the table');
   // The E4 table row: our median is the measured value, not a placeholder.
   const row = report.split('\n').find((l) => l.startsWith('| 256 |'));
   t.ok(row, 'E4: a row for 256 MiB');
