@@ -42,6 +42,22 @@ interface Side {
   series: { t: number; counter: number; cycles: number }[];
   windows: { mode: string; start: number; end: number }[];
   stopTail?: () => void;
+  /** RIC rounds attributed to the migration after which they were first seen (versions are unique per VM). */
+  ricSeen: Set<number>;
+  ricRounds: (RoundLike & { migration: number; mode: string })[];
+}
+
+type RoundLike = { version: number; pauseMs: number; replicationMs: number; kind: string; pages?: number; bytesStored?: number; trigger?: string; dirtySource?: string };
+
+/** RIC rounds on either host's status not seen before, tagged with this migration. */
+function collectRic(s: Side, migration: number, mode: string): void {
+  for (const h of ['src', 'dst'] as const) {
+    for (const r of (s.c.status(h)?.vms.flatMap((v) => v.rounds) ?? []) as RoundLike[]) {
+      if (r.kind !== 'ric' || s.ricSeen.has(r.version)) continue;
+      s.ricSeen.add(r.version);
+      s.ricRounds.push({ ...r, migration, mode });
+    }
+  }
 }
 
 /** Follows the serial log (both hosts' QEMUs append to it) and stamps each progress line. */
@@ -98,7 +114,7 @@ async function setUp(name: Side['name']): Promise<Side> {
   const series: Side['series'] = [];
   const stopTail = WORKLOAD === 'qsort' ? tailSerial(serial, series) : undefined;
   await waitForConsole(serial, (p) => p.verifiedCount >= 2, 180_000);
-  return { name, c, owner: 'src', results: [], series, windows: [], stopTail };
+  return { name, c, owner: 'src', results: [], series, windows: [], stopTail, ricSeen: new Set(), ricRounds: [] };
 }
 
 async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void> {
@@ -126,6 +142,7 @@ async function migrateOnce(s: Side, mode: 'precopy' | 'postcopy'): Promise<void>
   note(`  ${s.name.padEnd(7)} ${mode.padEnd(8)} ${s.owner}→${to}: total ${res.qemuTotalMs} ms (with set-up ${res.totalMs.toFixed(0)} ms), downtime ${res.downtimeMs} ms`);
   await waitFor(`${to} to own the VM`, 60_000, () => (s.c.status(to)?.vms[0]?.role === 'owner' ? true : undefined));
   s.owner = to;
+  if (s.name === 'with') collectRic(s, s.windows.length - 1, mode);
   await sleep(2000);
 }
 
@@ -176,10 +193,8 @@ async function main(): Promise<void> {
       // samples: every migration of both sides; ricRounds: every RIC round of the side with
       // checkpointing (npm run eval draws spreads and cumulative downtimes from them).
       const samples = sides.flatMap((s) => s.results.map((r) => ({ side: s.name, ...r })));
-      const ricRounds = ric.map((r) => {
-        const x = r as typeof r & { pages?: number; bytesStored?: number; trigger?: string; dirtySource?: string };
-        return { version: x.version, pauseMs: x.pauseMs, replicationMs: x.replicationMs, pages: x.pages, bytesStored: x.bytesStored, trigger: x.trigger, dirtySource: x.dirtySource };
-      });
+      // Each RIC round with the migration (index into this side's migrations) it belongs to.
+      const ricRounds = sides[1]!.ricRounds.map((x) => ({ migration: x.migration, mode: x.mode, version: x.version, pauseMs: x.pauseMs, replicationMs: x.replicationMs, pages: x.pages, bytesStored: x.bytesStored, trigger: x.trigger, dirtySource: x.dirtySource }));
       for (const s of sides) s.stopTail?.();
       const guest = WORKLOAD === 'qsort' ? sides.map((s) => ({ side: s.name, series: s.series, windows: s.windows })) : undefined;
       process.stdout.write(JSON.stringify({ runs: N, workload: WORKLOAD, guest, ricIntervalMs: RIC_INTERVAL[1] ? Number(RIC_INTERVAL[1]) : undefined, bandwidthMiBs: BW, qemu: QEMU ?? 'qemu-system-x86_64', load: { before: loadBefore, after: load() }, migration: rows, ric: ricStats, samples, ricRounds, faultTable: faults }) + '\n');

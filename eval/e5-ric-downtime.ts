@@ -19,6 +19,7 @@ export const E5: Experiment = {
     const rounds = src.filter((r) => r.kind === 'ric-round');
     const post = src.filter((r) => r.kind === 'migration' && r.side === 'with' && r.mode === 'postcopy');
     if (!rounds.length || !post.length) throw new NotMeasured('E2 did not run, or its post-copy migrations had no RIC round (E5 draws on them)');
+    if (rounds.some((r) => r.migration === undefined)) throw new NotMeasured('the stored E2 results predate the attribution of RIC rounds to migrations (rerun E2)');
     const pauses = rounds.map((r) => r.pauseMs as number);
     const repl = rounds.map((r) => r.replicationMs as number);
     const cumulative = pauses.reduce((a, b) => a + b, 0) / post.length;

@@ -3,7 +3,7 @@
 // "interval 0", vanilla post-copy), the checkpointing side's agents at --ric-interval MS.
 // Where the agent cannot keep the interval, the achieved interval (time in post-copy
 // migrations ÷ RIC rounds) shows where it stops.
-import { machine, med, spread, table, type Experiment, type Raw } from './common.js';
+import { machine, med, NotMeasured, spread, table, type Experiment, type Raw } from './common.js';
 import { migrationRaw, runMigrationBench } from './e2-fic-migration-overhead.js';
 
 export function e6Intervals(quick: boolean): number[] {
@@ -26,6 +26,7 @@ export const E6: Experiment = {
     return out;
   },
   render(raw) {
+    if (raw.some((r) => r.kind === 'ric-round' && r.migration === undefined)) throw new NotMeasured('the stored results predate the attribution of RIC rounds to migrations (rerun E6)');
     const intervals = [...new Set(raw.map((r) => r.ricIntervalMs as number))].sort((a, b) => a - b);
     const fig: { interval: number; measure: string; value: number }[] = [];
     const rows: (string | number)[][] = [];
