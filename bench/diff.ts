@@ -10,7 +10,7 @@
 // hit all cases alike, and the median of the samples is reported. Single-threaded cases are
 // timed in process CPU time (immune to time slices lost to other processes); multi-threaded
 // cases, and the single-threaded case they are compared with, in wall time.
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native, type Codec, type CpuLevel } from '../src/kernel/native.js';
@@ -50,11 +50,18 @@ export interface DiffBenchOptions {
   progress?: (line: string) => void;
 }
 
-/** ../shared/corpus next to the repository (this file is dist/bench/diff.js or bench/diff.ts). */
+/**
+ * The corpus: $MIGSAFE_CORPUS, else ../shared/corpus next to the repository (this file is
+ * dist/bench/diff.js or bench/diff.ts), else /work/shared/corpus (a clone made elsewhere, as
+ * CI's fresh one). The first that holds .pairs files; an error naming them all if none does.
+ */
 export function defaultCorpusDir(): string {
   const here = dirname(fileURLToPath(import.meta.url));
   const repo = basename(dirname(here)) === 'dist' ? resolve(here, '../..') : resolve(here, '..');
-  return resolve(repo, '../shared/corpus');
+  const candidates = [process.env.MIGSAFE_CORPUS, resolve(repo, '../shared/corpus'), '/work/shared/corpus'].filter((d): d is string => !!d);
+  const found = candidates.find((d) => existsSync(d) && readdirSync(d).some((f) => f.endsWith('.pairs')));
+  if (!found) throw new Error(`no page corpus (.pairs files) in ${candidates.join(', ')}: set MIGSAFE_CORPUS=DIR or give --corpus FILE...`);
+  return found;
 }
 
 export function defaultCorpusFiles(): string[] {
