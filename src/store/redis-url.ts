@@ -140,6 +140,11 @@ export function explainRedisError(e: Error, where: string): string {
   if (/NOPERM/.test(m)) {
     return `Redis at ${where}: the user may not run a command migsafe needs (${m.split('\n')[0]}): grant it in the server's ACL (e.g. ACL SETUSER NAME ~migsafe:* +@all)`;
   }
+  // The server's alert that it wants ours (TLS 1.3: "tlsv13 alert certificate required"; 1.2:
+  // "handshake failure" or a reset) comes before the checks of its certificate, which it also names.
+  if (/alert certificate required|peer did not return a certificate/i.test(m)) {
+    return `TLS to Redis at ${where} failed (${m}): the server demands a client certificate: give --redis-cert FILE and --redis-key FILE`;
+  }
   if (/self[- ]signed|unable to (get|verify)|UNABLE_TO|certificate|CERT_|Hostname\/IP does not match/i.test(m)) {
     return `TLS to Redis at ${where} failed (${m}): give the CA that signed the server's certificate with --redis-ca FILE, and check the host name in --redis is in that certificate`;
   }

@@ -48,6 +48,8 @@ t.same(redisOptions('redis+sentinel://:pw@s:1/m', { sentinelPassword: 'sp' }), {
 t.match(explainRedisError(new Error('WRONGPASS invalid username-password pair or user is disabled.'), 'redis://:***@h:1'), /refused the credentials .*--redis-password-file FILE, MIGSAFE_REDIS_PASSWORD/);
 t.match(explainRedisError(new Error('NOAUTH Authentication required.'), 'redis://h:1'), /wants a password .*--redis-password-file FILE or MIGSAFE_REDIS_PASSWORD/);
 t.match(explainRedisError(new Error('self-signed certificate in certificate chain'), 'rediss://h:1'), /--redis-ca FILE/);
+t.match(explainRedisError(new Error('806C8D5A627F0000:error:0A00045C:SSL routines:ssl3_read_bytes:tlsv13 alert certificate required:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1601:SSL alert number 116'), 'rediss://h:1'), /demands a client certificate: give --redis-cert FILE and --redis-key FILE/, 'TLS 1.3: the server asks for our certificate (it says "certificate" too)');
+t.notMatch(explainRedisError(new Error('tlsv13 alert certificate required'), 'rediss://h:1'), /--redis-ca/, 'and not for a CA');
 t.throws(() => parseRedisTarget('localhost:6379'), /--redis localhost:6379: use redis:\/\/HOST:PORT, .*redis\+sentinel:\/\/.* or redis\+cluster:\/\//);
 t.same(parseRedisTarget('redis+cluster://app:p%40ss@h:1'), { kind: 'cluster', nodes: [{ host: 'h', port: 1 }], username: 'app', password: 'p@ss' });
 t.same(redisOptions('redis+cluster://h:1,h:2', { username: 'u', password: 'p' }), { username: 'u', password: 'p' }, "a cluster's nodes get the credentials");
