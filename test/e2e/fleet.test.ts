@@ -61,7 +61,8 @@ t.test('status lists the VMs with their lease and role; gc removes only what not
   t.equal(f1.agent, listen, 'f1: the agent address');
   t.ok(f1.versions >= 2 && f1.head > 0 && f1.bytesStored > 0 && f1.lastPauseMs > 0, `f1: versions ${f1.versions}, head ${f1.head}, ${f1.bytesStored} B, pause ${f1.lastPauseMs} ms`);
   t.ok(f1.ageMs >= 0 && f1.ageMs < 60_000, `f1: the newest version is ${f1.ageMs} ms old`);
-  t.equal(f1.pending, 1, 'f1: the pending leftover is counted');
+  // Ours, plus the agent's own round if one is under way at that moment.
+  t.ok(f1.pending >= 1 && f1.pending <= 2, `f1: the pending leftover is counted (${f1.pending} pending)`);
   const ghost = fleet.vms.find((v) => v.vm === 'ghost')!;
   t.equal(ghost.record, 'missing', 'ghost: keys without a record are shown as such');
   const text = await runCli(['status', '--redis', srv.url], env);
