@@ -4,7 +4,6 @@
 // with its memory intact. Real guests, a real redis-server, a real agent process.
 import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
@@ -13,18 +12,11 @@ import { testClient, testRedis } from '../helpers/redis.js';
 import { waitFor } from '../helpers/wait.js';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import type { AgentStatus } from '../helpers/hosts.js';
+import { freePort } from '../../src/store/redis-server.js';
 
 ensureGuestBuilt();
 /** Guests at once: enough that pauses would collide, few enough for TCG on 2 cores in CI. */
 const N = Number(process.env.MIGSAFE_MANY_VMS ?? 4);
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((res) => s.close(res));
-  return port;
-}
 
 t.test(`one agent checkpoints ${N} guests, pauses taking turns; each recovers`, async (t) => {
   const srv = await testRedis(t);

@@ -5,7 +5,6 @@
 // else it would stay down for good. A real redis-server, a real agent process, a real guest.
 import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,16 +13,9 @@ import { ensureGuestBuilt, guestQemuArgs, parseConsole, waitForConsole } from '.
 import { testRedis } from '../helpers/redis.js';
 import { waitFor } from '../helpers/wait.js';
 import type { AgentStatus } from '../helpers/hosts.js';
+import { freePort } from '../../src/store/redis-server.js';
 
 ensureGuestBuilt();
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((res) => s.close(res));
-  return port;
-}
 
 /** The process's state letter in /proc (T: stopped by a signal). */
 function procState(pid: number): string | undefined {

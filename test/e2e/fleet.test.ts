@@ -4,7 +4,6 @@
 // pending version, an orphan version, the keys of a VM without a record — while every committed
 // version still loads whole.
 import t from 'tap';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
@@ -15,16 +14,9 @@ import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import { vmKeys } from '../../src/store/keys.js';
 import { loadVersion } from '../../src/store/reader.js';
 import { parseCodec } from '../../src/store/frame.js';
+import { freePort } from '../../src/store/redis-server.js';
 
 ensureGuestBuilt();
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((res) => s.close(res));
-  return port;
-}
 
 t.test('status lists the VMs with their lease and role; gc removes only what nothing references', async (t) => {
   const srv = await testRedis(t);
