@@ -7,9 +7,12 @@ import type { VmKeys } from './keys.js';
 import { FencedError } from './fenced-error.js';
 import { encodeFrame, type CodecChoice } from './frame.js';
 import { summarizeBatch } from '../kernel/page-delta.js';
+import { delAcrossSlots, keysOfStripes, deleteVersions, formatStripes, stripeKeys, stripeShare, type Stripes } from './stripes.js';
 
 const SWITCH_LUA = `
--- KEYS: newBase, baseChunks, base, committed, owner, meta of version ; ARGV: version, lease ('' : unfenced)
+-- KEYS: newBase, baseChunks, base, committed, owner, meta of version
+-- ARGV: version, lease ('' : unfenced), frames and stripe descriptor of a striped base ('' : the list KEYS[1])
+-- Returns the versions dropped.
 local owner = redis.call('GET', KEYS[5])
 if ARGV[2] ~= '' and owner ~= ARGV[2] then
   return redis.error_reply('FENCED compaction to version ' .. ARGV[1] .. ': written under lease ' .. ARGV[2] .. ' but the lease is ' .. (owner or 'free'))
@@ -17,13 +20,22 @@ end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) == false then
   return redis.error_reply('version ' .. ARGV[1] .. ' is no longer committed')
 end
-local n = redis.call('LLEN', KEYS[1])
-if n == 0 then
-  return redis.error_reply('base image of version ' .. ARGV[1] .. ' has no frames')
+local n
+if ARGV[4] ~= '' then
+  n = tonumber(ARGV[3])
+  redis.call('HSET', KEYS[6], 'baseStripes', ARGV[4])
+else
+  n = redis.call('LLEN', KEYS[1])
+  if n == 0 then
+    return redis.error_reply('base image of version ' .. ARGV[1] .. ' has no frames')
+  end
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('HDEL', KEYS[6], 'baseStripes')
 end
-redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('SET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[6], 'baseChunks', n)
+-- The version's own frames are in the base now (install deletes them).
+redis.call('HDEL', KEYS[6], 'stripes')
 local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1])
 return old
@@ -31,7 +43,8 @@ return old
 
 /** A base image of `version` being written; nothing of it is used until install() succeeds. */
 export class PendingBase {
-  private readonly tmp: string;
+  /** Where its frames go: frame i to lists[i % lists.length] (the temporary list, or its stripes). */
+  private readonly lists: string[];
   private chunks = 0;
 
   constructor(
@@ -41,14 +54,16 @@ export class PendingBase {
     readonly version: number,
     /** The lease the writer compacts under, '' when unfenced (see CheckpointStore.fenceWith). */
     private readonly fence: () => string,
+    /** On a cluster: the stripes it is spread over (stripes.ts), named afresh for each attempt. */
+    private readonly stripes?: Stripes,
   ) {
-    this.tmp = keys.newBaseChunks(version);
+    this.lists = stripes ? stripeKeys(vmId, stripes) : [keys.newBaseChunks(version)];
   }
 
-  /** Drops what an earlier, interrupted compaction to the same version left. */
+  /** Drops what an earlier, interrupted compaction to the same version left (stripes: new names, nothing to drop). */
   async clear(): Promise<void> {
     this.chunks = 0;
-    await this.redis.del(this.tmp);
+    await delAcrossSlots(this.redis, this.lists);
   }
 
   /**
@@ -61,33 +76,52 @@ export class PendingBase {
     const frame = await encodeFrame('pages', records, summarizeBatch(records).records, codec, bind);
     if (this.chunks !== index) throw new Error(`base image of version ${this.version}: overlapping addPages calls`);
     this.chunks++;
-    await this.redis.rpush(this.tmp, frame);
+    await this.redis.rpush(this.lists[index % this.lists.length]!, frame);
     return frame.length;
   }
 
   /**
    * Makes this the base, atomically with dropping the versions before `version` from the
-   * committed set; then deletes their data and `version`'s own chunks (now inside the base).
-   * Returns the dropped versions.
+   * committed set; then deletes their data, `version`'s own chunks (now inside the base) and
+   * the old base image. Returns the dropped versions.
    */
   async install(): Promise<number[]> {
     const k = this.keys;
+    const n = this.lists.length;
+    // The script sees only the VM's slot: stripes are counted here (stripes.ts).
+    if (this.stripes) {
+      const lengths = await Promise.all(this.lists.map((l) => this.redis.llen(l)));
+      const short = lengths.findIndex((len, s) => len !== stripeShare(s, n, this.chunks));
+      if (short >= 0 || this.chunks === 0) {
+        await this.clear().catch(() => {});
+        throw new Error(`base image of version ${this.version} of VM "${this.vmId}": stripe ${this.lists[Math.max(0, short)]} does not hold its frames`);
+      }
+    }
+    const oldBase = await this.redis.get(k.base);
+    const [oldStripes, ownStripes] = await Promise.all([
+      oldBase ? this.redis.hget(k.version(Number(oldBase)), 'baseStripes') : null,
+      this.redis.hget(k.version(this.version), 'stripes'),
+    ]);
     let dropped: number[];
     try {
+      const desc = this.stripes ? formatStripes(this.stripes) : '';
       dropped = (
-        (await this.redis.eval(SWITCH_LUA, 6, this.tmp, k.baseChunks, k.base, k.committed, k.owner, k.version(this.version), String(this.version), this.fence())) as string[]
+        (await this.redis.eval(
+          SWITCH_LUA, 6, k.newBaseChunks(this.version), k.baseChunks, k.base, k.committed, k.owner, k.version(this.version),
+          String(this.version), this.fence(), String(this.chunks), desc,
+        )) as string[]
       ).map(Number);
     } catch (e) {
       await this.clear().catch(() => {});
       const msg = (e as Error).message;
       throw msg.includes('FENCED') ? new FencedError(msg) : e;
     }
-    if (dropped.length) {
-      const pipe = this.redis.pipeline();
-      for (const v of dropped) pipe.del(...k.versionAll(v));
-      await pipe.exec();
-    }
-    await this.redis.del(k.chunks(this.version));
+    await deleteVersions(this.redis, this.vmId, dropped);
+    // The version's own frames, and the old base's wherever it was (a new classic base replaced base:chunks already).
+    const gone = [k.chunks(this.version)];
+    gone.push(...keysOfStripes(this.vmId, ownStripes), ...keysOfStripes(this.vmId, oldStripes));
+    if (this.stripes && oldBase && !oldStripes) gone.push(k.baseChunks);
+    await delAcrossSlots(this.redis, gone);
     return dropped;
   }
 }

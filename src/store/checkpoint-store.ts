@@ -1,6 +1,7 @@
 // Writing versions of one VM: begin → chunks (pipelined) → device state → atomic commit.
 // Everything read back from Redis is checked before it is believed (the store is input).
 import { constants as bufferConstants } from 'node:buffer';
+import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { scanKeys } from './redis-cluster.js';
 import { STORE_FORMAT, vmKeys, type VmKeys } from './keys.js';
@@ -9,6 +10,7 @@ import { PendingBase } from './base-writer.js';
 import { FencedError } from './fenced-error.js';
 import { NotDurableError, type Durability } from './durability.js';
 import { ParentMismatchError, PendingVersion, type WriterSettings } from './pending-version.js';
+import { delAcrossSlots, deleteVersions, formatStripes, parseStripes, pickStripes, stripeKeys, stripeRange } from './stripes.js';
 
 export { FencedError, NotDurableError, ParentMismatchError, PendingVersion };
 
@@ -197,40 +199,68 @@ export class CheckpointStore {
   async cleanupPending(): Promise<number[]> {
     const pending = (await this.redis.smembers(this.keys.pending)).map(Number);
     if (pending.length === 0) return [];
-    const pipe = this.redis.pipeline();
-    for (const v of pending) {
-      pipe.del(...this.keys.versionAll(v));
-      pipe.srem(this.keys.pending, String(v));
-    }
-    await pipe.exec();
+    await deleteVersions(this.redis, this.vmId, pending);
+    await this.redis.srem(this.keys.pending, ...pending.map(String));
     return pending;
   }
 
   async begin(parent: number): Promise<PendingVersion> {
     const version = await this.redis.incr(this.keys.seq);
-    await this.redis.sadd(this.keys.pending, String(version));
-    return new PendingVersion(this.redis, this.keys, this.vmId, version, parent, this.writer);
+    const stripes = pickStripes(this.redis, this.vmId, `v${version}`);
+    const m = this.redis.multi().sadd(this.keys.pending, String(version));
+    // Named before anything is written, so that a cleanup finds them (stripes.ts).
+    if (stripes) m.hset(this.keys.version(version), 'stripes', formatStripes(stripes));
+    await m.exec();
+    return new PendingVersion(this.redis, this.keys, this.vmId, version, parent, this.writer, stripes);
   }
 
   /** Starts a new base image holding version `version` whole (see compaction.ts). */
   async beginBase(version: number): Promise<PendingBase> {
-    const base = new PendingBase(this.redis, this.keys, this.vmId, version, () => this.writer.fence());
+    // A new name per attempt: what an interrupted one left is never mistaken for this one's (gc removes it).
+    const stripes = pickStripes(this.redis, this.vmId, `b${version}.${randomBytes(4).toString('hex')}`);
+    const base = new PendingBase(this.redis, this.keys, this.vmId, version, () => this.writer.fence(), stripes);
     await base.clear();
     return base;
   }
 
-  private listKey(list: ChunkList): string {
-    return list === 'base' ? this.keys.baseChunks : this.keys.chunks(list);
+  /** The keys of a chunk list: one, or its stripes when `stripes` (a stored descriptor) names them. */
+  private listKeys(list: ChunkList, stripes?: string): string[] {
+    if (stripes) return stripeKeys(this.vmId, parseStripes(stripes, `VM "${this.vmId}" ${list === 'base' ? 'base image' : `version ${list}`}`));
+    return [list === 'base' ? this.keys.baseChunks : this.keys.chunks(list)];
   }
 
   /** Frames in a chunk list (0 when it does not exist). */
-  chunkCount(list: ChunkList): Promise<number> {
-    return this.redis.llen(this.listKey(list));
+  async chunkCount(list: ChunkList, stripes?: string): Promise<number> {
+    return (await this.chunkLengths(list, stripes)).reduce((a, b) => a + b, 0);
   }
 
-  /** Frames `first`..`last` (inclusive) of a chunk list. */
-  chunkRange(list: ChunkList, first: number, last: number): Promise<Buffer[]> {
-    return this.redis.lrangeBuffer(this.listKey(list), first, last);
+  /** Frames in each key of a chunk list (0 where it does not exist). */
+  chunkLengths(list: ChunkList, stripes?: string): Promise<number[]> {
+    return Promise.all(this.listKeys(list, stripes).map((k) => this.redis.llen(k)));
+  }
+
+  /**
+   * Frames `first`..`last` (inclusive) of a chunk list, in list order. Short (never mixed up)
+   * when the list holds fewer: frame i of S stripes is at floor(i / S) of stripe i % S.
+   */
+  async chunkRange(list: ChunkList, first: number, last: number, stripes?: string): Promise<Buffer[]> {
+    const keys = this.listKeys(list, stripes);
+    if (keys.length === 1) return this.redis.lrangeBuffer(keys[0]!, first, last);
+    const n = keys.length;
+    const parts = await Promise.all(
+      keys.map((k, s) => {
+        const { lo, hi } = stripeRange(s, n, first, last);
+        return hi < lo ? Promise.resolve([] as Buffer[]) : this.redis.lrangeBuffer(k, lo, hi);
+      }),
+    );
+    const out: Buffer[] = [];
+    for (let i = first; i <= last; i++) {
+      const s = i % n;
+      const f = parts[s]![Math.floor(i / n) - stripeRange(s, n, first, last).lo];
+      if (!f) break;
+      out.push(f);
+    }
+    return out;
   }
 
   /** The device state frame of a version, or null. */
@@ -249,7 +279,8 @@ export class CheckpointStore {
 
   /** Removes every key of the VM. */
   async deleteAll(): Promise<number> {
-    let n = 0;
+    // Stripes first (other slots, one DEL each): while the record exists, gc still sees them.
+    let n = await delAcrossSlots(this.redis, await scanKeys(this.redis, `migsafe:{${this.vmId}/*`));
     const keys = await scanKeys(this.redis, `${this.keys.prefix}*`);
     // One slot (the hash tag): a DEL of many keys is fine on a cluster too.
     for (let i = 0; i < keys.length; i += 1000) n += await this.redis.del(...keys.slice(i, i + 1000));

@@ -11,11 +11,12 @@ import { CheckpointStore } from './checkpoint-store.js';
 import { vmKeys } from './keys.js';
 import { LeaseStore } from './lease-store.js';
 import { scanKeys } from './redis-cluster.js';
+import { delAcrossSlots, parseStripeKey, parseStripes } from './stripes.js';
 
-/** The id in a key of our layout (`migsafe:{id}:...`), or undefined. */
+/** The id in a key of our layout (`migsafe:{id}:...`, or a stripe `migsafe:{id/...}:chunks`), or undefined. */
 export function vmIdOfKey(key: string): string | undefined {
   const m = /^migsafe:\{([A-Za-z0-9][A-Za-z0-9._-]{0,63})\}:/.exec(key);
-  return m?.[1];
+  return m?.[1] ?? parseStripeKey(key)?.vm;
 }
 
 /** Every key of the store under our prefix, by VM id (every primary of a cluster). */
@@ -122,9 +123,27 @@ export async function findGarbage(redis: Redis, vm: string, keys: string[]): Pro
   const committed = new Set((await redis.zrange(k.committed, 0, -1)).map(Number));
   const pending = (await redis.smembers(k.pending)).map(Number).filter((n) => Number.isSafeInteger(n) && n > 0);
   const pendingSet = new Set(pending);
-  const hasBase = (await redis.exists(k.base)) === 1;
+  const base = await redis.get(k.base);
+  const hasBase = base !== null;
+  let baseStripes: string | undefined;
+  try {
+    const d = base === null ? null : await redis.hget(k.version(Number(base)), 'baseStripes');
+    baseStripes = d ? parseStripes(d, vm).name : undefined;
+  } catch {
+    baseStripes = undefined; // malformed: then no stripe is the base's, and the reader refuses the base anyway
+  }
   const out: Garbage['keys'] = [];
   for (const key of keys) {
+    const st = parseStripeKey(key);
+    if (st) {
+      if (st.kind === 'v') {
+        if (pendingSet.has(st.version)) out.push({ key, why: `version ${st.version} was left pending by a writer that is gone` });
+        else if (!committed.has(st.version)) out.push({ key, why: `version ${st.version} is neither committed nor pending` });
+      } else if (st.name !== baseStripes) {
+        out.push({ key, why: `a base image no version names (${st.name}: a compaction that did not finish, or an old base)` });
+      }
+      continue;
+    }
     const rest = key.slice(k.prefix.length);
     const v = /^v:(\d+)(?::chunks|:device)?$/.exec(rest);
     if (v) {
@@ -152,6 +171,11 @@ return n
 export async function collectGarbage(redis: Redis, g: Garbage): Promise<number> {
   if (g.skipped || (g.keys.length === 0 && g.pending.length === 0)) return 0;
   const k = vmKeys(g.vm);
-  const keys = [k.owner, k.pending, ...g.keys.map((x) => x.key)];
-  return (await redis.eval(COLLECT_LUA, keys.length, ...keys, ...g.pending.map(String))) as number;
+  // Stripes lie in other slots, out of the script's reach: removed once it has seen the lease
+  // free. Safe: a new writer never reuses them (new versions get new numbers, a base a new name).
+  const striped = g.keys.filter((x) => parseStripeKey(x.key)).map((x) => x.key);
+  const keys = [k.owner, k.pending, ...g.keys.filter((x) => !parseStripeKey(x.key)).map((x) => x.key)];
+  const n = (await redis.eval(COLLECT_LUA, keys.length, ...keys, ...g.pending.map(String))) as number;
+  if (n < 0) return n;
+  return n + (await delAcrossSlots(redis, striped));
 }

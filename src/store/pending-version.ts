@@ -7,6 +7,7 @@ import { MAX_DEVICE_STATE_BYTES, encodeFrame, type CodecChoice, type FrameBindin
 import { summarizeBatch } from '../kernel/page-delta.js';
 import { FencedError } from './fenced-error.js';
 import { NotDurableError, durabilityName, ensureDurable, type Durability } from './durability.js';
+import { delAcrossSlots, formatStripes, stripeKeys, stripeShare, type Stripes } from './stripes.js';
 
 export interface WriterSettings {
   /** The lease this writer commits under ("host|token"), '' when unfenced (tests, benchmarks). */
@@ -42,9 +43,12 @@ end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
   return redis.error_reply('NOTPENDING version ' .. version .. ' is not being written')
 end
-local n = redis.call('LLEN', KEYS[4])
-if n ~= tonumber(ARGV[3]) then
-  return redis.error_reply('INCOMPLETE version ' .. version .. ' has ' .. n .. ' of ' .. ARGV[3] .. ' chunks')
+-- ARGV[3] < 0: the frames are striped over other slots, counted by the writer (stripes.ts)
+if tonumber(ARGV[3]) >= 0 then
+  local n = redis.call('LLEN', KEYS[4])
+  if n ~= tonumber(ARGV[3]) then
+    return redis.error_reply('INCOMPLETE version ' .. version .. ' has ' .. n .. ' of ' .. ARGV[3] .. ' chunks')
+  end
 end
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return redis.error_reply('INCOMPLETE version ' .. version .. ' has no device state')
@@ -79,7 +83,14 @@ export class PendingVersion {
     readonly version: number,
     readonly parent: number,
     private readonly writer: WriterSettings,
-  ) {}
+    /** Where its frames go on a cluster (stripes.ts); undefined: the one list v:{n}:chunks. */
+    readonly stripes?: Stripes,
+  ) {
+    this.lists = stripes ? stripeKeys(vmId, stripes) : [keys.chunks(version)];
+  }
+
+  /** The keys its frames go to: frame i to lists[i % lists.length]. */
+  private readonly lists: string[];
 
   get chunkCount(): number {
     return this.chunks;
@@ -116,7 +127,8 @@ export class PendingVersion {
   addChunk(frame: Buffer): void {
     this.chunks++;
     this.pageBytes += frame.length;
-    this.inflight.push(this.redis.rpush(this.keys.chunks(this.version), frame));
+    const i = this.chunks - 1;
+    this.inflight.push(this.redis.rpush(this.lists[i % this.lists.length]!, frame));
   }
 
   /** Frames the device state (compressed with `codec`) and queues it. */
@@ -140,6 +152,7 @@ export class PendingVersion {
     meta: Omit<VersionMeta, 'version' | 'parent' | 'chunks' | 'bytesStored' | 'deviceStateStored' | 'committedAt'>,
   ): Promise<VersionMeta> {
     await Promise.all(this.inflight.splice(0));
+    if (this.stripes) await this.countStripes();
     const full: VersionMeta = {
       ...meta,
       version: this.version,
@@ -151,6 +164,7 @@ export class PendingVersion {
     };
     const fence = this.writer.fence();
     if (fence) full.writer = fence;
+    if (this.stripes) full.stripes = formatStripes(this.stripes);
     full.durability = durabilityName(this.writer.durability);
     const k = this.keys;
     try {
@@ -165,7 +179,7 @@ export class PendingVersion {
         k.owner,
         String(this.version),
         String(this.parent),
-        String(this.chunks),
+        String(this.stripes ? -1 : this.chunks),
         fence,
         ...metaToHash(full),
       );
@@ -191,9 +205,22 @@ export class PendingVersion {
     return full;
   }
 
+  /** The commit script sees only the VM's slot: each stripe is counted here instead. */
+  private async countStripes(): Promise<void> {
+    const n = this.lists.length;
+    const lengths = await Promise.all(this.lists.map((k) => this.redis.llen(k)));
+    lengths.forEach((len, s) => {
+      const want = stripeShare(s, n, this.chunks);
+      if (len !== want) {
+        throw new Error(`INCOMPLETE version ${this.version} of VM "${this.vmId}": stripe ${this.lists[s]} holds ${len} of its ${want} frames`);
+      }
+    });
+  }
+
   /** Drops what was written (best effort: cleanupPending() catches what this misses). */
   async abort(): Promise<void> {
     await Promise.allSettled(this.inflight.splice(0));
+    if (this.stripes) await delAcrossSlots(this.redis, this.lists);
     await this.redis
       .multi()
       .del(...this.keys.versionAll(this.version))

@@ -8,6 +8,7 @@ import { applyBatch } from '../kernel/page-delta.js';
 import type { ChunkList, CheckpointStore, VmRecord } from './checkpoint-store.js';
 import { CorruptCheckpointError, decodeFrame, type FrameBinding } from './frame.js';
 import type { VersionMeta } from './version-meta.js';
+import { stripeShare } from './stripes.js';
 
 export class MissingCheckpointError extends Error {
   override name = 'MissingCheckpointError';
@@ -20,6 +21,8 @@ export interface RestorePlan {
   base: number;
   /** Frames in the base image (its version's metadata, baseChunks); 0 without a base. */
   baseChunks: number;
+  /** The base image's stripes on a cluster (its version's metadata, baseStripes; stripes.ts). */
+  baseStripes?: string;
   /** Versions applied on top of the base, oldest first; ends with the target. */
   chain: VersionMeta[];
 }
@@ -77,7 +80,15 @@ export async function planRestore(store: CheckpointStore, version?: number, snap
       throw new CorruptCheckpointError(`VM "${store.vmId}": the base image (version ${base}) has no frame count in its metadata (baseChunks)`);
     }
   }
-  return { vm, target: chain[chain.length - 1]!, base: usesBase ? base : 0, baseChunks, chain: usesBase ? chain.slice(1) : chain };
+  const baseStripes = usesBase ? chain[0]!.baseStripes : undefined;
+  return {
+    vm,
+    target: chain[chain.length - 1]!,
+    base: usesBase ? base : 0,
+    baseChunks,
+    ...(baseStripes ? { baseStripes } : {}),
+    chain: usesBase ? chain.slice(1) : chain,
+  };
 }
 
 /** A chain error, with the version where the walk found it (to advise an older version). */
@@ -143,6 +154,8 @@ interface ListRead {
   expect: number;
   /** Page records the list must hold in all (a version's metadata); undefined for the base. */
   pages?: number;
+  /** Its stripes (a stored descriptor), when it is spread over a cluster. */
+  stripes?: string;
 }
 
 /** Builds the RAM image of a plan. Throws CorruptCheckpointError on anything that does not add up. */
@@ -160,16 +173,34 @@ export async function loadImage(
       where: `VM "${vm}" base image (version ${plan.base})`,
       bind: { vm, version: plan.base, list: 'base' },
       expect: plan.baseChunks,
+      ...(plan.baseStripes ? { stripes: plan.baseStripes } : {}),
     });
   }
   for (const m of plan.chain) {
-    lists.push({ list: m.version, where: `VM "${vm}" version ${m.version}`, bind: { vm, version: m.version, list: 'version' }, expect: m.chunks, pages: m.pages });
+    lists.push({
+      list: m.version,
+      where: `VM "${vm}" version ${m.version}`,
+      bind: { vm, version: m.version, list: 'version' },
+      expect: m.chunks,
+      pages: m.pages,
+      ...(m.stripes ? { stripes: m.stripes } : {}),
+    });
   }
-  const lengths = await Promise.all(lists.map((l) => store.chunkCount(l.list)));
+  let lengths: number[][];
+  try {
+    lengths = await Promise.all(lists.map((l) => store.chunkLengths(l.list, l.stripes)));
+  } catch (e) {
+    throw new CorruptCheckpointError((e as Error).message); // a malformed stripe descriptor
+  }
   lists.forEach((l, i) => {
-    if (lengths[i] !== l.expect) {
-      throw new CorruptCheckpointError(`${l.where}: ${lengths[i]} chunks in the store, its metadata says ${l.expect}`);
-    }
+    const got = lengths[i]!;
+    const sum = got.reduce((a, b) => a + b, 0);
+    if (sum !== l.expect) throw new CorruptCheckpointError(`${l.where}: ${sum} chunks in the store, its metadata says ${l.expect}`);
+    got.forEach((len, s) => {
+      if (len !== stripeShare(s, got.length, l.expect)) {
+        throw new CorruptCheckpointError(`${l.where}: stripe ${s} of ${got.length} holds ${len} chunks, it should hold ${stripeShare(s, got.length, l.expect)}`);
+      }
+    });
   });
   const total = lists.reduce((a, l) => a + l.expect, 0);
   for (const l of lists) {
@@ -202,7 +233,7 @@ export async function loadImage(
   const start = (i: number) => {
     const { l, at, last } = slices[i]!;
     return settle(
-      store.chunkRange(l.list, at, last).then((frames) => {
+      store.chunkRange(l.list, at, last, l.stripes).then((frames) => {
         if (frames.length !== last - at + 1) {
           throw new CorruptCheckpointError(
             `${l.where}: the store returned ${frames.length} of frames ${at}..${last} (the list shrank while it was read)`,

@@ -40,6 +40,10 @@ export interface VersionMeta {
   acknowledgedAt?: number;
   /** Only on the version the base image holds: frames in the base image (set by compaction). */
   baseChunks?: number;
+  /** Its frames spread over a cluster's primaries: the descriptor (stripes.ts); absent: one list, v:{n}:chunks. */
+  stripes?: string;
+  /** Only on the version the base image holds: the base image's stripes; absent: one list, base:chunks. */
+  baseStripes?: string;
 }
 
 /**
