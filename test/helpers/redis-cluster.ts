@@ -1,56 +1,29 @@
-// A Redis Cluster of the test's own: `primaries` (+ one replica each, if asked) real
-// redis-server processes on loopback, slots assigned by `redis-cli --cluster create`, stopped
-// at teardown.
-import { execFileSync } from 'node:child_process';
+// A Redis Cluster of the test's own (src/store/local-cluster.ts), stopped at teardown, and the
+// test's tools on it: which node serves a key, moving a slot as a re-shard does.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Test } from 'tap';
-import { connectRedis, freePort, startRedisServer, type RedisServerHandle } from '../../src/store/redis-server.js';
+import { startLocalCluster, type LocalCluster } from '../../src/store/local-cluster.js';
+import { connectRedis } from '../../src/store/redis-server.js';
 
-export interface TestCluster {
-  /** What `--redis` takes: redis+cluster://127.0.0.1:P,127.0.0.1:P,... */
-  url: string;
-  nodes: (RedisServerHandle & { port: number })[];
-}
+export type TestCluster = LocalCluster;
 
 export async function testCluster(t: Test, opts: { primaries?: number; replicas?: 0 | 1 } = {}): Promise<TestCluster> {
-  const count = (opts.primaries ?? 3) * (1 + (opts.replicas ?? 0));
-  const nodes: TestCluster['nodes'] = [];
-  for (let i = 0; i < count; i++) {
-    const dir = mkdtempSync(join(tmpdir(), 'migsafe-cluster-'));
-    const port = await freePort();
-    const srv = await startRedisServer({ dir, port, appendfsync: 'always', cluster: true });
-    nodes.push({ ...srv, port });
-    t.teardown(async () => {
-      await srv.stop();
-      rmSync(dir, { recursive: true, force: true });
-    });
+  const dir = mkdtempSync(join(tmpdir(), 'migsafe-cluster-'));
+  let c: LocalCluster;
+  try {
+    c = await startLocalCluster({ dir, ...opts, appendfsync: 'always' });
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
   }
-  execFileSync(
-    'redis-cli',
-    ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', String(opts.replicas ?? 0), '--cluster-yes'],
-    { stdio: 'pipe', timeout: 60_000 },
-  );
-  // Every node must agree the cluster is up before a client can rely on the slot map.
-  const deadline = Date.now() + 30_000;
-  for (const n of nodes) {
-    const r = connectRedis(n.url);
-    try {
-      for (;;) {
-        const info = String(await r.call('CLUSTER', 'INFO'));
-        // A replica that never finished its first sync cannot fail over (replica validity).
-        const repl = String(await r.info('replication'));
-        if (/cluster_state:ok/.test(info) && (!/^role:slave/m.test(repl) || /master_link_status:up/.test(repl))) break;
-        if (Date.now() > deadline) throw new Error(`cluster node ${n.url} not ready after 30 s:\n${info}\n${repl}`);
-        await sleep(100);
-      }
-    } finally {
-      r.disconnect();
-    }
-  }
-  return { url: `redis+cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`, nodes };
+  t.teardown(async () => {
+    await c.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return c;
 }
 
 /** CLUSTER NODES as a surviving node sees it (for a failure message). */
