@@ -234,7 +234,7 @@ export async function runStoreBench(o: StoreBenchOptions): Promise<StoreBenchRes
     cluster = await startLocalCluster({ dir: join(dir, 'cluster'), primaries: 3, appendfsync: 'always' });
     const conn = { single: connectRedis(single.url), cluster: connectRedis(cluster.url) } as Record<Topology, Redis>;
     clients.push(conn.single, conn.cluster);
-    const ram = corpusImage((o.ramMiB << 20) / PAGE);
+    const ram = corpusImage((o.ramMiB * 2 ** 20) / PAGE);
     const recs = await records(ram);
     const pages = recs.reduce((a, r) => a + r.records, 0);
     const maxVms = Math.max(...o.vms);
@@ -281,7 +281,7 @@ export async function runStoreBench(o: StoreBenchOptions): Promise<StoreBenchRes
     let large: StoreBenchResult['large'];
     if (o.largeMiB > 0) {
       say(`one VM of ${o.largeMiB} MiB: a full version on the cluster`);
-      const big = corpusImage((o.largeMiB << 20) / PAGE);
+      const big = corpusImage((o.largeMiB * 2 ** 20) / PAGE);
       const bigRecs = await records(big);
       const store = new CheckpointStore(conn.cluster, 'bench-store-large');
       const jobs = await frameJobs([store], big.length, bigRecs, codec);

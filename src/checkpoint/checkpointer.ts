@@ -9,6 +9,7 @@
 // The orchestrator can pause the loop (pause() waits for the round under way to finish) and
 // take one round on demand (roundNow(): the final consistent FIC checkpoint at downtime).
 import type { PauseTurns } from './pause-turns.js';
+import type { StoreShare } from './store-share.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckpointEngine } from './engine.js';
 import { mapFile } from '../kernel/map-file.js';
@@ -66,10 +67,7 @@ export interface CheckpointerOptions {
   /** Also start a round once this many pages were dirtied (0: off; a source that counts them). */
   dirtyPagesThreshold?: number;
   resumeFrom?: { image: Buffer; version: number };
-  /**
-   * After a failed round, reload the shadow from the store's head instead of starting over
-   * from a zero image (RIC: a full checkpoint cannot be read at a post-copy destination).
-   */
+  /** After a failed round, reload the shadow from the store's head, not a zero image (RIC: no full checkpoint at a post-copy destination). */
   reloadOnFailure?: boolean;
   /** Where the loop's lines go (a child logger carrying the VM's `vm`); a round's lines carry `version`. */
   log: Logger;
@@ -78,13 +76,11 @@ export interface CheckpointerOptions {
   onRound?: (m: VersionMeta) => void;
   /** The store refused a commit: this writer lost the VM's lease. The loop has stopped. */
   onFenced?: (e: FencedError) => void;
-  /**
-   * A commit was refused because the lease had run out with nobody holding it: take it back
-   * (WriterLease.reclaim); true goes on with the next round instead of stopping.
-   */
+  /** A commit refused as the lease ran out with nobody holding it: take it back (WriterLease.reclaim); true goes on. */
   reclaimLease?: () => Promise<boolean>;
-  /** The host's turns for stage-2 pauses, shared by the checkpoint loops of an agent's VMs. */
+  /** Shared by an agent's VMs: turns for stage-2 pauses; the pipeline's rate (intervals stretch when it falls behind). */
   pauseTurns?: PauseTurns;
+  storeShare?: StoreShare;
   /** Where round figures go for `--metrics` (src/util/metrics.ts). */
   metrics?: Metrics;
   /** FIC outside a migration: fold old versions into the base once more than 2×K are stored (0: never). */
@@ -107,8 +103,7 @@ export interface RoundStat {
   trigger?: RoundTrigger;
   /** Where its dirty pages came from: the dirty source's kind. */
   dirtySource?: string;
-  /** Stage 1 compared all of guest RAM (no dirty log for this round). */
-  fullCompare?: boolean;
+  fullCompare?: boolean; // stage 1 compared all of guest RAM (no dirty log for this round)
   pausedAt?: number; // when its stage-2 pause began, ms since the epoch
 }
 
@@ -301,7 +296,9 @@ export class Checkpointer {
         const trigger = this.wokenBy ?? 'periodic';
         this.wokenBy = undefined;
         try {
-          stored = (await this.roundNow(trigger)).bytesStored;
+          const st = await this.roundNow(trigger);
+          stored = st.bytesStored;
+          this.o.storeShare?.record(this.o.store.vmId, st.bytesStored, performance.now() - t0);
           await this.maybeCompact();
         } catch (e) {
           // Logged; but a writer the store fenced off is no longer the VM's owner: it stops.
@@ -320,7 +317,9 @@ export class Checkpointer {
         // Bandwidth budget: a round that stored B bytes buys B / bandwidth seconds.
         const bandwidth = this.o.bandwidth ?? 0;
         const budgetMs = bandwidth > 0 ? (stored / bandwidth) * 1000 : 0;
-        let wait = Math.max(this.o.intervalMs, budgetMs) - elapsed;
+        // Several VMs on this agent: this one's share of the pipeline's measured rate.
+        const shareMs = this.o.storeShare?.minGapMs(stored) ?? 0;
+        let wait = Math.max(this.o.intervalMs, budgetMs, shareMs) - elapsed;
         if (this.o.eventDriven && this.o.gate && this.o.gate.pending > 0) this.wokenBy ??= 'packet';
         if (this.wokenBy) wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));
         if (wait <= 0) break;
@@ -328,6 +327,7 @@ export class Checkpointer {
         if (!this.retuned) break;
       }
     }
+    this.o.storeShare?.forget(this.o.store.vmId);
   }
 
   private async maybeCompact(): Promise<void> {

@@ -20,6 +20,7 @@ import { loadVersion } from '../store/reader.js';
 import type { Peer } from '../ha/peer.js';
 import type { TlsConfig } from '../ha/tls.js';
 import { PauseTurns } from '../checkpoint/pause-turns.js';
+import { StoreShare } from '../checkpoint/store-share.js';
 import { Checkpointer, type CheckpointerOptions, type RoundStat } from '../checkpoint/checkpointer.js';
 import type { Metrics } from '../util/metrics.js';
 import type { Logger } from '../util/logger.js';
@@ -122,6 +123,8 @@ export class VmHost {
   readonly vms = new Map<string, VmRuntime>();
   /** Every VM's stage-2 pauses take turns on this host. */
   readonly pauseTurns = new PauseTurns();
+  /** ... and their rounds share the checkpoint pipeline (intervals stretch when it falls behind). */
+  readonly storeShare = new StoreShare();
   gate?: OutputGate;
   /** The durability policy as settled with the store at start (Agent.start). */
   durability: Durability = { kind: 'none' };
@@ -328,6 +331,7 @@ export class VmHost {
       codec: this.o.codec,
       gate: this.gate,
       pauseTurns: this.pauseTurns,
+      storeShare: this.storeShare,
       log: r.log,
       onProgress: r.progress,
       onRound: () => this.changed(),
