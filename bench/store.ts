@@ -231,7 +231,8 @@ export async function runStoreBench(o: StoreBenchOptions): Promise<StoreBenchRes
   try {
     say('starting one redis-server and a 3-primary cluster (appendfsync always)');
     single = await startRedisServer({ dir: join(dir, 'single'), port: 0, appendfsync: 'always' });
-    cluster = await startLocalCluster({ dir: join(dir, 'cluster'), primaries: 3, appendfsync: 'always' });
+    // Redis's default node timeout: a node busy writing a large VM's frames must not be voted down (no replicas here).
+    cluster = await startLocalCluster({ dir: join(dir, 'cluster'), primaries: 3, appendfsync: 'always', nodeTimeoutMs: 15_000 });
     const conn = { single: connectRedis(single.url), cluster: connectRedis(cluster.url) } as Record<Topology, Redis>;
     clients.push(conn.single, conn.cluster);
     const ram = corpusImage((o.ramMiB * 2 ** 20) / PAGE);

@@ -15,6 +15,10 @@
 //   migsafe:{id}:owner         string  the lease: "<host>|<token>", with a TTL (PX) (see lease-store.ts)
 //   migsafe:{id}:epoch         string  the lease's fencing token counter (INCR on every new owner)
 //   migsafe:{id}:agent         string  ADDR:PORT of the agent that runs the VM
+//
+// On a Redis Cluster a version's (and a base image's) frames are not in v:{n}:chunks but spread
+// over one list per primary, migsafe:{id/v<n>/<t>}:chunks (base: {id/b<n>.<nonce>/<t>}), named
+// in the version's metadata (stripes, baseStripes): see stripes.ts.
 
 // Every frame names its VM, version and place (frame.ts), so a frame copied from elsewhere is
 // refused. 1: frames unbound (refused); 2: bound frames, the base's frame count in its metadata.

@@ -20,6 +20,8 @@ export interface LocalClusterOptions {
   primaries?: number;
   replicas?: 0 | 1;
   appendfsync?: 'always' | 'everysec' | 'no';
+  /** cluster-node-timeout (default 2000 ms: quick failovers for tests). */
+  nodeTimeoutMs?: number;
 }
 
 export async function startLocalCluster(o: LocalClusterOptions): Promise<LocalCluster> {
@@ -33,7 +35,7 @@ export async function startLocalCluster(o: LocalClusterOptions): Promise<LocalCl
       const dir = join(o.dir, `node-${i}`);
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       const port = await freePort();
-      const srv = await startRedisServer({ dir, port, appendfsync: o.appendfsync ?? 'always', cluster: true });
+      const srv = await startRedisServer({ dir, port, appendfsync: o.appendfsync ?? 'always', cluster: true, clusterNodeTimeoutMs: o.nodeTimeoutMs });
       nodes.push({ ...srv, port });
     }
     execFileSync(

@@ -21,6 +21,8 @@ export interface RedisServerOptions {
   wrap?: string[];
   /** A Redis Cluster node (cluster-enabled, its nodes.conf in `dir`); the slots are assigned by `redis-cli --cluster create`. */
   cluster?: boolean;
+  /** A cluster node: ms without a reply before its peers count it failed (default 2000: a quick failover, as tests want). */
+  clusterNodeTimeoutMs?: number;
 }
 
 export interface RedisServerHandle {
@@ -80,7 +82,7 @@ export async function startRedisServer(opts: RedisServerOptions): Promise<RedisS
     '--logfile', join(opts.dir, 'redis.log'),
     // Checkpoint frames can be large.
     '--proto-max-bulk-len', '1gb',
-    ...(opts.cluster ? ['--cluster-enabled', 'yes', '--cluster-config-file', join(opts.dir, 'nodes.conf'), '--cluster-node-timeout', '2000'] : []),
+    ...(opts.cluster ? ['--cluster-enabled', 'yes', '--cluster-config-file', join(opts.dir, 'nodes.conf'), '--cluster-node-timeout', String(opts.clusterNodeTimeoutMs ?? 2000)] : []),
   ];
   const cmd = [...(opts.wrap ?? []), redisServerBinary(), ...args];
   const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: 'ignore', env: childEnv() });
