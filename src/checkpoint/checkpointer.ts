@@ -318,7 +318,7 @@ export class Checkpointer {
         const bandwidth = this.o.bandwidth ?? 0;
         const budgetMs = bandwidth > 0 ? (stored / bandwidth) * 1000 : 0;
         // Several VMs on this agent: this one's share of the pipeline's measured rate.
-        const shareMs = this.o.storeShare?.minGapMs(stored) ?? 0;
+        const shareMs = this.o.storeShare?.minGapMs(stored, this.o.intervalMs) ?? 0;
         let wait = Math.max(this.o.intervalMs, budgetMs, shareMs) - elapsed;
         if (this.o.eventDriven && this.o.gate && this.o.gate.pending > 0) this.wokenBy ??= 'packet';
         if (this.wokenBy) wait = Math.min(wait, Math.max(0, (this.o.minGapMs ?? 50) - elapsed));

@@ -39,12 +39,14 @@ export class StoreShare {
 
   /**
    * The least time from the start of a round that stored `bytes` to the next round of the same
-   * VM: its bytes at 1/N of the utilisable rate. 0 with fewer than two active VMs.
+   * VM: its bytes at 1/N of the utilisable rate, but at most N intervals (a first, full
+   * checkpoint must not silence a VM for minutes: its next rounds are small). 0 with fewer than
+   * two active VMs.
    */
-  minGapMs(bytes: number): number {
+  minGapMs(bytes: number, intervalMs: number): number {
     const n = this.active();
     if (n < 2 || this.rate <= 0 || bytes <= 0) return 0;
-    return (bytes * n) / (this.rate * this.utilisation);
+    return Math.min((bytes * n) / (this.rate * this.utilisation), n * intervalMs);
   }
 
   forget(vm: string): void {

@@ -51,10 +51,16 @@ t.test(`one agent checkpoints ${N} guests, pauses taking turns; each recovers`, 
       return undefined;
     }
   };
+  let seen: AgentStatus | undefined;
   const st = await waitFor(`${N} VMs with 3 rounds each`, 240_000, () => {
+    seen = status();
     if (agent.child.exitCode !== null) throw new Error(`the agent exited: ${agent.err().slice(-2000)}`);
-    const s = status();
+    const s = seen;
     return s && s.vms.length === N && s.vms.every((v) => v.role === 'owner' && v.rounds.length >= 3) ? s : undefined;
+  }).catch((e: Error) => {
+    // Which VMs were behind, and where.
+    const where = seen?.vms.map((v) => `${v.vm} ${v.role} ${v.rounds.length} rounds`).join('; ') ?? 'no status';
+    throw new Error(`${e.message}: ${where}`);
   });
   t.same(st.vms.map((v) => v.vm).sort(), [...vms].sort(), 'every VM runs here');
   t.equal(new Set(st.vms.map((v) => v.pid)).size, N, 'each in its own QEMU');
