@@ -24,8 +24,10 @@ t.test('status lists the VMs with their lease and role; gc removes only what not
   const redis = testClient(t, srv.url);
   const store = new CheckpointStore(redis, 'f1');
   const listen = `127.0.0.1:${await freePort()}`;
+  // A lease of 5 s: with 2 s, a loaded CI host (Redis fsyncing a first full version of 45 MB)
+  // answered renewals late enough that the agent froze its QEMU round after round.
   const agent = startCli(
-    ['agent', '--host', 'h1', '--listen', listen, '--redis', srv.url, '--no-gate', '--lease-ttl', '2000', '--interval', '500', '--vm', 'f1', '--', ...guestQemuArgs({ workload: 'wset', workloadMiB: 2, serialLog: join(tmpdir(), `migsafe-fleet-${process.pid}.serial`) })],
+    ['agent', '--host', 'h1', '--listen', listen, '--redis', srv.url, '--no-gate', '--lease-ttl', '5000', '--interval', '500', '--vm', 'f1', '--', ...guestQemuArgs({ workload: 'wset', workloadMiB: 2, serialLog: join(tmpdir(), `migsafe-fleet-${process.pid}.serial`) })],
     env,
   );
   t.teardown(() => killQuietly(agent.child.pid));
@@ -49,7 +51,7 @@ t.test('status lists the VMs with their lease and role; gc removes only what not
   const fleet = JSON.parse(st.stdout) as { vms: { vm: string; role: string; owner: { host: string } | null; versions: number; head: number; ageMs: number; bytesStored: number; lastPauseMs: number; record: string; pending: number; agent: string }[] };
   const f1 = fleet.vms.find((v) => v.vm === 'f1')!;
   t.equal(f1.owner?.host, 'h1', 'f1: its lease is held by h1');
-  t.equal(f1.role, 'owner', "f1: the agent's own role, asked at the address it published");
+  t.equal(f1.role, 'owner', "f1: the agent's own role, asked at the address it published") || t.comment(agent.err().slice(-3000));
   t.equal(f1.agent, listen, 'f1: the agent address');
   t.ok(f1.versions >= 2 && f1.head > 0 && f1.bytesStored > 0 && f1.lastPauseMs > 0, `f1: versions ${f1.versions}, head ${f1.head}, ${f1.bytesStored} B, pause ${f1.lastPauseMs} ms`);
   t.ok(f1.ageMs >= 0 && f1.ageMs < 60_000, `f1: the newest version is ${f1.ageMs} ms old`);
