@@ -170,11 +170,12 @@ function describeNumber(r: NumberRule): string {
 /** What the command line gives each option (scanArgv), for the messages. */
 export type RawArgs = ReadonlyMap<string, string>;
 
-/** Where a value came from, for the message: nothing (the command line), a variable, the config file. */
+/** Where a value came from, for the message: nothing (the command line, or another option), a variable, the config file. */
 function source(option: string, raw: RawArgs): string {
   if (raw.has(option)) return '';
   const v = envName(option);
-  return process.env[v] !== undefined ? ` (from ${v})` : ' (from the config file)';
+  if (process.env[v] !== undefined) return ` (from ${v})`;
+  return raw.has('config') || process.env.MIGSAFE_CONFIG !== undefined ? ' (from the config file)' : '';
 }
 
 /** Checks every value the parse gave (a yargs check): the first wrong one is a UsageError. */

@@ -62,7 +62,7 @@ export function configCommand(registry: () => Registry): CommandModule<object, C
           const file = a.config !== undefined ? readConfigFile(String(a.config), reg) : undefined;
           for (const [n, opts] of reg) {
             const values = Object.fromEntries(Object.entries(effective(reg, n, file)).map(([k, v]) => [k, v.value]));
-            checkValues(n, opts, values, new Map(), false);
+            checkValues(n, opts, values, new Map(a.config !== undefined ? [['config', String(a.config)]] : []), false);
           }
           return true;
         })
