@@ -92,8 +92,8 @@ export function usageMessage(msg: string, verb: string | undefined, commands: re
  */
 export function cliParser(args: string[], commands: readonly AnyCommand[], o: ParserOptions = {}): { y: Argv; restore: () => void } {
   const verb = verbOf(args);
-  const fail = o.onFail ?? ((msg, err, usage) => defaultFail(msg, err, usage, cmd ? verb : undefined));
   const cmd = commands.find((c) => commandName(c) === verb);
+  const fail = o.onFail ?? ((msg, err, usage) => defaultFail(msg, err, usage, cmd ? verb : undefined));
   let opts = cmd ? optionsCache.get(cmd) : undefined;
   if (cmd && !opts) optionsCache.set(cmd, (opts = commandOptions(cmd)));
   // Unknown options, missing values, repeated options: before yargs hides them (validate.ts).
