@@ -102,7 +102,7 @@ function describeType(v: unknown): string {
 }
 
 /** The closest known name (edit distance ≤ 3), for "did you mean". */
-function nearest(key: string, names: Iterable<string>): string | undefined {
+export function nearest(key: string, names: Iterable<string>): string | undefined {
   const k = key.toLowerCase().replace(/_/g, '-').replace(/([a-z])([A-Z])/g, '$1-$2');
   let best: string | undefined;
   let bestD = 4;

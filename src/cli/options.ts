@@ -1,9 +1,8 @@
-// Options shared by the verbs that checkpoint a VM.
+// Options shared by the verbs that checkpoint a VM. Their values are checked, for every command
+// that has them, by validate.ts (the parser runs it): not here.
 import type { Argv } from 'yargs';
 import { parseCodec } from '../store/frame.js';
-import { checkVmId } from '../store/keys.js';
-import { parseListen } from '../util/metrics.js';
-import { parseDurability } from '../store/durability.js';
+import { checkUserArgv, ramBytesFromArgv } from '../qemu/launch.js';
 import type { LoopSettings } from './checkpoint-loop.js';
 import { withRedisAuth, type RedisAuthArgs } from './redis-auth.js';
 
@@ -20,11 +19,7 @@ export function withRedis<T>(y: Argv<T>) {
 
 export function withStore<T>(y: Argv<T>) {
   return withRedisAuth(withRedis(y))
-    .option('vm', { type: 'string', demandOption: true, describe: 'VM id (letters, digits, . _ -)' })
-    .check((a) => {
-      checkVmId(String((a as { vm: string }).vm));
-      return true;
-    });
+    .option('vm', { type: 'string', demandOption: true, describe: 'VM id (letters, digits, . _ -)' });
 }
 
 /** `--durability`: the writers', the agent's and `doctor`'s (which checks the store can honour it). */
@@ -34,10 +29,6 @@ export function withDurability<T>(y: Argv<T>) {
       type: 'string',
       default: 'auto',
       describe: 'when a commit counts: fsync (appendfsync always), replicas:N[:MS] (WAIT), none; auto: fsync where the server does it',
-    })
-    .check((a) => {
-      parseDurability(String((a as unknown as { durability: string }).durability));
-      return true;
     });
 }
 
@@ -47,11 +38,6 @@ export function withOperatorOptions<T>(y: Argv<T>) {
     .option('metrics', {
       type: 'string',
       describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)',
-    })
-    .check((a) => {
-      const o = a as unknown as { metrics?: string };
-      if (o.metrics !== undefined) parseListen(String(o.metrics));
-      return true;
     });
 }
 
@@ -80,18 +66,6 @@ export function withCheckpointing<T>(y: Argv<T>) {
       type: 'number',
       default: 20,
       describe: 'fold old versions into the base once more than 2×K are stored (0: never)',
-    })
-    .check((a) => {
-      const o = a as unknown as Record<string, number | string>;
-      parseCodec(String(o.codec));
-      for (const k of ['interval', 'max-pages', 'max-time', 'threads', 'compact-every', 'lease-ttl']) {
-        const v = Number(o[k]);
-        if (!Number.isInteger(v) || v < 0) throw new Error(`--${k} must be a whole number ≥ 0 (got ${o[k]})`);
-      }
-      if (Number(o.threads) < 1) throw new Error('--threads must be at least 1');
-      if (Number(o.interval) < 10) throw new Error('--interval must be at least 10 ms');
-      if (Number(o['lease-ttl']) < 500) throw new Error('--lease-ttl must be at least 500 ms');
-      return true;
     });
 }
 
@@ -118,4 +92,20 @@ export function loopSettings(a: CheckpointArgs): LoopSettings {
     threads: a.threads,
     compactEvery: a['compact-every'],
   };
+}
+
+/**
+ * The QEMU command line after `--`, at parse time: `run` needs one (checked as it will be
+ * started), `recover` takes none (the recorded one is used).
+ */
+export function checkQemuArgv(args: object, wanted: boolean, verb: string): true {
+  const rest = (args as { '--'?: unknown })['--'];
+  const argv = Array.isArray(rest) ? rest.map(String) : [];
+  if (wanted) {
+    checkUserArgv(argv);
+    ramBytesFromArgv(argv);
+  } else if (argv.length) {
+    throw new Error(`migsafe ${verb} takes no QEMU command line (it starts the one recorded with the checkpoints): leave out \`-- ${argv.slice(0, 2).join(' ')}...\``);
+  }
+  return true;
 }

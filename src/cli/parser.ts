@@ -2,7 +2,8 @@
 // (config-file.ts). main.ts runs it; the agent's SIGHUP reload and the tests parse with it too,
 // so that every path sees one precedence: command line > environment > config file > defaults.
 import yargs, { type Argv, type CommandModule } from 'yargs';
-import { commandName, commandOptions, type CommandOptions } from './config-file.js';
+import { commandName, commandOptions, nearest, type CommandOptions } from './config-file.js';
+import { checkValues, scanArgv, UsageError } from './validate.js';
 import { scanEnv, setAside } from './env.js';
 import { logger, setLogLevel } from './log.js';
 import { maskSecrets, type LogLevel } from '../util/logger.js';
@@ -12,8 +13,8 @@ import { hardenProcess, refuseSecretArgs } from './hardening.js';
 type AnyCommand = CommandModule<any, any>;
 
 export interface ParserOptions {
-  /** Usage errors: default print `migsafe: …` and exit 2; a function here gets them instead. */
-  onFail?: (msg: string, err?: Error) => void;
+  /** Failures: default print `migsafe: …` (usage errors) or log them, and exit 2; a function here gets them instead. */
+  onFail?: (msg: string, err: Error | undefined, usage: boolean) => void;
 }
 
 const optionsCache = new WeakMap<AnyCommand, CommandOptions>();
@@ -45,16 +46,43 @@ function vmArg(): string | undefined {
   return i >= 0 ? ours[i + 1] : ours.find((a) => a.startsWith('--vm='))?.slice(5);
 }
 
-function defaultFail(msg: string, err?: Error): void {
-  if (err) {
-    // What a command failed on: a log line (JSON for machines), the stack only at debug level.
+/**
+ * How a command that failed says so, exit status 2 either way: a usage error (a wrong option,
+ * value or combination: nothing was done) as `migsafe: …` and where to look; a failure while it
+ * ran as a log line (JSON for machines), the stack only at debug level.
+ */
+function defaultFail(msg: string, err: Error | undefined, usage: boolean, verb?: string): void {
+  if (err && !usage) {
     const vm = vmArg();
     logger.fatal({ ...(vm ? { vm } : {}), ...(logger.isLevelEnabled('debug') || process.env.MIGSAFE_DEBUG ? { err } : {}) }, err.message);
     if (!logger.isLevelEnabled('fatal')) process.stderr.write(`migsafe: ${maskSecrets(err.message)}\n`);
   } else {
-    process.stderr.write(`migsafe: ${maskSecrets(msg)}\nRun \`migsafe --help\` for usage.\n`);
+    process.stderr.write(`migsafe: ${maskSecrets(err?.message ?? msg)}\nRun \`migsafe ${verb ? `${verb} ` : ''}--help\` for usage.\n`);
   }
   process.exit(2);
+}
+
+/** yargs' own usage messages, said as ours: the thing, what it takes, where to look. */
+export function usageMessage(msg: string, verb: string | undefined, commands: readonly AnyCommand[]): string {
+  const names = commands.map(commandName);
+  const cmd = commands.find((c) => commandName(c) === verb);
+  const unknown = /^Unknown arguments?: (.+)$/s.exec(msg);
+  if (unknown && !cmd) {
+    const near = verb ? nearest(verb, names) : undefined;
+    return verb
+      ? `unknown command "${verb}"${near ? ` (did you mean ${near}?)` : ''}: the commands are ${names.join(', ')}`
+      : `name a command before its options: migsafe <command> [options], one of ${names.join(', ')}`;
+  }
+  if (unknown) return `unexpected argument ${unknown[1]!.split(', ').map((w) => JSON.stringify(w)).join(', ')} for migsafe ${verb}: options start with --, and a QEMU command line goes after \`--\``;
+  const missing = /^Missing required arguments?: (.+)$/.exec(msg);
+  if (missing) return `migsafe ${verb} needs ${missing[1]!.split(', ').map((o) => `--${o}`).join(' and ')}: give ${missing[1]!.includes(',') ? 'them' : 'it'}`;
+  const choices = [...msg.matchAll(/Argument: ([^,]+), Given: (.+?), Choices: (.+)$/gm)];
+  if (choices.length) {
+    const pos = cmd && String(cmd.command).includes(`<${choices[0]![1]}>`);
+    return choices.map(([, o, g, c]) => `${pos ? `<${o}>` : `--${o}`} ${g}: choose one of ${c}`).join('; ');
+  }
+  if (/^Not enough non-option arguments/.test(msg) && cmd) return `migsafe ${verb} needs what to do: migsafe ${String(cmd.command)}`;
+  return msg;
 }
 
 /**
@@ -63,11 +91,15 @@ function defaultFail(msg: string, err?: Error): void {
  * the returned `restore` (call it when the parse ended).
  */
 export function cliParser(args: string[], commands: readonly AnyCommand[], o: ParserOptions = {}): { y: Argv; restore: () => void } {
-  const fail = o.onFail ?? defaultFail;
   const verb = verbOf(args);
   const cmd = commands.find((c) => commandName(c) === verb);
+  const fail = o.onFail ?? ((msg, err, usage) => defaultFail(msg, err, usage, cmd ? verb : undefined));
   let opts = cmd ? optionsCache.get(cmd) : undefined;
   if (cmd && !opts) optionsCache.set(cmd, (opts = commandOptions(cmd)));
+  // Unknown options, missing values, repeated options: before yargs hides them (validate.ts).
+  const raw = cmd ? scanArgv(args, verb!, opts!) : new Map<string, string>();
+  /** The handler started: a failure from here on is not a usage error. */
+  let started = false;
   let restore = () => {};
   const y = yargs(args)
     .scriptName('migsafe')
@@ -75,8 +107,10 @@ export function cliParser(args: string[], commands: readonly AnyCommand[], o: Pa
     .epilogue(`${PRECEDENCE_NOTE}\n\n${LOGS_NOTE}`)
     .parserConfiguration({ 'populate--': true })
     .env('MIGSAFE')
-    .command(commands as AnyCommand[])
-    .demandCommand(1, 'Name a command: see `migsafe --help`.')
+    // A failure once a handler runs is the command's, not a usage error (the builders' checks
+    // run after the top-level middleware, so only the handler tells).
+    .command(commands.map((c) => ({ ...c, handler: (a: unknown) => ((started = true), c.handler(a as never)) })))
+    .demandCommand(1, `name a command: migsafe <command> [options], one of ${commands.map(commandName).join(', ')}`)
     .strict()
     .help()
     .alias('h', 'help')
@@ -91,18 +125,15 @@ export function cliParser(args: string[], commands: readonly AnyCommand[], o: Pa
       if (typeof a['log-level'] === 'string') setLogLevel(a['log-level'] as LogLevel);
 
     })
-    // yargs lets `--hb-interval abc` through as NaN: no number option of ours takes that.
+    // Every value, whatever its source, by its option's rule (validate.ts): yargs would pass NaN on.
     .check((a) => {
-      for (const [name, spec] of opts ?? []) {
-        if (spec.type === 'number' && typeof a[name] === 'number' && !Number.isFinite(a[name])) {
-          throw new Error(`--${name} is not a number: give it a number, e.g. --${name} ${spec.default ?? 100} (see migsafe ${verb} --help)`);
-        }
-      }
+      if (cmd) checkValues(verb!, opts!, a, raw);
       return true;
     }, true)
     .fail((msg, err) => {
       restore();
-      fail(msg, err);
+      const usage = !started || err instanceof UsageError;
+      fail(err ? msg : usageMessage(msg, verb, commands), err, usage);
     });
   // A MIGSAFE_* variable of the verb's with a wrong value throws here, before yargs reads it.
   // MIGSAFE_CONFIG names the --config file of every verb that has one.
@@ -118,7 +149,8 @@ export async function runCli(args: string[], commands: readonly AnyCommand[]): P
     refuseSecretArgs(args);
     parser = cliParser(args, commands);
   } catch (e) {
-    return defaultFail('', e as Error);
+    const verb = verbOf(args);
+    return defaultFail('', e as Error, true, commands.some((c) => commandName(c) === verb) ? verb : undefined);
   }
   const { y, restore } = parser;
   try {
@@ -137,8 +169,8 @@ export async function parseArgs(cmd: AnyCommand, args: string[]): Promise<Record
   let failed: Error | undefined;
   const c: AnyCommand = { ...cmd, handler: (a: Record<string, unknown>) => void (got = a) };
   const { y, restore } = cliParser(args, [c], {
-    onFail: (msg, err) => {
-      failed ??= err ?? new Error(msg);
+    onFail: (msg, err, usage) => {
+      failed ??= err ?? (usage ? new UsageError(msg) : new Error(msg));
     },
   });
   try {

@@ -21,7 +21,12 @@ export function withRedisAuth<T>(y: Argv<T>) {
     .option('redis-ca', { type: 'string', describe: 'rediss://: PEM file of the CA that signed the server certificate (default: the system CAs)' })
     .option('redis-cert', { type: 'string', describe: 'rediss://: client certificate (PEM), if the server demands one (with --redis-key)' })
     .option('redis-key', { type: 'string', describe: 'rediss://: private key (PEM) of --redis-cert' })
-    .option('redis-sentinel-password-file', { type: 'string', describe: 'redis+sentinel://: file holding the sentinels\' own password' });
+    .option('redis-sentinel-password-file', { type: 'string', describe: 'redis+sentinel://: file holding the sentinels\' own password' })
+    // At parse time, so that a wrong combination or an unreadable file stops the command before it does anything.
+    .check((a) => {
+      redisAuthFrom(a as unknown as RedisAuthArgs);
+      return true;
+    });
 }
 
 export interface RedisAuthArgs {
@@ -37,26 +42,38 @@ export interface RedisAuthArgs {
 
 /** A secret's file: owned by anyone, but not readable or writable by others; its first line. */
 export function readSecretFile(file: string, option: string): string {
-  let mode: number;
-  try {
-    mode = statSync(file).mode;
-  } catch (e) {
-    throw new Error(`--${option} ${file}: cannot read it (${(e as NodeJS.ErrnoException).code}): give a file holding the password`);
-  }
-  if (mode & 0o006) {
-    throw new Error(`--${option} ${file}: other users can read or write it (mode ${(mode & 0o777).toString(8)}): \`chmod 600 ${file}\` (or 640 for a group)`);
-  }
-  const line = readFileSync(file, 'utf8').split(/\r?\n/)[0] ?? '';
+  const text = readFile(file, option, 'a file holding the password', (mode) => {
+    if (mode & 0o006) {
+      throw new Error(`--${option} ${file}: other users can read or write it (mode ${(mode & 0o777).toString(8)}): \`chmod 600 ${file}\` (or 640 for a group)`);
+    }
+  });
+  const line = text.toString('utf8').split(/\r?\n/)[0] ?? '';
   if (!line) throw new Error(`--${option} ${file}: its first line is empty: put the password there`);
   return line;
 }
 
-function pem(file: string, option: string): Buffer {
+/** A regular file's contents; `checkMode` sees its mode first. Errors name the option and what to give. */
+function readFile(file: string, option: string, what: string, checkMode: (mode: number) => void = () => {}): Buffer {
+  const cannot = (e: unknown) => new Error(`--${option} ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): give ${what}`);
+  let st;
+  try {
+    st = statSync(file);
+  } catch (e) {
+    throw cannot(e);
+  }
+  if (!st.isFile()) throw new Error(`--${option} ${file}: not a file (a ${st.isDirectory() ? 'directory' : 'special file'}): give ${what}`);
+  checkMode(st.mode);
   try {
     return readFileSync(file);
   } catch (e) {
-    throw new Error(`--${option} ${file}: cannot read it (${(e as NodeJS.ErrnoException).code}): give a PEM file`);
+    throw cannot(e);
   }
+}
+
+function pem(file: string, option: string): Buffer {
+  const b = readFile(file, option, 'a PEM file');
+  if (!b.includes('-----BEGIN ')) throw new Error(`--${option} ${file}: not a PEM file (no -----BEGIN line): give a PEM file`);
+  return b;
 }
 
 /** The RedisAuth the options give, checked against the URL; undefined when none is set. */

@@ -50,7 +50,7 @@ export function loadTls(f: TlsFiles): TlsConfig | undefined {
       if (!b.includes('-----BEGIN ')) throw new Error('not a PEM file');
       return b;
     } catch (e) {
-      throw new Error(`${opt} ${files[k]}: ${(e as Error).message}`);
+      throw new Error(`${opt} ${files[k]}: ${(e as Error).message}: give a PEM file${k === 'ca' ? ' (the CA certificate)' : k === 'key' ? ' (the private key)' : ' (the certificate)'}`);
     }
   };
   const cfg: TlsConfig = { cert: read('cert'), key: read('key'), ca: read('ca'), allow: (f.allow ?? []).map((s) => s.trim()).filter(Boolean), files };

@@ -19,8 +19,11 @@ const REPLICA_TIMEOUT_MS = 1000;
 export function parseDurability(spec: string): DurabilityChoice {
   if (spec === 'auto' || spec === 'fsync' || spec === 'none') return { kind: spec };
   const m = /^replicas:(\d+)(?::(\d+))?$/.exec(spec);
-  if (m && Number(m[1]) >= 1) return { kind: 'replicas', replicas: Number(m[1]), timeoutMs: m[2] ? Number(m[2]) : REPLICA_TIMEOUT_MS };
-  throw new Error(`--durability ${spec}: use auto, fsync, none or replicas:N[:TIMEOUT_MS] (N >= 1)`);
+  const replicas = Number(m?.[1]);
+  // WAIT's timeout 0 waits forever; a timer takes at most 2^31-1 ms.
+  const timeoutMs = m?.[2] !== undefined ? Number(m[2]) : REPLICA_TIMEOUT_MS;
+  if (m && replicas >= 1 && replicas <= 1000 && timeoutMs >= 1 && timeoutMs <= 2 ** 31 - 1) return { kind: 'replicas', replicas, timeoutMs };
+  throw new Error(`--durability ${spec}: use auto, fsync, none or replicas:N[:TIMEOUT_MS] (N from 1 to 1000 replicas, TIMEOUT_MS from 1 to 2147483647; WAIT 0 would wait forever)`);
 }
 
 /** The policy as the log states it; for `none`, with what it risks. */

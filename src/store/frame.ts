@@ -28,14 +28,24 @@ export interface CodecChoice {
   level: number;
 }
 
+/** The levels each codec takes (addon/src/codecs.cc): zlib's 0..9, LZ4 (HC from 2), zstd. */
+const LEVELS: Partial<Record<Codec, [number, number]>> = { gzip: [0, 9], lz4: [0, 12], zstd: [0, 22] };
+
+/** `--codec NAME[:LEVEL]`; an error names the codecs or the levels the codec takes. */
 export function parseCodec(spec: string): CodecChoice {
-  const [name, lvl] = spec.split(':');
-  if (!CODECS.includes(name as Codec)) {
+  const [name, lvl, ...more] = spec.split(':');
+  if (!CODECS.includes(name as Codec) || more.length) {
     throw new Error(`unknown codec "${spec}": use one of ${CODECS.join(', ')} (optionally with a level, e.g. zstd:3)`);
   }
-  const level = lvl === undefined ? DEFAULT_LEVEL[name as Codec] : Number(lvl);
-  if (!Number.isInteger(level) || level < 0 || level > 22) throw new Error(`invalid codec level in "${spec}"`);
-  return { codec: name as Codec, level };
+  const codec = name as Codec;
+  if (lvl === undefined) return { codec, level: DEFAULT_LEVEL[codec] };
+  const range = LEVELS[codec];
+  if (!range) throw new Error(`codec "${codec}" takes no level (got "${spec}"): give ${codec}`);
+  const level = /^\d+$/.test(lvl) ? Number(lvl) : NaN;
+  if (!(level >= range[0] && level <= range[1])) {
+    throw new Error(`invalid codec level in "${spec}": ${codec} takes a whole number from ${range[0]} to ${range[1]}, e.g. ${codec}:${DEFAULT_LEVEL[codec]}`);
+  }
+  return { codec, level };
 }
 
 /** Where a frame belongs: it is valid there and nowhere else. */

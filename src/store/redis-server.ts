@@ -5,7 +5,8 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Cluster, Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { ioredis } from './redis-cluster.js';
 import { explainRedisError, parseRedisTarget, redisOptions, type RedisAuth } from './redis-url.js';
 import { childEnv, processAlive } from '../util/process.js';
 
@@ -181,7 +182,7 @@ export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
     enableOfflineQueue: true,
   };
   if (target.kind === 'cluster') {
-    const c = new Cluster(target.nodes, {
+    const c = new (ioredis().Cluster)(target.nodes, {
       enableAutoPipelining: true,
       enableOfflineQueue: true,
       // Reads go to primaries too: a replica may lag the commit that a reader was told of.
@@ -203,7 +204,7 @@ export function connectRedis(url: string, opts: ConnectOptions = {}): Redis {
     return c as unknown as Redis;
   }
   const node = redisOptions(url, opts.auth);
-  const r = new Redis({
+  const r = new (ioredis().Redis)({
     ...common,
     ...node,
     // While no sentinel answers (or none knows a primary yet): the same patience as above.

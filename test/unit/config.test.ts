@@ -139,7 +139,7 @@ t.test('a config file or variable with a wrong value stops the command, naming i
 
 t.test('a number option given something else is refused, naming it (yargs would pass NaN on)', async (t) => {
   const base = ['agent', '--host', 'h', '--listen', '127.0.0.1:1', '--redis', 'redis://127.0.0.1:1'];
-  await t.rejects(parseArgs(agent, [...base, '--hb-interval', 'abc']), /--hb-interval is not a number: give it a number, e\.g\. --hb-interval 200/);
+  await t.rejects(parseArgs(agent, [...base, '--hb-interval', 'abc']), /--hb-interval abc: give a whole number from 10 to \d+ \(ms\), e\.g\. --hb-interval 200/);
   const a = await parseArgs(agent, [...base, '--hb-interval', '150']);
   t.equal(a['hb-interval'], 150, 'a number still passes');
 });

@@ -42,7 +42,10 @@ t.test('options become RedisAuth, checked against the URL', async (t) => {
   t.throws(() => a({ redis: 'redis://h:1', 'redis-ca': pw }), /--redis-ca is for TLS: use a rediss:\/\/HOST:PORT URL/);
   t.throws(() => a({ redis: 'rediss://h:1', 'redis-cert': pw }), /--redis-cert and --redis-key go together/);
   t.throws(() => a({ 'redis-password': 'x' }), /there is no --redis: migsafe's own redis-server needs no credentials; .*MIGSAFE_REDIS_PASSWORD/);
-  t.same(a({ redis: 'rediss://h:1', 'redis-ca': pw }), { tls: { ca: Buffer.from('filepw\n') } });
+  const pem = '-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n';
+  t.same(a({ redis: 'rediss://h:1', 'redis-ca': secret('ca.pem', pem) }), { tls: { ca: Buffer.from(pem) } });
+  t.throws(() => a({ redis: 'rediss://h:1', 'redis-ca': pw }), /--redis-ca .*pw2: not a PEM file \(no -----BEGIN line\): give a PEM file/);
+  t.throws(() => a({ redis: 'rediss://h:1', 'redis-ca': dir }), /--redis-ca .*: not a file \(a directory\): give a PEM file/);
 });
 
 t.test('MIGSAFE_REDIS_PASSWORD and a config-file key set --redis-password; the command line may not', async (t) => {

@@ -14,6 +14,7 @@ import { parseDurability } from '../../store/durability.js';
 import { hideBin } from 'yargs/helpers';
 import { agentSignals, reloadAgent } from '../agent-signals.js';
 import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
+import { requireTlsOrLoopback } from '../../ha/peer.js';
 import { readVmList, type VmEntry } from '../vm-list.js';
 import { redisAuthFrom, withRedisAuth, type RedisAuthArgs } from '../redis-auth.js';
 
@@ -85,6 +86,10 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('gate', { type: 'boolean', default: true, describe: 'output commit: hold guest packets until their round commits' })
       .option('checkpoint', { type: 'boolean', default: true, describe: 'FIC/RIC on (off: plain migration, for comparison)' })
       .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' })
+      .check((a) => {
+        checkAgentArgs(a as unknown as AgentArgs);
+        return true;
+      })
       .epilogue(
         'Signals: SIGHUP re-reads --config (with the environment and the command line over it) and applies ' +
           'interval, max-pages, max-time, fic-bandwidth, compact-every, ric-interval, ric-event, ric-dirty-pages at once ' +
@@ -132,13 +137,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       log: hostLog,
       progress: (log) => new Progress(log).report,
     });
-    const list: VmEntry[] = a.vms ? readVmList(a.vms) : [];
-    if (a.vm) list.unshift({ vm: a.vm, argv: [...(a['--'] ?? [])].map(String) });
-    for (const e of list) checkUserArgv(e.argv);
-    if (new Set(list.map((e) => e.vm)).size !== list.length) throw new Error(`--vm ${a.vm} is also in --vms ${a.vms}: give it once`);
-    // The output gate holds and releases the host's packets as one stream: a round of one VM
-    // would release what another VM's guest sent before its own checkpoint.
-    if (list.length > 1 && a.gate && a.checkpoint) throw new Error(`${list.length} VMs with the output gate: the gate is host-wide for now and cannot tell the VMs' packets apart; add --no-gate`);
+    const list = vmsOf(a);
     await agent.start();
     for (const e of list) await agent.startVm(e.vm, e.argv);
     const sig = await stopped;
@@ -151,6 +150,28 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
     setTimeout(() => process.exit(0), 3000).unref();
   },
 };
+
+/** The VMs to start here: --vm with the QEMU argv after `--`, and --vms FILE. */
+function vmsOf(a: AgentArgs): VmEntry[] {
+  const list: VmEntry[] = a.vms ? readVmList(a.vms) : [];
+  if (a.vm) list.unshift({ vm: a.vm, argv: [...(a['--'] ?? [])].map(String) });
+  return list;
+}
+
+/** What the agent's options must agree on (each value alone is checked by validate.ts). */
+function checkAgentArgs(a: AgentArgs): void {
+  requireTlsOrLoopback(a.listen, tlsFromArgs(a), '--listen');
+  if (a['hb-timeout'] <= a['hb-interval']) {
+    throw new Error(`--hb-timeout ${a['hb-timeout']} must be longer than --hb-interval ${a['hb-interval']} (ms): a peer would be declared failed between two heartbeats`);
+  }
+  if (!a.vm && (a['--'] ?? []).length) throw new Error('a QEMU command line after `--` needs --vm ID: give the VM it starts');
+  const list = vmsOf(a);
+  for (const e of list) checkUserArgv(e.argv);
+  if (new Set(list.map((e) => e.vm)).size !== list.length) throw new Error(`--vm ${a.vm} is also in --vms ${a.vms}: give it once`);
+  // The output gate holds and releases the host's packets as one stream: a round of one VM
+  // would release what another VM's guest sent before its own checkpoint.
+  if (list.length > 1 && a.gate && a.checkpoint) throw new Error(`${list.length} VMs with the output gate: the gate is host-wide for now and cannot tell the VMs' packets apart; add --no-gate`);
+}
 
 /** The agent's arguments again, as at start: its command line over the environment over --config. */
 async function reparse(): Promise<Record<string, unknown>> {

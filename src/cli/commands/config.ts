@@ -5,6 +5,7 @@
 import type { CommandModule } from 'yargs';
 import { configFor, readConfigFile, type ConfigFile, type Registry } from '../config-file.js';
 import { envName, scanEnv } from '../env.js';
+import { checkValues } from '../validate.js';
 
 interface ConfigArgs {
   action: 'check';
@@ -50,12 +51,24 @@ export function configCommand(registry: () => Registry): CommandModule<object, C
         .option('config', { type: 'string', describe: 'the TOML or JSON file to check (default: $MIGSAFE_CONFIG; none: environment and defaults only)' })
         .option('command', { type: 'string', describe: 'show every option of this command (default: only what the file or environment sets, for each command)' })
         .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
+        .check((a) => {
+          const reg = registry();
+          if (a.command !== undefined && !reg.has(String(a.command))) {
+            throw new Error(`--command ${a.command}: no such command; one of ${[...reg.keys()].join(', ')}`);
+          }
+          // The file's mistakes are usage errors too (the handler reads it again to show it),
+          // and so is a value each command would refuse (validate.ts: bounds and formats; not
+          // files, which may not exist where and when the file is checked).
+          const file = a.config !== undefined ? readConfigFile(String(a.config), reg) : undefined;
+          for (const [n, opts] of reg) {
+            const values = Object.fromEntries(Object.entries(effective(reg, n, file)).map(([k, v]) => [k, v.value]));
+            checkValues(n, opts, values, new Map(a.config !== undefined ? [['config', String(a.config)]] : []), false);
+          }
+          return true;
+        })
         .example('$0 config check --config /etc/migsafe/host-a.toml --command agent', '') as never,
     handler: async (a) => {
       const reg = registry();
-      if (a.command !== undefined && !reg.has(a.command)) {
-        throw new Error(`--command ${a.command}: no such command; one of ${[...reg.keys()].join(', ')}`);
-      }
       const file = a.config !== undefined ? readConfigFile(a.config, reg) : undefined;
       const names = a.command !== undefined ? [a.command] : [...reg.keys()];
       const commands: Record<string, Record<string, Setting>> = {};

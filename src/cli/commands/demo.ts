@@ -151,7 +151,7 @@ export const demoCommand: CommandModule<object, DemoArgs> = {
   builder: (y) =>
     y
       .option('workload', { choices: ['idle', 'wset', 'qsort', 'kv'], default: 'wset', describe: 'what the guest runs' })
-      .option('accel', { type: 'string', default: 'tcg', describe: 'QEMU accelerator (kvm where it works)' })
+      .option('accel', { type: 'string', choices: ['tcg', 'kvm'], default: 'tcg', describe: 'QEMU accelerator (kvm where it works)' })
       .option('versions', { type: 'number', default: 5, describe: 'committed versions before the failure' })
       .option('keep', { type: 'boolean', default: false, describe: 'leave the recovered VM and Redis running' }) as never,
   handler: async (a) => {

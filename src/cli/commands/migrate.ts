@@ -1,7 +1,7 @@
 // `migsafe migrate --vm ID --to HOST:PORT [--mode precopy|postcopy|hybrid]`: asks the agent that
 // runs the VM (found in the store, or --from) to live-migrate it to the agent at HOST:PORT.
 import type { CommandModule } from 'yargs';
-import { Peer } from '../../ha/peer.js';
+import { Peer, requireTlsOrLoopback } from '../../ha/peer.js';
 import { connectRedis } from '../../store/redis-server.js';
 import { CheckpointStore } from '../../store/checkpoint-store.js';
 import type { MigrateResult } from '../../migration/agent.js';
@@ -37,7 +37,11 @@ export const migrateCommand: CommandModule<object, MigrateArgs> = {
       .option('postcopy-bandwidth', { type: 'number', default: 0, describe: 'post-copy bandwidth limit, MiB/s (0: none)' })
       .option('postcopy-after', { type: 'number', describe: 'hybrid: switch to post-copy after this many ms' })
       .check((a) => {
-        if (!a.from && !a.redis) throw new Error('give --from ADDR:PORT or --redis URL');
+        if (!a.from && !a.redis) throw new Error('give --from ADDR:PORT (the source agent) or --redis URL (the store that names it)');
+        if (a.from) requireTlsOrLoopback(a.from, tlsFromArgs(a as unknown as TlsArgs), '--from');
+        if (a['postcopy-after'] !== undefined && a.mode !== 'hybrid') {
+          throw new Error(`--postcopy-after is for --mode hybrid (got --mode ${a.mode}): add --mode hybrid, or leave --postcopy-after out`);
+        }
         return true;
       }) as never,
   handler: async (a) => {

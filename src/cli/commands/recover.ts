@@ -8,7 +8,7 @@ import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
 import { fmtBytes, runDir } from '../context.js';
 import { logger } from '../log.js';
-import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { checkQemuArgv, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { asWriter } from '../writer.js';
 import { Progress } from '../progress.js';
 import { recoverDomain } from './recover-libvirt.js';
@@ -114,7 +114,8 @@ export const recoverCommand: CommandModule<object, RecoverArgs> = {
       .option('version', { type: 'number', describe: 'committed version to restore (default: the newest)' })
       .option('pidfile', { type: 'string', describe: 'write the new QEMU process id to this file' })
       .option('detach', { type: 'boolean', default: false, describe: 'leave the recovered VM running and exit' })
-      .option('qemu-binary', { type: 'string', describe: 'QEMU binary to use instead of the recorded one (libvirt: the <emulator>)' }) as never,
+      .option('qemu-binary', { type: 'string', describe: 'QEMU binary to use instead of the recorded one (libvirt: the <emulator>)' })
+      .check((a) => checkQemuArgv(a, false, 'recover')) as never,
   handler: async (a) => {
     process.exitCode = await recoverHandler(a);
   },

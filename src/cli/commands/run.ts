@@ -8,7 +8,7 @@ import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
 import { runDir } from '../context.js';
 import { logger } from '../log.js';
-import { withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
+import { checkQemuArgv, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { asWriter } from '../writer.js';
 
 export interface RunArgs extends CheckpointArgs {
@@ -64,6 +64,7 @@ export const runCommand: CommandModule<object, RunArgs> = {
   builder: (y) =>
     withCheckpointing(withStore(y))
       .option('pidfile', { type: 'string', describe: 'write the QEMU process id to this file' })
+      .check((a) => checkQemuArgv(a, true, 'run'))
       .usage('$0 run --vm ID [options] -- <qemu-system-x86_64 argv...>')
       .example('$0 run --vm web1 -- qemu-system-x86_64 -accel kvm -m 1G -drive file=disk.img', '') as never,
   handler: async (a) => {
