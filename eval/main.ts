@@ -40,7 +40,7 @@ export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--in
 `;
 
 export function parseEvalArgs(argv: string[]): EvalOptions & { help: boolean } {
-  const o = { only: [] as string[], sizes: [] as number[], intervals: [] as number[], runs: 0, quick: false, outDir: '', reportOnly: false, help: false };
+  const o = { only: [] as string[], sizes: [] as number[], intervals: [] as number[], runs: 0, quick: false, outDir: '', reportOnly: false, help: false, note: undefined as string | undefined };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = () => {
@@ -65,6 +65,7 @@ export function parseEvalArgs(argv: string[]): EvalOptions & { help: boolean } {
       o.runs = Number(value());
       if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error('--runs: give a whole number of at least 1');
     } else if (a === '--out') o.outDir = resolve(value());
+    else if (a === '--note') o.note = value();
     else throw new Error(`unknown option ${a}\n${USAGE}`);
   }
   if (!o.sizes.length) o.sizes = o.quick ? [256] : [256, 1024, 2048, 4096];
@@ -94,7 +95,9 @@ export function svgAxisTitles(svg: string): string[] {
 export async function runEval(o: EvalOptions, log: (s: string) => void = (s) => process.stderr.write(`eval: ${s}\n`)): Promise<{ report: string; failed: string[]; figures: string[] }> {
   mkdirSync(o.outDir, { recursive: true });
   const t0 = Date.now();
-  const invocation = `npm run eval -- ${process.argv.slice(2).join(' ')}`.trim();
+  // The note is printed as a line of its own: not inside the command's backticks.
+  const args = process.argv.slice(2).filter((a, i, all) => a !== '--note' && all[i - 1] !== '--note');
+  const invocation = `npm run eval -- ${args.join(' ')}`.trim();
   const selected = EXPERIMENTS.filter((e) => !o.only.length || o.only.includes(e.id));
   const failed: string[] = [];
   const failures = new Map<string, string>();
