@@ -2,7 +2,7 @@
 // post-copy migration) and replication time. Drawn from E2's runs (bench:migration): every
 // RIC round of the checkpointing side's post-copy migrations.
 import { machine, med, spread, table, NotMeasured, type Experiment, type Raw } from './common.js';
-import { migrationRaw, runMigrationBench } from './e2-fic-migration-overhead.js';
+import { migrationRaw, ricQuickEnv, runMigrationBench } from './e2-fic-migration-overhead.js';
 import { PAPER_E5 } from './papers.js';
 
 export const E5: Experiment = {
@@ -11,7 +11,7 @@ export const E5: Experiment = {
   paper: 'V-Recover Fig. 10 (cumulative downtime 1.1–1.9 s idle, 1.8–2.2 s write-intensive, at a 100 µs interval)',
   command: 'npm run eval -- --only E2,E5 --runs 5',
   async run(o, log) {
-    if (o.only.length && !o.only.includes('E2')) return migrationRaw(await runMigrationBench(o, log), 'E5');
+    if (o.only.length && !o.only.includes('E2')) return migrationRaw(await runMigrationBench(o, log, ricQuickEnv(o)), 'E5');
     return [];
   },
   render(raw, all) {

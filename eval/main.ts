@@ -15,18 +15,18 @@ import { E4 } from './e4-recovery-vs-size.js';
 import { E5 } from './e5-ric-downtime.js';
 import { E6 } from './e6-ric-interval.js';
 import { E7 } from './e7-recovery-vs-pages.js';
+import { E8 } from './e8-request-latency.js';
 import { NOT_RUN } from './not-run.js';
 import { renderSvg } from './plot.js';
 
-export const EXPERIMENTS: Experiment[] = [E1, E2, E3, E4, E5, E6, E7];
+export const EXPERIMENTS: Experiment[] = [E1, E2, E3, E4, E5, E6, E7, E8];
 const ORDER = ['E1', 'E2', 'E3', 'E4', 'E5', 'E6', 'E7', 'E8'];
 
 export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--intervals MS,...] [--runs N] [--quick] [--out DIR] [--report-only] [--note TEXT]
   Reproduces the seed papers' evaluation (V-Recover §4, the thesis's byte-level experiments) on
   real guests under QEMU/TCG and writes DIR/report.md (paper value, ours, ratio, setting),
   DIR/<id>.svg (one figure per experiment) and DIR/results/<id>.jsonl (raw results).
-  --only         experiments to run (default: all that are built: ${EXPERIMENTS.map((e) => e.id).join(', ')});
-                 ${NOT_RUN.map((e) => e.id).join(', ')} are not built and are listed as not run
+  --only         experiments to run (default: all that are built: ${EXPERIMENTS.map((e) => e.id).join(', ')})${NOT_RUN.length ? `;\n                 ${NOT_RUN.map((e) => e.id).join(', ')} are not built and are listed as not run` : ''}
   --sizes        guest RAM sizes in MiB for E4/E7 (default 256,1024,2048,4096; --quick: 256)
   --intervals    RIC intervals in ms for E6 (default 10,50,100,500,1000; --quick: 200)
   --runs         repetitions per point (default 3; --quick: 1)
@@ -40,7 +40,7 @@ export const USAGE = `npm run eval -- [--only E1,E4,...] [--sizes MiB,...] [--in
 `;
 
 export function parseEvalArgs(argv: string[]): EvalOptions & { help: boolean } {
-  const o = { only: [] as string[], sizes: [] as number[], intervals: [] as number[], runs: 0, quick: false, outDir: '', reportOnly: false, help: false };
+  const o = { only: [] as string[], sizes: [] as number[], intervals: [] as number[], runs: 0, quick: false, outDir: '', reportOnly: false, help: false, note: undefined as string | undefined };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = () => {
@@ -65,6 +65,7 @@ export function parseEvalArgs(argv: string[]): EvalOptions & { help: boolean } {
       o.runs = Number(value());
       if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error('--runs: give a whole number of at least 1');
     } else if (a === '--out') o.outDir = resolve(value());
+    else if (a === '--note') o.note = value();
     else throw new Error(`unknown option ${a}\n${USAGE}`);
   }
   if (!o.sizes.length) o.sizes = o.quick ? [256] : [256, 1024, 2048, 4096];
@@ -94,7 +95,9 @@ export function svgAxisTitles(svg: string): string[] {
 export async function runEval(o: EvalOptions, log: (s: string) => void = (s) => process.stderr.write(`eval: ${s}\n`)): Promise<{ report: string; failed: string[]; figures: string[] }> {
   mkdirSync(o.outDir, { recursive: true });
   const t0 = Date.now();
-  const invocation = `npm run eval -- ${process.argv.slice(2).join(' ')}`.trim();
+  // The note is printed as a line of its own: not inside the command's backticks.
+  const args = process.argv.slice(2).filter((a, i, all) => a !== '--note' && all[i - 1] !== '--note');
+  const invocation = `npm run eval -- ${args.join(' ')}`.trim();
   const selected = EXPERIMENTS.filter((e) => !o.only.length || o.only.includes(e.id));
   const failed: string[] = [];
   const failures = new Map<string, string>();

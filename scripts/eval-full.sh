@@ -24,6 +24,7 @@ run --only E4,E7 --sizes 256 --runs 3
 run --only E4,E7 --sizes 1024 --runs 3
 run --only E4,E7 --sizes 2048 --runs 2
 run --only E4,E7 --sizes 4096 --runs 1
+run --only E8 --runs 3
 secs=$(( $(date +%s) - t0 ))
 node dist/eval/cli.js --report-only --out "$out" \
   --note "Full run: \`bash scripts/eval-full.sh\` (the invocations below, each under flock /tmp/migsafe-e2e.lock), $secs s wall including waits for the lock, finished $(date -u +%FT%TZ)${failed[*]:+; failed: ${failed[*]}}." >/dev/null

@@ -8,10 +8,19 @@
 //          cont ... commit OK → release(mark)        commit failed → keep holding
 //
 // Released datagrams are sent from a host UDP socket to the destination address and port of
-// the guest's packet (the gate is a one-way user-space NAT: enough for a guest that reports
-// to a peer). Frames that are not ARP or IPv4/UDP are dropped and counted.
-import { createSocket, type Socket } from 'node:dgram';
+// the guest's packet (a user-space NAT: enough for a guest that reports to a peer). Frames
+// that are not ARP or IPv4/UDP are dropped and counted.
+//
+// Inbound (openInbound): datagrams to one UDP port of this host go into the guest, to its
+// address and the same port, as frames from their sender — port forwarding, for a service in
+// the guest (npm run eval's E8). They are not held: input does not reveal the guest's state,
+// only what the guest answers does, and that is held like every other frame. They are passed
+// in only while the VM runs on this host (setInbound, from the agent's role) and once a frame
+// from the NIC here named its MAC: at a destination, the announcement QEMU sends as the VM
+// resumes (RARP), as a real network's switches learn from it that the VM moved.
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
+import { ipBytes, udpFrameToGuest } from './frames.js';
 
 /** Loopback ports of the gate and of the guest NIC's end, the same on every host. */
 export const GATE_PORT = 47_001;
@@ -30,6 +39,9 @@ export interface GateStats {
   released: number;
   arpAnswered: number;
   dropped: number;
+  /** Inbound datagrams passed into the guest, and dropped (the VM does not run here, or its address is not known yet). */
+  inbound: number;
+  inboundDropped: number;
 }
 
 interface Held {
@@ -38,6 +50,8 @@ interface Held {
   at: number;
   ip: string;
   port: number;
+  /** The guest's source port: a service's answers leave from the inbound socket, its port. */
+  srcPort: number;
   payload: Buffer;
 }
 
@@ -48,7 +62,13 @@ export class OutputGate extends EventEmitter {
   private queue: Held[] = [];
   private seq = 0;
   private closed = false;
-  readonly stats: GateStats = { held: 0, released: 0, arpAnswered: 0, dropped: 0 };
+  readonly stats: GateStats = { held: 0, released: 0, arpAnswered: 0, dropped: 0, inbound: 0, inboundDropped: 0 };
+  private inSock?: Socket;
+  private inPort = 0;
+  private inOn = false;
+  private guestIp?: Buffer;
+  /** The guest NIC's MAC, from its last frame (undefined: none seen since the VM runs here). */
+  private guestMac?: Buffer;
   /** When false, frames pass through at once (no checkpointing is running). */
   holding = true;
 
@@ -74,6 +94,33 @@ export class OutputGate extends EventEmitter {
     const out = createSocket('udp4');
     await new Promise<void>((res) => out.bind(0, () => res()));
     return new OutputGate(nic, out, nicPort);
+  }
+
+  /** Passes datagrams to `port` of this host into the guest at `guestIp`, to the same port (see the head of this file). */
+  async openInbound(guestIp: string, port: number): Promise<void> {
+    this.guestIp = ipBytes(guestIp);
+    const sock = createSocket('udp4');
+    await new Promise<void>((res, rej) => {
+      sock.once('error', rej);
+      sock.bind(port, () => res());
+    });
+    sock.on('error', () => {});
+    sock.on('message', (m, from) => this.onInbound(m, from));
+    this.inSock = sock;
+    this.inPort = port;
+  }
+
+  /** Whether the VM runs on this host. Off forgets the guest's address: a later run here must announce itself again. */
+  setInbound(on: boolean): void {
+    if (!on) this.guestMac = undefined;
+    this.inOn = on;
+  }
+
+  private onInbound(m: Buffer, from: RemoteInfo): void {
+    if (this.closed) return;
+    if (!this.inOn || !this.guestMac || !this.guestIp) return void this.stats.inboundDropped++;
+    this.stats.inbound++;
+    this.nicSock.send(udpFrameToGuest({ mac: this.guestMac, ip: this.guestIp }, GATE_MAC, { ip: from.address, port: from.port }, this.inPort, m, this.stats.inbound), this.nicPort, '127.0.0.1');
   }
 
   /** Everything received so far belongs to the state being checkpointed. */
@@ -111,16 +158,19 @@ export class OutputGate extends EventEmitter {
     this.closed = true;
     this.nicSock.close();
     this.outSock.close();
+    this.inSock?.close();
   }
 
   private send(h: Held): void {
     if (this.closed) return;
     this.stats.released++;
-    this.outSock.send(h.payload, h.port, h.ip);
+    const sock = this.inSock && h.srcPort === this.inPort ? this.inSock : this.outSock;
+    sock.send(h.payload, h.port, h.ip);
   }
 
   private onFrame(f: Buffer): void {
     if (f.length < 14) return void this.stats.dropped++;
+    if (this.inSock) this.guestMac = Buffer.from(f.subarray(6, 12));
     const type = f.readUInt16BE(12);
     if (type === 0x0806) return this.onArp(f);
     if (type !== 0x0800 || f.length < 14 + 20) return void this.stats.dropped++;
@@ -134,7 +184,7 @@ export class OutputGate extends EventEmitter {
     const port = udp.readUInt16BE(2);
     const len = udp.readUInt16BE(4);
     const payload = Buffer.from(udp.subarray(8, Math.max(8, Math.min(len, udp.length))));
-    const h: Held = { seq: ++this.seq, at: performance.now(), ip: dst, port, payload };
+    const h: Held = { seq: ++this.seq, at: performance.now(), ip: dst, port, srcPort: udp.readUInt16BE(0), payload };
     if (!this.holding) return this.send(h);
     this.stats.held++;
     this.queue.push(h);

@@ -149,6 +149,11 @@ function onSourceFailed(s: SourceState): SourceStep {
 /** The roles in which this side's QEMU runs the guest: they need the lease (post-copy's source only serves pages). */
 const RUNS_THE_VM: readonly Role[] = ['owner', 'postcopy-dst', 'migrating-src'];
 
+/** Whether the guest runs on this host in this role (the gate passes inbound datagrams in then). */
+export function runsTheVm(role: Role): boolean {
+  return RUNS_THE_VM.includes(role);
+}
+
 /**
  * Every lease tick, per VM: a side running the VM without a safe lease stops its QEMU.
  * `freeze` (SIGSTOP, kept) where only the store is silent and the VM simply runs here: if the

@@ -15,6 +15,7 @@ import type { Durability, DurabilityChoice } from '../store/durability.js';
 import { recoverVm } from '../recovery/recover.js';
 import { Lease } from '../ha/lease.js';
 import { OutputGate } from '../ha/gate.js';
+import { runsTheVm } from './decisions.js';
 import { fence as fenceQemu, freeze as freezeQemu, killPid, signalPid, type Ownership } from '../ha/ownership.js';
 import { loadVersion } from '../store/reader.js';
 import type { Peer } from '../ha/peer.js';
@@ -59,6 +60,8 @@ export interface AgentOptions {
   leaseTtlMs: number;
   /** Output commit through the gate (default on). */
   gate: boolean;
+  /** A UDP port of this host whose datagrams the gate passes into the guest at that address, same port. */
+  gateIn?: { guestIp: string; port: number };
   /** Turn checkpointing off (benchmark baseline). */
   noCheckpoint?: boolean;
   statusFile?: string;
@@ -141,6 +144,7 @@ export class VmHost {
 
   async openGate(): Promise<void> {
     if (this.o.gate) this.gate = await OutputGate.open();
+    if (this.gate && this.o.gateIn) await this.gate.openInbound(this.o.gateIn.guestIp, this.o.gateIn.port);
   }
 
   runtime(vm: string): VmRuntime {
@@ -180,6 +184,7 @@ export class VmHost {
 
   setRole(r: VmRuntime, role: Role, why: string): void {
     r.role = role;
+    this.gate?.setInbound(runsTheVm(role));
     this.note(r, `role ${role} (${why})`);
   }
 

@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-export type GuestWorkload = 'idle' | 'wset' | 'qsort' | 'kv' | 'udp';
+export type GuestWorkload = 'idle' | 'wset' | 'qsort' | 'kv' | 'udp' | 'serve';
 export const GUEST_WORKLOADS: readonly GuestWorkload[] = ['idle', 'wset', 'qsort', 'kv', 'udp'];
 
 /** Repository root, found from this file (src: test/helpers, built: dist/test/helpers). */

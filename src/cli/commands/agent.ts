@@ -38,6 +38,7 @@ interface AgentArgs extends TlsArgs, RedisAuthArgs {
   'hb-timeout': number;
   'lease-ttl': number;
   gate: boolean;
+  'gate-in'?: string;
   checkpoint: boolean;
   'status-file'?: string;
   metrics?: string;
@@ -84,6 +85,10 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       .option('hb-timeout', { type: 'number', default: 1500, describe: 'silence after which the other side is declared failed, ms' })
       .option('lease-ttl', { type: 'number', default: 3000, describe: 'ownership lease in the store, ms' })
       .option('gate', { type: 'boolean', default: true, describe: 'output commit: hold guest packets until their round commits' })
+      .option('gate-in', {
+        type: 'string',
+        describe: 'GUEST_IP:PORT: datagrams to UDP PORT of this host go into the guest, to GUEST_IP:PORT, while the VM runs here (a service in the guest; its answers are held like all its packets)',
+      })
       .option('checkpoint', { type: 'boolean', default: true, describe: 'FIC/RIC on (off: plain migration, for comparison)' })
       .option('status-file', { type: 'string', describe: 'keep a JSON status of this agent in this file' })
       .check((a) => {
@@ -129,6 +134,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       hbTimeoutMs: a['hb-timeout'],
       leaseTtlMs: a['lease-ttl'],
       gate: a.gate,
+      gateIn: a['gate-in'] === undefined ? undefined : parseGateIn(a['gate-in']),
       noCheckpoint: !a.checkpoint,
       statusFile: a['status-file'],
       metrics: m.metrics,
@@ -179,4 +185,12 @@ async function reparse(): Promise<Record<string, unknown>> {
   const { parseArgs } = await import('../parser.js');
   const { commandName } = await import('../config-file.js');
   return parseArgs(commands.find((c) => commandName(c) === 'agent')!, hideBin(process.argv));
+}
+
+/** `--gate-in GUEST_IP:PORT`. */
+export function parseGateIn(v: string): { guestIp: string; port: number } {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(v);
+  const port = Number(m?.[2]);
+  if (!m || m[1]!.split('.').some((x) => Number(x) > 255) || port < 1 || port > 65535) throw new Error(`--gate-in ${v}: give the guest's IPv4 address and a UDP port, e.g. --gate-in 192.168.77.2:7007`);
+  return { guestIp: m[1]!, port };
 }

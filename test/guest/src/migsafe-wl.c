@@ -1,10 +1,10 @@
 /*
  * migsafe-wl — self-checking guest workloads for migsafe's end-to-end tests.
  *
- * One static binary, one workload per process:  migsafe-wl <idle|wset|qsort|kv|udp>
+ * One static binary, one workload per process:  migsafe-wl <idle|wset|qsort|kv|udp|serve>
  * Parameters come from the kernel command line (/proc/cmdline), see README.md:
  *   migsafe.mib=N  migsafe.rate=OPS_PER_S  migsafe.seed=N  migsafe.entries=N
- *   migsafe.pps=N  migsafe.peer=IP:PORT
+ *   migsafe.pps=N  migsafe.peer=IP:PORT  migsafe.port=N (serve, wl-serve.c)
  *
  * Every workload
  *   - keeps its data in a "region" of 4 KiB pages; every page starts with a 16-byte
@@ -554,6 +554,8 @@ static int run_udp(void) {
     }
 }
 
+#include "wl-serve.c"
+
 static void setup_peer(void) {
     const char *v = opt_str("peer");
     if (!v) return;
@@ -575,7 +577,7 @@ static void setup_peer(void) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: migsafe-wl <idle|wset|qsort|kv|udp>\n");
+        fprintf(stderr, "usage: migsafe-wl <idle|wset|qsort|kv|udp|serve>\n");
         return 2;
     }
     g_name = argv[1];
@@ -601,11 +603,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(g_name, "qsort")) rc = run_qsort();
     else if (!strcmp(g_name, "kv")) rc = run_kv();
     else if (!strcmp(g_name, "udp")) rc = run_udp();
+    else if (!strcmp(g_name, "serve")) rc = run_serve();
     else {
         emit("MIGSAFE ERROR workload=%s counter=0 kind=config msg=unknown-workload", g_name);
         rc = 2;
     }
-    if (rc == 2 && R.w == NULL && strcmp(g_name, "udp"))
+    if (rc == 2 && R.w == NULL && strcmp(g_name, "udp") && strcmp(g_name, "serve"))
         emit("MIGSAFE ERROR workload=%s counter=0 kind=alloc msg=region-allocation-failed", g_name);
     record_clear();
     return rc;
