@@ -155,6 +155,7 @@ export const TEXT_RULES: Record<string, { check: TextRule; except?: string[]; fi
   ram: { check: (v) => readableFile(v, "the guest RAM file (the mem-path of QEMU's memory-backend-file)"), files: true },
   corpus: { check: (v) => readableFile(v, 'a .pairs file'), files: true },
   'qemu-binary': { check: executable, except: ['doctor'], files: true },
+  'gate-in': { check: (v) => void parseGateIn(v) },
 };
 
 /** An error message, led by the option (`--codec x: …`) unless the message already names it. */
@@ -276,4 +277,12 @@ function placeholder(name: string, spec: OptionSpec): string {
   const n = NUMBER_RULES[name];
   if (spec.type === 'number') return n ? `N (${describeNumber(n)})` : 'N';
   return name === 'vm' ? 'ID' : name.endsWith('file') || name === 'config' || name === 'pidfile' ? 'FILE' : 'VALUE';
+}
+
+/** `--gate-in GUEST_IP:PORT`. */
+export function parseGateIn(v: string): { guestIp: string; port: number } {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(v);
+  const port = Number(m?.[2]);
+  if (!m || m[1]!.split('.').some((x) => Number(x) > 255) || port < 1 || port > 65535) throw new Error(`give the guest's IPv4 address and a UDP port, e.g. 192.168.77.2:7007`);
+  return { guestIp: m[1]!, port };
 }

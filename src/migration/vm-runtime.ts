@@ -28,7 +28,6 @@ import type { Logger } from '../util/logger.js';
 import type { ProgressListener } from '../util/progress.js';
 
 export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
-
 export type Role = 'none' | 'owner' | 'migrating-src' | 'postcopy-src' | 'incoming' | 'postcopy-dst' | 'recovering' | 'fenced';
 
 export interface AgentOptions {
@@ -124,9 +123,8 @@ export type LoopSettings = Omit<CheckpointerOptions, 'store' | 'qmp' | 'ramPath'
 
 export class VmHost {
   readonly vms = new Map<string, VmRuntime>();
-  /** Every VM's stage-2 pauses take turns on this host. */
+  /** Every VM's stage-2 pauses take turns on this host; their rounds share the pipeline (store-share.ts). */
   readonly pauseTurns = new PauseTurns();
-  /** ... and their rounds share the checkpoint pipeline (intervals stretch when it falls behind). */
   readonly storeShare = new StoreShare();
   gate?: OutputGate;
   /** The durability policy as settled with the store at start (Agent.start). */

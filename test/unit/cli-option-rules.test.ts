@@ -59,6 +59,7 @@ const FREE_FORM = new Set([
 
 /** A wrong value of each format option, and what its message says. */
 const BAD_TEXT: Record<string, [string, RegExp]> = {
+  'gate-in': ['10.0.0.300:7', /--gate-in 10.0.0.300:7: give the guest's IPv4 address and a UDP port/],
   vm: ['a b', /invalid VM id "a b"/],
   host: ['a|b', /use 1-64 letters/],
   redis: ['http://x', /--redis http:\/\/x: use redis:\/\/HOST:PORT/],

@@ -10,6 +10,7 @@ import { logger, setLogLevel } from '../log.js';
 import type { LogLevel } from '../../util/logger.js';
 import { Progress } from '../progress.js';
 import { REDIS_FORMS, withOperatorOptions } from '../options.js';
+import { parseGateIn } from '../validate.js';
 import { parseDurability } from '../../store/durability.js';
 import { hideBin } from 'yargs/helpers';
 import { agentSignals, reloadAgent } from '../agent-signals.js';
@@ -185,12 +186,4 @@ async function reparse(): Promise<Record<string, unknown>> {
   const { parseArgs } = await import('../parser.js');
   const { commandName } = await import('../config-file.js');
   return parseArgs(commands.find((c) => commandName(c) === 'agent')!, hideBin(process.argv));
-}
-
-/** `--gate-in GUEST_IP:PORT`. */
-export function parseGateIn(v: string): { guestIp: string; port: number } {
-  const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(v);
-  const port = Number(m?.[2]);
-  if (!m || m[1]!.split('.').some((x) => Number(x) > 255) || port < 1 || port > 65535) throw new Error(`--gate-in ${v}: give the guest's IPv4 address and a UDP port, e.g. --gate-in 192.168.77.2:7007`);
-  return { guestIp: m[1]!, port };
 }
