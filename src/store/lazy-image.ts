@@ -1,0 +1,188 @@
+// A version's RAM image built page by page, newest version first, for lazy recovery: each page
+// is announced the moment its contents are final and verified, long before the whole image is.
+// Newest first because a page's newest record decides whether anything older matters: a whole
+// page (or zero) record makes it final at once, a delta waits for the older records under it
+// (to the end, for a delta with none: it applies to a zero page, as in the eager reader). Every record is applied by applyBatch, which checks the page's CRC32C after
+// it, and every frame's checksum and binding are checked as the eager reader checks them.
+import { applyBatch, batchRecords } from '../kernel/page-delta.js';
+import { RecordKind } from '../kernel/native.js';
+import type { ChunkList, CheckpointStore } from './checkpoint-store.js';
+import { CorruptCheckpointError, decodeFrame, type FrameBinding } from './frame.js';
+import type { RestorePlan } from './reader.js';
+
+const PAGE = 4096;
+const RECORD_HEADER_BYTES = 16;
+/** Frames read (and decompressed, on the addon's threads) at a time. */
+const SLICE = 8;
+
+interface ListRead {
+  list: ChunkList;
+  version: number;
+  where: string;
+  bind: Omit<FrameBinding, 'index'>;
+  expect: number;
+  pages?: number;
+}
+
+/** A record waiting for the older ones under it: its bytes and where it came from. */
+interface Held {
+  rec: Buffer;
+  version: number;
+  chunk: number;
+}
+
+export interface LazyHooks {
+  /** These pages are final and verified (each announced once). */
+  onReady: (pages: number[]) => void;
+  /** Frames read so far and in all. */
+  onProgress?: (p: { done: number; total: number }) => void;
+  /** Asked between slices: give up (the VM being served is gone). */
+  stopped?: () => boolean;
+}
+
+/** The target version's device state, checked (read first: small, and needed first). */
+export async function readDeviceState(store: CheckpointStore, plan: RestorePlan): Promise<Buffer> {
+  const target = plan.target;
+  const where = `VM "${store.vmId}" version ${target.version}, device state`;
+  const dev = await store.deviceState(target.version);
+  if (!dev) throw new CorruptCheckpointError(`${where} is missing`);
+  const d = await decodeFrame(dev, { kind: 'device', bind: { vm: store.vmId, version: target.version, list: 'device', index: 0 }, rawBytes: target.deviceStateBytes }, where);
+  return d.raw;
+}
+
+/** The lists of a plan, oldest first, with their frame counts checked against the metadata. */
+async function listsOf(store: CheckpointStore, plan: RestorePlan): Promise<ListRead[]> {
+  const vm = store.vmId;
+  const lists: ListRead[] = [];
+  if (plan.base) {
+    lists.push({ list: 'base', version: plan.base, where: `VM "${vm}" base image (version ${plan.base})`, bind: { vm, version: plan.base, list: 'base' }, expect: plan.baseChunks });
+  }
+  for (const m of plan.chain) {
+    lists.push({ list: m.version, version: m.version, where: `VM "${vm}" version ${m.version}`, bind: { vm, version: m.version, list: 'version' }, expect: m.chunks, pages: m.pages });
+  }
+  const lengths = await Promise.all(lists.map((l) => store.chunkCount(l.list)));
+  lists.forEach((l, i) => {
+    if (lengths[i] !== l.expect) throw new CorruptCheckpointError(`${l.where}: ${lengths[i]} chunks in the store, its metadata says ${l.expect}`);
+    if (l.expect === 0 && l.pages) throw new CorruptCheckpointError(`${l.where}: no frames, its metadata says ${l.pages} page records`);
+  });
+  return lists;
+}
+
+/** The whole-page kinds: final without anything older. */
+const selfContained = (k: RecordKind) => k === RecordKind.Zero || k === RecordKind.Full || k === RecordKind.PlanesLz4;
+
+/**
+ * Fills `image` (zeroed, plan.vm.ramBytes long) with the plan's version, announcing pages as
+ * they become final. Throws CorruptCheckpointError — naming the page and version where a page
+ * fails its check — on anything the eager reader would refuse.
+ */
+export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan, image: Buffer, hooks: LazyHooks): Promise<{ pagesApplied: number }> {
+  const ramPages = plan.vm.ramBytes / PAGE;
+  if (image.length !== plan.vm.ramBytes) throw new RangeError(`image of ${image.length} bytes for ${plan.vm.ramBytes} of RAM`);
+  const lists = await listsOf(store, plan);
+  const total = lists.reduce((a, l) => a + l.expect, 0);
+  const final = new Uint8Array(ramPages);
+  const held = new Map<number, Held[]>(); // newest first
+  let done = 0;
+  let pagesApplied = 0;
+
+  const apply = (rec: Buffer, page: number, version: number, chunk: number) => {
+    try {
+      applyBatch(image, rec);
+    } catch (e) {
+      throw new CorruptCheckpointError(
+        `page ${page} (guest address 0x${(page * PAGE).toString(16)}) of VM "${store.vmId}" version ${version} (chunk ${chunk}) fails its check: ${(e as Error).message}`,
+      );
+    }
+  };
+  /** Page `p` has its oldest needed record applied (or is zero): the held newer ones go on top. */
+  const finish = (p: number, ready: number[]) => {
+    const h = held.get(p);
+    if (h) {
+      for (let i = h.length - 1; i >= 0; i--) apply(h[i]!.rec, p, h[i]!.version, h[i]!.chunk);
+      held.delete(p);
+    }
+    final[p] = 1;
+    ready.push(p);
+  };
+
+  for (let li = lists.length - 1; li >= 0; li--) {
+    const l = lists[li]!;
+    // Frames last to first too: one version may hold a page twice (its live stage, then its
+    // paused one), the later record applying to the earlier.
+    const fetch = (last: number) => {
+      const at = Math.max(0, last - SLICE + 1);
+      return store.chunkRange(l.list, at, last).then((frames) => {
+        if (frames.length !== last - at + 1) {
+          throw new CorruptCheckpointError(`${l.where}: the store returned ${frames.length} of frames ${at}..${last} (the list shrank while it was read)`);
+        }
+        return Promise.all(frames.map((f, j) => decodeFrame(f, { kind: 'pages', bind: { ...l.bind, index: at + j }, maxRecords: ramPages }, `${l.where}, chunk ${at + j}`)))
+          .then((decoded) => ({ at, decoded }));
+      });
+    };
+    let records = 0;
+    let next = l.expect > 0 ? fetch(l.expect - 1) : undefined;
+    next?.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
+    while (next) {
+      const { at, decoded: frames } = await next;
+      next = at > 0 ? fetch(at - 1) : undefined;
+      next?.catch(() => {});
+      if (hooks.stopped?.()) return { pagesApplied };
+      for (let j = frames.length - 1; j >= 0; j--) {
+        const frame = frames[j]!;
+        const chunk = at + j;
+        const ready: number[] = [];
+        // Walk the records once: their framing, the count, and whether the fast path holds.
+        const recs: { page: number; kind: RecordKind; start: number; end: number }[] = [];
+        let whole = true;
+        try {
+          for (const r of batchRecords(frame.raw)) {
+            if (r.page >= ramPages) throw new RangeError(`page ${r.page} is beyond the ${ramPages} pages of RAM`);
+            const end = r.payload.byteOffset - frame.raw.byteOffset + r.length;
+            recs.push({ page: r.page, kind: r.kind, start: end - r.length - RECORD_HEADER_BYTES, end });
+            if (final[r.page] || held.has(r.page) || !selfContained(r.kind)) whole = false;
+          }
+        } catch (e) {
+          throw new CorruptCheckpointError(`${l.where}, chunk ${chunk}: ${(e as Error).message}`);
+        }
+        if (recs.length !== frame.count) throw new CorruptCheckpointError(`${l.where}, chunk ${chunk}: ${recs.length} page records, its header says ${frame.count}`);
+        records += recs.length;
+        const raw = Buffer.from(frame.raw.buffer, frame.raw.byteOffset, frame.raw.byteLength);
+        if (whole) {
+          // Whole pages nothing newer holds: the frame goes in at once (applyBatch is all or nothing).
+          try {
+            applyBatch(image, raw);
+          } catch {
+            for (const r of recs) apply(raw.subarray(r.start, r.end), r.page, l.version, chunk); // to name the page
+          }
+          for (const r of recs) ((final[r.page] = 1), ready.push(r.page));
+        } else {
+          for (const r of recs) {
+            if (final[r.page]) continue; // a newer whole-page record decided it
+            const rec = raw.subarray(r.start, r.end);
+            if (selfContained(r.kind)) {
+              apply(rec, r.page, l.version, chunk);
+              finish(r.page, ready);
+            } else {
+              const h = held.get(r.page);
+              if (h) h.push({ rec, version: l.version, chunk });
+              else held.set(r.page, [{ rec, version: l.version, chunk }]);
+            }
+          }
+        }
+        hooks.onProgress?.({ done: ++done, total });
+        if (ready.length) hooks.onReady(ready);
+      }
+    }
+    if (l.pages !== undefined && records !== l.pages) {
+      throw new CorruptCheckpointError(`${l.where}: ${records} page records in its frames, its metadata says ${l.pages}`);
+    }
+    pagesApplied += records;
+  }
+  // What no list's oldest record reached: deltas onto a zero page (as the eager reader applies
+  // them onto its zero image), and pages no version holds, which are zero.
+  const ready: number[] = [];
+  for (let p = 0; p < ramPages; p++) if (!final[p]) finish(p, ready);
+  if (ready.length) hooks.onReady(ready);
+  return { pagesApplied };
+}
