@@ -129,12 +129,15 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
     for (const pages of ready.splice(0)) source.markReady(pages);
     if (tLoaded) source.markAllReady();
 
-    // Running: QEMU starts the guest once it has loaded the package (POSTCOPY_RUN).
+    // Running: QEMU starts the guest once it has loaded the package (POSTCOPY_RUN). Its main
+    // loop may meanwhile wait for a page a device's state refers to: no QMP timeout while pages
+    // are still coming (a failed read kills QEMU, which ends the wait).
+    const slow = { timeoutMs: 0 };
     for (;;) {
-      const st = await race(qmp.execute<{ status: string; running: boolean }>('query-status'));
+      const st = await race(qmp.execute<{ status: string; running: boolean }>('query-status', undefined, slow));
       if (st.running) break;
       if (st.status === 'paused' || st.status === 'postmigrate') {
-        const m = await qmp.execute<{ status?: string }>('query-migrate');
+        const m = await qmp.execute<{ status?: string }>('query-migrate', undefined, slow);
         if (m.status === 'postcopy-active' || m.status === 'completed') {
           await qmp.execute('cont');
           continue;
@@ -150,7 +153,7 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
     const loaded = await race(loading);
     await race(source.finished);
     for (;;) {
-      const m = await race(qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate'));
+      const m = await race(qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate', undefined, slow));
       if (m.status === 'completed') break;
       if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`QEMU's incoming migration ${m.status}${m['error-desc'] ? `: ${m['error-desc']}` : ''}`);
       if (failure) throw failure;

@@ -2,7 +2,8 @@
 // is announced the moment its contents are final and verified, long before the whole image is.
 // Newest first because a page's newest record decides whether anything older matters: a whole
 // page (or zero) record makes it final at once, a delta waits for the older records under it
-// (to the end, for a delta with none: it applies to a zero page, as in the eager reader). Every record is applied by applyBatch, which checks the page's CRC32C after
+// (to the end, for a delta with none: it applies to a zero page, as in the eager reader).
+// Within a version, its paused stage goes before its live stage (see below). Every record is applied by applyBatch, which checks the page's CRC32C after
 // it, and every frame's checksum and binding are checked as the eager reader checks them.
 import { applyBatch, batchRecords } from '../kernel/page-delta.js';
 import { RecordKind } from '../kernel/native.js';
@@ -22,7 +23,11 @@ interface ListRead {
   bind: Omit<FrameBinding, 'index'>;
   expect: number;
   pages?: number;
+  /** Records of the version's paused stage, at the end of its list. */
+  stage2?: number;
 }
+
+type DecodedPages = Awaited<ReturnType<typeof decodeFrame>>;
 
 /** A record waiting for the older ones under it: its bytes and where it came from. */
 interface Held {
@@ -58,7 +63,7 @@ async function listsOf(store: CheckpointStore, plan: RestorePlan): Promise<ListR
     lists.push({ list: 'base', version: plan.base, where: `VM "${vm}" base image (version ${plan.base})`, bind: { vm, version: plan.base, list: 'base' }, expect: plan.baseChunks });
   }
   for (const m of plan.chain) {
-    lists.push({ list: m.version, version: m.version, where: `VM "${vm}" version ${m.version}`, bind: { vm, version: m.version, list: 'version' }, expect: m.chunks, pages: m.pages });
+    lists.push({ list: m.version, version: m.version, where: `VM "${vm}" version ${m.version}`, bind: { vm, version: m.version, list: 'version' }, expect: m.chunks, pages: m.pages, stage2: m.stage2Pages });
   }
   const lengths = await Promise.all(lists.map((l) => store.chunkCount(l.list)));
   lists.forEach((l, i) => {
@@ -106,73 +111,91 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
     ready.push(p);
   };
 
+  /** One frame's records, each newer than every record taken before it. Returns their count. */
+  const take = (l: ListRead, frame: DecodedPages, chunk: number, once?: Uint8Array, oldest = false): number => {
+    // `oldest`: the live stage of the oldest list, where each record is its page's first and
+    // applies to a zero page, whatever its kind.
+    const decides = (k: RecordKind) => oldest || selfContained(k);
+    const ready: number[] = [];
+    // Walk the records once: their framing, the count, and whether the fast path holds.
+    const recs: { page: number; kind: RecordKind; start: number; end: number }[] = [];
+    let whole = true;
+    try {
+      for (const r of batchRecords(frame.raw)) {
+        if (r.page >= ramPages) throw new RangeError(`page ${r.page} is beyond the ${ramPages} pages of RAM`);
+        if (once) {
+          // Taken first to last, a page twice would have been announced on its older record.
+          if (once[r.page]) throw new RangeError(`page ${r.page} appears twice in the live stage`);
+          once[r.page] = 1;
+        }
+        const end = r.payload.byteOffset - frame.raw.byteOffset + r.length;
+        recs.push({ page: r.page, kind: r.kind, start: end - r.length - RECORD_HEADER_BYTES, end });
+        if (final[r.page] || held.has(r.page) || !decides(r.kind)) whole = false;
+      }
+    } catch (e) {
+      throw new CorruptCheckpointError(`${l.where}, chunk ${chunk}: ${(e as Error).message}`);
+    }
+    if (recs.length !== frame.count) throw new CorruptCheckpointError(`${l.where}, chunk ${chunk}: ${recs.length} page records, its header says ${frame.count}`);
+    const raw = Buffer.from(frame.raw.buffer, frame.raw.byteOffset, frame.raw.byteLength);
+    if (whole) {
+      // Whole pages nothing newer holds: the frame goes in at once (applyBatch is all or nothing).
+      try {
+        applyBatch(image, raw);
+      } catch {
+        for (const r of recs) apply(raw.subarray(r.start, r.end), r.page, l.version, chunk); // to name the page
+      }
+      for (const r of recs) ((final[r.page] = 1), ready.push(r.page));
+    } else {
+      for (const r of recs) {
+        if (final[r.page]) continue; // a newer whole-page record decided it
+        const rec = raw.subarray(r.start, r.end);
+        if (decides(r.kind)) {
+          apply(rec, r.page, l.version, chunk);
+          finish(r.page, ready);
+        } else {
+          const h = held.get(r.page);
+          if (h) h.push({ rec, version: l.version, chunk });
+          else held.set(r.page, [{ rec, version: l.version, chunk }]);
+        }
+      }
+    }
+    hooks.onProgress?.({ done: ++done, total });
+    if (ready.length) hooks.onReady(ready);
+    return recs.length;
+  };
+
   for (let li = lists.length - 1; li >= 0; li--) {
     const l = lists[li]!;
-    // Frames last to first too: one version may hold a page twice (its live stage, then its
-    // paused one), the later record applying to the earlier.
-    const fetch = (last: number) => {
-      const at = Math.max(0, last - SLICE + 1);
-      return store.chunkRange(l.list, at, last).then((frames) => {
-        if (frames.length !== last - at + 1) {
-          throw new CorruptCheckpointError(`${l.where}: the store returned ${frames.length} of frames ${at}..${last} (the list shrank while it was read)`);
+    const fetch = (first: number, last: number) => {
+      const p = store.chunkRange(l.list, first, last).then((frames) => {
+        if (frames.length !== last - first + 1) {
+          throw new CorruptCheckpointError(`${l.where}: the store returned ${frames.length} of frames ${first}..${last} (the list shrank while it was read)`);
         }
-        return Promise.all(frames.map((f, j) => decodeFrame(f, { kind: 'pages', bind: { ...l.bind, index: at + j }, maxRecords: ramPages }, `${l.where}, chunk ${at + j}`)))
-          .then((decoded) => ({ at, decoded }));
+        return Promise.all(frames.map((f, j) => decodeFrame(f, { kind: 'pages', bind: { ...l.bind, index: first + j }, maxRecords: ramPages }, `${l.where}, chunk ${first + j}`)));
       });
+      p.catch(() => {}); // awaited later; not an unhandled rejection meanwhile
+      return p;
     };
+    // A version's paused stage (its last stage2Pages records) may hold pages of its live stage
+    // again, applying to them: those frames go last to first. The live stage holds each page
+    // once (as the base does), so the rest goes first to last — low memory, where the guest's
+    // kernel is and what QEMU touches while it loads the device state, early.
     let records = 0;
-    let next = l.expect > 0 ? fetch(l.expect - 1) : undefined;
-    next?.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
-    while (next) {
-      const { at, decoded: frames } = await next;
-      next = at > 0 ? fetch(at - 1) : undefined;
-      next?.catch(() => {});
+    let low = l.expect;
+    while (low > 0 && records < (l.stage2 ?? 0)) {
+      const first = Math.max(0, low - SLICE);
+      const frames = await fetch(first, low - 1);
       if (hooks.stopped?.()) return { pagesApplied };
-      for (let j = frames.length - 1; j >= 0; j--) {
-        const frame = frames[j]!;
-        const chunk = at + j;
-        const ready: number[] = [];
-        // Walk the records once: their framing, the count, and whether the fast path holds.
-        const recs: { page: number; kind: RecordKind; start: number; end: number }[] = [];
-        let whole = true;
-        try {
-          for (const r of batchRecords(frame.raw)) {
-            if (r.page >= ramPages) throw new RangeError(`page ${r.page} is beyond the ${ramPages} pages of RAM`);
-            const end = r.payload.byteOffset - frame.raw.byteOffset + r.length;
-            recs.push({ page: r.page, kind: r.kind, start: end - r.length - RECORD_HEADER_BYTES, end });
-            if (final[r.page] || held.has(r.page) || !selfContained(r.kind)) whole = false;
-          }
-        } catch (e) {
-          throw new CorruptCheckpointError(`${l.where}, chunk ${chunk}: ${(e as Error).message}`);
-        }
-        if (recs.length !== frame.count) throw new CorruptCheckpointError(`${l.where}, chunk ${chunk}: ${recs.length} page records, its header says ${frame.count}`);
-        records += recs.length;
-        const raw = Buffer.from(frame.raw.buffer, frame.raw.byteOffset, frame.raw.byteLength);
-        if (whole) {
-          // Whole pages nothing newer holds: the frame goes in at once (applyBatch is all or nothing).
-          try {
-            applyBatch(image, raw);
-          } catch {
-            for (const r of recs) apply(raw.subarray(r.start, r.end), r.page, l.version, chunk); // to name the page
-          }
-          for (const r of recs) ((final[r.page] = 1), ready.push(r.page));
-        } else {
-          for (const r of recs) {
-            if (final[r.page]) continue; // a newer whole-page record decided it
-            const rec = raw.subarray(r.start, r.end);
-            if (selfContained(r.kind)) {
-              apply(rec, r.page, l.version, chunk);
-              finish(r.page, ready);
-            } else {
-              const h = held.get(r.page);
-              if (h) h.push({ rec, version: l.version, chunk });
-              else held.set(r.page, [{ rec, version: l.version, chunk }]);
-            }
-          }
-        }
-        hooks.onProgress?.({ done: ++done, total });
-        if (ready.length) hooks.onReady(ready);
-      }
+      for (let j = frames.length - 1; j >= 0; j--) records += take(l, frames[j]!, first + j);
+      low = first;
+    }
+    const once = new Uint8Array(ramPages);
+    let next = low > 0 ? fetch(0, Math.min(SLICE, low) - 1) : undefined;
+    for (let at = 0; next; at += SLICE) {
+      const frames = await next;
+      next = at + SLICE < low ? fetch(at + SLICE, Math.min(at + 2 * SLICE, low) - 1) : undefined;
+      if (hooks.stopped?.()) return { pagesApplied };
+      for (let j = 0; j < frames.length; j++) records += take(l, frames[j]!, at + j, once, li === 0);
     }
     if (l.pages !== undefined && records !== l.pages) {
       throw new CorruptCheckpointError(`${l.where}: ${records} page records in its frames, its metadata says ${l.pages}`);

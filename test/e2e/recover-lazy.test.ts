@@ -75,6 +75,14 @@ t.test(`kill -9 QEMU, recover --lazy (${QEMU}): the guest runs before its memory
   killQuietly(qemuPid);
   await waitFor('the recovered QEMU to die', 10_000, async () => (alive(qemuPid) ? undefined : true));
 
+  // Eager recovery of the same version from the same store, for comparison.
+  const eager = await runCli(['recover', '--vm', vm, '--redis', srv.url, '--detach'], env);
+  t.equal(eager.code, 0, 'eager recovery of the same version works too');
+  const e = JSON.parse(eager.stdout.trim().split('\n').pop()!) as { pid: number; recoveryMs: number; loadMs: number };
+  killQuietly(e.pid);
+  t.comment(`same store, same run: eager recoveryMs ${e.recoveryMs} (read+verify ${e.loadMs}); lazy runningMs ${info.runningMs}, residentMs ${info.residentMs}`);
+  await waitFor('the eager QEMU to die', 10_000, async () => (alive(e.pid) ? undefined : true));
+
   // A page damaged where no newer version covers it, inside a frame whose own checksum holds
   // (re-framed: as if it had been damaged before it was framed): only the page's CRC32C, checked
   // as the page is built, finds it — after QEMU was started for the lazy recovery.
