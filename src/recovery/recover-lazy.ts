@@ -6,7 +6,7 @@
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createRamFile, launchQemu, RAM_BACKEND_ID, type LaunchedQemu } from '../qemu/launch.js';
-import { QmpClient } from '../qemu/qmp.js';
+import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
 import { loadNewestFirst, readDeviceState } from '../store/lazy-image.js';
 import { planRestore } from '../store/reader.js';
 import { PostcopySource, type PostcopyStats } from './postcopy-source.js';
@@ -53,6 +53,7 @@ async function connectUnix(path: string, timeoutMs: number): Promise<Socket> {
 
 export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
   const t0 = performance.now();
+  const t0Wall = Date.now();
   const plan = await planRestore(o.store, o.version);
   o.onPlan?.(plan);
   // The device state is needed first and is small; it is checked before anything starts.
@@ -110,6 +111,13 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
 
   try {
     qmp = await race(QmpClient.connect(o.paths.qmp, 30_000));
+    // When the guest ran, by QEMU's clock: the RESUME event's timestamp. The reply to a
+    // query-status may come much later — the main loop can be waiting for a page a vCPU's
+    // I/O touched while holding the big lock.
+    let resumedAt: number | undefined;
+    qmp.on('event', (ev: QmpEvent) => {
+      if (ev.event === 'RESUME' && resumedAt === undefined && ev.timestamp) resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+    });
     step(1, 'post-copy from the store');
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
     const blocks = parseRamBlocks(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info ramblock' }));
@@ -146,7 +154,7 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
       if (failure) throw failure;
       await sleep(5);
     }
-    const runningMs = performance.now() - t0;
+    const runningMs = resumedAt !== undefined ? Math.min(performance.now() - t0, Math.max(0, resumedAt - t0Wall)) : performance.now() - t0;
     step(2, 'guest running, memory arriving');
     o.onRunning?.(runningMs);
 

@@ -5,8 +5,9 @@
 // (to the end, for a delta with none: it applies to a zero page, as in the eager reader).
 // Within a version, its paused stage goes before its live stage (see below). Every record is applied by applyBatch, which checks the page's CRC32C after
 // it, and every frame's checksum and binding are checked as the eager reader checks them.
+import { setImmediate as turn } from 'node:timers/promises';
 import { applyBatch, batchRecords } from '../kernel/page-delta.js';
-import { RecordKind } from '../kernel/native.js';
+import { RecordKind } from '../kernel/index.js';
 import type { ChunkList, CheckpointStore } from './checkpoint-store.js';
 import { CorruptCheckpointError, decodeFrame, type FrameBinding } from './frame.js';
 import type { RestorePlan } from './reader.js';
@@ -112,10 +113,13 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
   };
 
   /** One frame's records, each newer than every record taken before it. Returns their count. */
-  const take = (l: ListRead, frame: DecodedPages, chunk: number, once?: Uint8Array, oldest = false): number => {
+  const take = (l: ListRead, frame: DecodedPages, chunk: number, once?: Uint8Array, oldest?: { mark: number }): number => {
     // `oldest`: the live stage of the oldest list, where each record is its page's first and
-    // applies to a zero page, whatever its kind.
-    const decides = (k: RecordKind) => oldest || selfContained(k);
+    // applies to a zero page, whatever its kind. Its writers (the engine's stage 1, compaction)
+    // write it in page order, so a page below the last one seen that it has not held is in no
+    // list at all: zero (or deltas onto zero) — final without waiting for the end of the read.
+    const decides = (k: RecordKind) => oldest !== undefined || selfContained(k);
+    const from = oldest?.mark ?? 0;
     const ready: number[] = [];
     // Walk the records once: their framing, the count, and whether the fast path holds.
     const recs: { page: number; kind: RecordKind; start: number; end: number }[] = [];
@@ -127,6 +131,10 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
           // Taken first to last, a page twice would have been announced on its older record.
           if (once[r.page]) throw new RangeError(`page ${r.page} appears twice in the live stage`);
           once[r.page] = 1;
+        }
+        if (oldest) {
+          if (r.page <= oldest.mark && oldest.mark >= 0) throw new RangeError(`page ${r.page} after page ${oldest.mark}: the live stage is not in page order`);
+          oldest.mark = r.page;
         }
         const end = r.payload.byteOffset - frame.raw.byteOffset + r.length;
         recs.push({ page: r.page, kind: r.kind, start: end - r.length - RECORD_HEADER_BYTES, end });
@@ -159,6 +167,7 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
         }
       }
     }
+    if (oldest) for (let p = Math.max(0, from + 1); p < oldest.mark; p++) if (!final[p]) finish(p, ready);
     hooks.onProgress?.({ done: ++done, total });
     if (ready.length) hooks.onReady(ready);
     return recs.length;
@@ -186,16 +195,25 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
       const first = Math.max(0, low - SLICE);
       const frames = await fetch(first, low - 1);
       if (hooks.stopped?.()) return { pagesApplied };
-      for (let j = frames.length - 1; j >= 0; j--) records += take(l, frames[j]!, first + j);
+      for (let j = frames.length - 1; j >= 0; j--) {
+        records += take(l, frames[j]!, first + j);
+        await turn();
+      }
       low = first;
     }
     const once = new Uint8Array(ramPages);
+    const order = li === 0 ? { mark: -1 } : undefined;
     let next = low > 0 ? fetch(0, Math.min(SLICE, low) - 1) : undefined;
     for (let at = 0; next; at += SLICE) {
       const frames = await next;
       next = at + SLICE < low ? fetch(at + SLICE, Math.min(at + 2 * SLICE, low) - 1) : undefined;
       if (hooks.stopped?.()) return { pagesApplied };
-      for (let j = 0; j < frames.length; j++) records += take(l, frames[j]!, at + j, once, li === 0);
+      for (let j = 0; j < frames.length; j++) {
+        records += take(l, frames[j]!, at + j, once, order);
+        // The pages are served from this process too: a page request must not wait for the
+        // whole read (awaiting a settled fetch would let no I/O in).
+        await turn();
+      }
     }
     if (l.pages !== undefined && records !== l.pages) {
       throw new CorruptCheckpointError(`${l.where}: ${records} page records in its frames, its metadata says ${l.pages}`);
