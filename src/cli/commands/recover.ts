@@ -70,8 +70,12 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
         pid: r.qemu.pid,
       },
       `recovered version ${r.plan.target.version}: ${r.pagesApplied} page records, ` +
-        `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; read+verify ${r.timings.loadMs.toFixed(0)} ms, ` +
-        `RAM file ${r.timings.writeMs.toFixed(0)} ms, QEMU start+load ${r.timings.startMs.toFixed(0)} ms; guest running, QEMU pid ${r.qemu.pid}`,
+        `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; ` +
+        (lazy
+          ? `lazy: guest running after ${lazy.timings.runningMs.toFixed(0)} ms, all memory in after ${lazy.timings.residentMs.toFixed(0)} ms ` +
+            `(read+verify ${lazy.timings.loadMs.toFixed(0)} ms, ${lazy.postcopy.requests} page(s) served on request); QEMU pid ${r.qemu.pid}`
+          : `read+verify ${r.timings.loadMs.toFixed(0)} ms, RAM file ${r.timings.writeMs.toFixed(0)} ms, ` +
+            `QEMU start+load ${r.timings.startMs.toFixed(0)} ms; guest running, QEMU pid ${r.qemu.pid}`),
     );
     process.stdout.write(
       JSON.stringify({
@@ -137,7 +141,7 @@ export const recoverCommand: CommandModule<object, RecoverArgs> = {
         type: 'boolean',
         default: false,
         describe:
-          'run the guest before its memory is all read: QEMU starts as a post-copy migration destination and migsafe serves its pages from the store, those it faults on first (docs/recovery.md)',
+          'run the guest before its memory is all read: QEMU starts as a post-copy migration destination and migsafe serves its pages from the store, those it faults on first, each checked before it is sent (docs/recovery.md)',
       })
       .option('qemu-binary', { type: 'string', describe: 'QEMU binary to use instead of the recorded one (libvirt: the <emulator>)' }) as never,
   handler: async (a) => {
