@@ -154,16 +154,32 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
       }
       for (const r of recs) ((final[r.page] = 1), ready.push(r.page));
     } else {
+      // Layer 0: this frame's deciding records; layer k: the k-th newer record held for those
+      // pages. A layer names each page once, so it goes in as one batch (a call per record
+      // was most of the time on a version whose pages newer versions hold deltas of).
+      const layers: Held[][] = [];
+      const put = (d: number, h: Held & { page: number }) => (layers[d] ??= []).push(h);
       for (const r of recs) {
         if (final[r.page]) continue; // a newer whole-page record decided it
         const rec = raw.subarray(r.start, r.end);
         if (decides(r.kind)) {
-          apply(rec, r.page, l.version, chunk);
-          finish(r.page, ready);
+          put(0, { rec, version: l.version, chunk, page: r.page });
+          const h = held.get(r.page);
+          if (h) for (let i = h.length - 1; i >= 0; i--) put(h.length - i, { ...h[i]!, page: r.page });
+          held.delete(r.page);
+          final[r.page] = 1;
+          ready.push(r.page);
         } else {
           const h = held.get(r.page);
           if (h) h.push({ rec, version: l.version, chunk });
           else held.set(r.page, [{ rec, version: l.version, chunk }]);
+        }
+      }
+      for (const layer of layers) {
+        try {
+          applyBatch(image, Buffer.concat(layer.map((h) => h.rec)));
+        } catch {
+          for (const h of layer as (Held & { page: number })[]) apply(h.rec, h.page, h.version, h.chunk); // to name the page
         }
       }
     }
@@ -192,7 +208,7 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
     let records = 0;
     let low = l.expect;
     while (low > 0 && records < (l.stage2 ?? 0)) {
-      const first = Math.max(0, low - SLICE);
+      const first = low - 1; // a frame at a time: no further into the live stage than needed
       const frames = await fetch(first, low - 1);
       if (hooks.stopped?.()) return { pagesApplied };
       for (let j = frames.length - 1; j >= 0; j--) {
