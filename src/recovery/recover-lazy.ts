@@ -3,6 +3,7 @@
 // migsafe is its source: it sends the checkpoint's device state at once, then serves the pages
 // the guest faults on out of the store while the rest stream in behind them, newest versions
 // first. No QEMU patch: this is QEMU's own post-copy, with the store in the source's place.
+import { rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createRamFile, launchQemu, RAM_BACKEND_ID, type LaunchedQemu } from '../qemu/launch.js';
@@ -131,6 +132,7 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
     const migPath = `${o.paths.qmp}.mig`;
     await qmp.execute('migrate-incoming', { uri: `unix:${migPath}` });
     const sock = await race(connectUnix(migPath, 10_000));
+    rmSync(migPath, { force: true }); // QEMU listens for one connection: this was it
     source = new PostcopySource({ block: RAM_BACKEND_ID, image, others, deviceState });
     if (failure) throw failure;
     source.attach(sock);
