@@ -4,6 +4,7 @@ import { openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { vmPaths } from '../../qemu/launch.js';
 import { recoverVm } from '../../recovery/recover.js';
+import { recoverVmLazy, type RecoveredLazy } from '../../recovery/recover-lazy.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
 import { fmtBytes, runDir } from '../context.js';
@@ -18,6 +19,7 @@ export interface RecoverArgs extends CheckpointArgs {
   pidfile?: string;
   detach: boolean;
   'qemu-binary'?: string;
+  lazy?: boolean;
 }
 
 export async function recoverHandler(a: RecoverArgs): Promise<number> {
@@ -25,13 +27,17 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
   const log = logger.child({ vm: a.vm });
   return asWriter(a, { retry: !a.detach, leaseWaitMs: a['lease-ttl'] + 1000 }, async ({ h, loop }) => {
     // A VM recorded from a libvirt domain comes back as that domain, through libvirt.
-    if ((await h.store.vm())?.libvirt) return recoverDomain(a, h, loop);
+    if ((await h.store.vm())?.libvirt) {
+      if (a.lazy) throw new Error('--lazy: a libvirt domain is recovered through libvirt, eagerly; recover it without --lazy');
+      return recoverDomain(a, h, loop);
+    }
     // A new RAM file per recovery: never write under a QEMU that might still run.
     const paths = { ...vmPaths(runDir(), `${a.vm}.r${Date.now()}`) };
     const logFile = join(runDir(), `${a.vm}.qemu.log`);
     const progress = new Progress(log);
     let version: number | undefined;
-    const r = await recoverVm({
+    const recover = a.lazy ? recoverVmLazy : recoverVm;
+    const r = await recover({
       store: h.store,
       version: a.version,
       paths,
@@ -49,7 +55,9 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       },
       onProgress: (p) => progress.report({ op: 'read-checkpoint', unit: 'frames', version, ...p }),
       onStep: progress.report,
+      onRunning: (ms: number) => log.info({ runningMs: Math.round(ms) }, `guest running after ${ms.toFixed(0)} ms, its memory arriving from the store (post-copy)`),
     }).finally(() => progress.close());
+    const lazy = a.lazy ? (r as RecoveredLazy) : undefined;
     if (a.pidfile) writeFileSync(a.pidfile, `${r.qemu.pid}\n`);
     loop.metrics?.recovered(a.vm, r.timings);
     log.info(
@@ -62,8 +70,12 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
         pid: r.qemu.pid,
       },
       `recovered version ${r.plan.target.version}: ${r.pagesApplied} page records, ` +
-        `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; read+verify ${r.timings.loadMs.toFixed(0)} ms, ` +
-        `RAM file ${r.timings.writeMs.toFixed(0)} ms, QEMU start+load ${r.timings.startMs.toFixed(0)} ms; guest running, QEMU pid ${r.qemu.pid}`,
+        `device state ${fmtBytes(r.plan.target.deviceStateBytes)}; ` +
+        (lazy
+          ? `lazy: guest running after ${lazy.timings.runningMs.toFixed(0)} ms, all memory in after ${lazy.timings.residentMs.toFixed(0)} ms ` +
+            `(read+verify ${lazy.timings.loadMs.toFixed(0)} ms, ${lazy.postcopy.requests} page(s) served on request); QEMU pid ${r.qemu.pid}`
+          : `read+verify ${r.timings.loadMs.toFixed(0)} ms, RAM file ${r.timings.writeMs.toFixed(0)} ms, ` +
+            `QEMU start+load ${r.timings.startMs.toFixed(0)} ms; guest running, QEMU pid ${r.qemu.pid}`),
     );
     process.stdout.write(
       JSON.stringify({
@@ -81,6 +93,17 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
         loadMs: Math.round(r.timings.loadMs),
         writeMs: Math.round(r.timings.writeMs),
         startMs: Math.round(r.timings.startMs),
+        // Lazy: the guest ran after runningMs (recoveryMs is that wait), and all its memory was
+        // in — the post-copy migration completed — after residentMs.
+        ...(lazy
+          ? {
+              lazy: true,
+              runningMs: Math.round(lazy.timings.runningMs),
+              residentMs: Math.round(lazy.timings.residentMs),
+              pageRequests: lazy.postcopy.requests,
+              pageRequestsWaited: lazy.postcopy.waited,
+            }
+          : {}),
       }) + '\n',
     );
     if (a.detach) {
@@ -114,6 +137,12 @@ export const recoverCommand: CommandModule<object, RecoverArgs> = {
       .option('version', { type: 'number', describe: 'committed version to restore (default: the newest)' })
       .option('pidfile', { type: 'string', describe: 'write the new QEMU process id to this file' })
       .option('detach', { type: 'boolean', default: false, describe: 'leave the recovered VM running and exit' })
+      .option('lazy', {
+        type: 'boolean',
+        default: false,
+        describe:
+          'run the guest before its memory is all read: QEMU starts as a post-copy migration destination and migsafe serves its pages from the store, those it faults on first, each checked before it is sent (docs/recovery.md)',
+      })
       .option('qemu-binary', { type: 'string', describe: 'QEMU binary to use instead of the recorded one (libvirt: the <emulator>)' })
       .check((a) => checkQemuArgv(a, false, 'recover')) as never,
   handler: async (a) => {
