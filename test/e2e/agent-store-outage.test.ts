@@ -32,10 +32,12 @@ t.test('a store silent past the fencing margin: the VM is frozen and goes on onc
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const statusFile = join(dir, 'status.json');
   const serial = join(dir, 'guest.serial');
+  // A lease of 3 s: with 1.5 s (a 1 s margin, renewals timing out at 0.5 s) a loaded CI host
+  // re-fenced the VM right after each thaw, 45 times over, while it reloaded its shadow.
   const agent = startCli(
     [
       'agent', '--host', 'h1', '--listen', `127.0.0.1:${await freePort()}`, '--redis', srv.url, '--no-gate',
-      '--lease-ttl', '1500', '--interval', '500', '--status-file', statusFile, '--vm', 'o1',
+      '--lease-ttl', '3000', '--interval', '500', '--status-file', statusFile, '--vm', 'o1',
       '--', ...guestQemuArgs({ workload: 'wset', workloadMiB: 2, serialLog: serial }),
     ],
     cliEnv(t),
