@@ -7,7 +7,7 @@ import type { VmKeys } from './keys.js';
 import { FencedError } from './fenced-error.js';
 import { encodeFrame, type CodecChoice } from './frame.js';
 import { summarizeBatch } from '../kernel/page-delta.js';
-import { delAcrossSlots, keysOfStripes, deleteVersions, formatStripes, stripeKeys, stripeShare, type Stripes } from './stripes.js';
+import { delAcrossSlots, keysOfStripes, deleteVersions, formatStripes, shortStripe, stripeKeys, type Stripes } from './stripes.js';
 
 const SWITCH_LUA = `
 -- KEYS: newBase, baseChunks, base, committed, owner, meta of version
@@ -87,14 +87,12 @@ export class PendingBase {
    */
   async install(): Promise<number[]> {
     const k = this.keys;
-    const n = this.lists.length;
     // The script sees only the VM's slot: stripes are counted here (stripes.ts).
     if (this.stripes) {
-      const lengths = await Promise.all(this.lists.map((l) => this.redis.llen(l)));
-      const short = lengths.findIndex((len, s) => len !== stripeShare(s, n, this.chunks));
-      if (short >= 0 || this.chunks === 0) {
+      const short = await shortStripe(this.redis, this.lists, this.chunks);
+      if (short || this.chunks === 0) {
         await this.clear().catch(() => {});
-        throw new Error(`base image of version ${this.version} of VM "${this.vmId}": stripe ${this.lists[Math.max(0, short)]} does not hold its frames`);
+        throw new Error(`base image of version ${this.version} of VM "${this.vmId}": stripe ${short?.key ?? this.lists[0]} does not hold its frames`);
       }
     }
     const oldBase = await this.redis.get(k.base);

@@ -247,16 +247,14 @@ export class CheckpointStore {
     const keys = this.listKeys(list, stripes);
     if (keys.length === 1) return this.redis.lrangeBuffer(keys[0]!, first, last);
     const n = keys.length;
+    const ranges = keys.map((_, s) => stripeRange(s, n, first, last));
     const parts = await Promise.all(
-      keys.map((k, s) => {
-        const { lo, hi } = stripeRange(s, n, first, last);
-        return hi < lo ? Promise.resolve([] as Buffer[]) : this.redis.lrangeBuffer(k, lo, hi);
-      }),
+      keys.map((k, s) => (ranges[s]!.hi < ranges[s]!.lo ? Promise.resolve([] as Buffer[]) : this.redis.lrangeBuffer(k, ranges[s]!.lo, ranges[s]!.hi))),
     );
     const out: Buffer[] = [];
     for (let i = first; i <= last; i++) {
       const s = i % n;
-      const f = parts[s]![Math.floor(i / n) - stripeRange(s, n, first, last).lo];
+      const f = parts[s]![Math.floor(i / n) - ranges[s]!.lo];
       if (!f) break;
       out.push(f);
     }

@@ -7,7 +7,7 @@ import { MAX_DEVICE_STATE_BYTES, encodeFrame, type CodecChoice, type FrameBindin
 import { summarizeBatch } from '../kernel/page-delta.js';
 import { FencedError } from './fenced-error.js';
 import { NotDurableError, durabilityName, ensureDurable, type Durability } from './durability.js';
-import { delAcrossSlots, formatStripes, stripeKeys, stripeShare, type Stripes } from './stripes.js';
+import { delAcrossSlots, formatStripes, shortStripe, stripeKeys, type Stripes } from './stripes.js';
 
 export interface WriterSettings {
   /** The lease this writer commits under ("host|token"), '' when unfenced (tests, benchmarks). */
@@ -207,14 +207,8 @@ export class PendingVersion {
 
   /** The commit script sees only the VM's slot: each stripe is counted here instead. */
   private async countStripes(): Promise<void> {
-    const n = this.lists.length;
-    const lengths = await Promise.all(this.lists.map((k) => this.redis.llen(k)));
-    lengths.forEach((len, s) => {
-      const want = stripeShare(s, n, this.chunks);
-      if (len !== want) {
-        throw new Error(`INCOMPLETE version ${this.version} of VM "${this.vmId}": stripe ${this.lists[s]} holds ${len} of its ${want} frames`);
-      }
-    });
+    const short = await shortStripe(this.redis, this.lists, this.chunks);
+    if (short) throw new Error(`INCOMPLETE version ${this.version} of VM "${this.vmId}": stripe ${short.key} holds ${short.len} of its ${short.want} frames`);
   }
 
   /** Drops what was written (best effort: cleanupPending() catches what this misses). */

@@ -99,6 +99,13 @@ export function pickStripes(redis: Redis, vm: string, name: string): Stripes | u
   return tags.length > 1 ? { name, tags } : undefined;
 }
 
+/** The first stripe of `keys` that does not hold its share of `frames` (LLEN of each), or undefined. */
+export async function shortStripe(redis: Redis, keys: string[], frames: number): Promise<{ key: string; len: number; want: number } | undefined> {
+  const lengths = await Promise.all(keys.map((k) => redis.llen(k)));
+  const s = lengths.findIndex((len, i) => len !== stripeShare(i, keys.length, frames));
+  return s < 0 ? undefined : { key: keys[s]!, len: lengths[s]!, want: stripeShare(s, keys.length, frames) };
+}
+
 /** Deletes keys that may lie in different slots (one DEL each; ioredis sends each to its node). */
 export async function delAcrossSlots(redis: Redis, keys: string[]): Promise<number> {
   const n = await Promise.all(keys.map((k) => redis.del(k)));
