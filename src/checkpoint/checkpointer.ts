@@ -12,6 +12,7 @@ import type { PauseTurns } from './pause-turns.js';
 import type { StoreShare } from './store-share.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckpointEngine } from './engine.js';
+import type { CheckpointGate } from './checkpoint-gate.js';
 import { mapFile } from '../kernel/map-file.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
 import { ScanDirtySource } from '../qemu/dirty/scan.js';
@@ -25,20 +26,7 @@ import type { Metrics } from '../util/metrics.js';
 import type { Logger } from '../util/logger.js';
 import type { ProgressListener, WorkProgress } from '../util/progress.js';
 
-/**
- * Output commit (src/ha/gate.ts's OutputGate): frames the guest sent up to a mark are
- * released once the round that explains them has committed.
- */
-export interface CheckpointGate {
-  /** Everything the guest sent so far belongs to the state being checkpointed. */
-  mark(): number;
-  /** Releases the frames held up to `mark`, each one's hold time (s) to `onHeld`; returns how many. */
-  release(mark: number, onHeld?: (seconds: number) => void): number;
-  /** Frames held now. */
-  readonly pending: number;
-  /** 'frame': a frame was held. */
-  on(event: 'frame', listener: () => void): unknown;
-}
+export type { CheckpointGate };
 
 export interface CheckpointerOptions {
   kind: 'fic' | 'ric';
@@ -141,6 +129,15 @@ export class Checkpointer {
 
   get head(): number {
     return this.engine.head;
+  }
+
+  /**
+   * What the loop's shadow holds once it stopped: a committed version's image, for a loop that
+   * goes on later on the same QEMU (a thaw) without reading it back from the store. Undefined
+   * when a failed round left it behind the store.
+   */
+  keptShadow(): { image: Buffer; version: number } | undefined {
+    return this.needsReload ? undefined : this.engine.shadowImage();
   }
 
   private mark = 0;

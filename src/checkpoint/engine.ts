@@ -99,6 +99,11 @@ export class CheckpointEngine {
     return this.parent;
   }
 
+  /** The shadow and the committed version it equals; undefined while it is a zero image (nothing to keep). */
+  shadowImage(): { image: Buffer; version: number } | undefined {
+    return this.parent ? { image: this.shadow, version: this.parent } : undefined;
+  }
+
   /** New N and T bounds of stage 1, from the next round on (a reloaded configuration). */
   setBounds(maxPages: number, maxTimeMs: number): void {
     this.o.maxPages = maxPages;

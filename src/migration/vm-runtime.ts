@@ -4,14 +4,12 @@
 import { openSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
-import type { RedisAuth } from '../store/redis-url.js';
 import { vmPaths, type LaunchedQemu, type VmPaths } from '../qemu/launch.js';
 import { QmpClient } from '../qemu/qmp.js';
 import type { DirtySource } from '../qemu/dirty/source.js';
 import { openDirtySource, useFt } from '../qemu/dirty/open.js';
 import { CheckpointStore } from '../store/checkpoint-store.js';
-import type { CodecChoice } from '../store/frame.js';
-import type { Durability, DurabilityChoice } from '../store/durability.js';
+import type { Durability } from '../store/durability.js';
 import { recoverVm } from '../recovery/recover.js';
 import { Lease } from '../ha/lease.js';
 import { OutputGate } from '../ha/gate.js';
@@ -19,62 +17,17 @@ import { runsTheVm } from './decisions.js';
 import { fence as fenceQemu, freeze as freezeQemu, killPid, signalPid, type Ownership } from '../ha/ownership.js';
 import { loadVersion } from '../store/reader.js';
 import type { Peer } from '../ha/peer.js';
-import type { TlsConfig } from '../ha/tls.js';
 import { PauseTurns } from '../checkpoint/pause-turns.js';
 import { StoreShare } from '../checkpoint/store-share.js';
 import { Checkpointer, type CheckpointerOptions, type RoundStat } from '../checkpoint/checkpointer.js';
-import type { Metrics } from '../util/metrics.js';
 import type { Logger } from '../util/logger.js';
 import type { ProgressListener } from '../util/progress.js';
 
+import type { AgentOptions } from './agent-options.js';
+
+export type { AgentOptions };
 export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
 export type Role = 'none' | 'owner' | 'migrating-src' | 'postcopy-src' | 'incoming' | 'postcopy-dst' | 'recovering' | 'fenced';
-
-export interface AgentOptions {
-  host: string;
-  listen: string;
-  redis: string;
-  /** Credentials and TLS material for `redis` besides the URL's. */
-  redisAuth?: RedisAuth;
-  runDir: string;
-  intervalMs: number;
-  maxPages: number;
-  maxTimeMs: number;
-  codec: CodecChoice;
-  /** FIC bandwidth budget, bytes/s (0: none). */
-  ficBandwidth: number;
-  /** Fold old versions into the base once more than 2×K are stored (0: never). */
-  compactEvery?: number;
-  ricIntervalMs: number;
-  ricEvent: boolean;
-  /**
-   * RIC: also start a round once this many pages were dirtied since the last harvest (0: off).
-   * Needs the patched QEMU's dirty count (bitmap source); without it rounds are periodic and on packets.
-   */
-  ricDirtyPages?: number;
-  /** Dirty pages from the patched QEMU's bitmap (`auto`: when the QEMU binary has migsafe-ft). */
-  dirtySource?: 'auto' | 'bitmap' | 'scan';
-  hbIntervalMs: number;
-  hbTimeoutMs: number;
-  leaseTtlMs: number;
-  /** Output commit through the gate (default on). */
-  gate: boolean;
-  /** A UDP port of this host whose datagrams the gate passes into the guest at that address, same port. */
-  gateIn?: { guestIp: string; port: number };
-  /** Turn checkpointing off (benchmark baseline). */
-  noCheckpoint?: boolean;
-  statusFile?: string;
-  /** When a commit counts (default auto: fsync where the server does it, else none). */
-  durability?: DurabilityChoice;
-  /** Where `--metrics` figures go: rounds, recoveries, the gate, the leases. */
-  metrics?: Metrics;
-  /** Mutual TLS on the control channel (src/ha/tls.ts); without it, loopback only. */
-  tls?: TlsConfig;
-  /** The agent's logger (its lines carry `host`); each VM's lines carry `vm` as well. */
-  log: Logger;
-  /** Where a VM's progress goes (full checkpoints, compactions, outgoing migrations), given the VM's logger. */
-  progress?: (log: Logger) => ProgressListener;
-}
 
 export interface VmRuntime {
   vm: string;
@@ -112,10 +65,10 @@ export interface VmRuntime {
   /** Statistics of every checkpoint round this host took for the VM. */
   rounds: RoundStat[];
   recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
-  /** Fenced by a silent store with its QEMU frozen (SIGSTOP, r.qemu kept): its old loop's end, and whether it had QEMU's bitmap. */
-  frozen?: { stopped: Promise<void>; bitmap: boolean };
-  /** Times this side resumed a frozen QEMU, the lease back (shown in the status). */
-  thaws?: { at: number; ms: number; fromVersion: number | null }[];
+  /** Fenced by a silent store with its QEMU frozen (SIGSTOP, r.qemu kept): its old loop's end (with the shadow it kept), and whether it had QEMU's bitmap. */
+  frozen?: { stopped: Promise<{ image: Buffer; version: number } | undefined>; bitmap: boolean };
+  /** Times this side resumed a frozen QEMU, the lease back, and whether FIC went on from the kept shadow (shown in the status). */
+  thaws?: { at: number; ms: number; fromVersion: number | null; shadow: 'kept' | 'store' | 'none' }[];
 }
 
 /** What a checkpoint loop needs beyond the VM's I/O: FIC's or RIC's schedule. */
@@ -265,14 +218,15 @@ export class VmHost {
   freeze(r: VmRuntime, why: string): void {
     const pid = r.qemu!.pid;
     const dropped = freezeQemu(pid, r.lease, this.gate);
-    r.frozen = { stopped: this.stop(r), bitmap: r.dirty !== undefined };
+    const ckpt = r.ckpt;
+    r.frozen = { stopped: this.stop(r).then(() => ckpt?.keptShadow()), bitmap: r.dirty !== undefined };
     this.setRole(r, 'fenced', `${why}: QEMU ${pid} frozen until the store answers, ${dropped} held packet(s) dropped`);
   }
 
   /**
-   * The lease came back to this side unchanged (nobody ran the VM meanwhile): the frozen QEMU
-   * goes on where it stopped, nothing lost, and FIC starts again from the store's newest version
-   * (a full compare first; the very first checkpoint if none was committed).
+   * The lease came back unchanged (nobody ran the VM meanwhile): the frozen QEMU goes on, and FIC
+   * from the store's head (a full compare first) — from the stopped loop's shadow if it is the head:
+   * reading it back took seconds that starved the lease renewals and re-fenced the VM (a livelock).
    */
   async thaw(r: VmRuntime, why: string): Promise<void> {
     const t0 = performance.now();
@@ -282,16 +236,18 @@ export class VmHost {
     signalPid(q.pid, 'SIGCONT');
     // The lease is held and fresh: the fencing rule watches the VM again from now on.
     this.setRole(r, 'owner', `${why}: QEMU ${q.pid} goes on`);
-    await f.stopped;
+    const kept = await f.stopped;
     const fresh = () => r.qemu === q && r.role === 'owner' && !r.frozen && !r.ckpt;
-    const resumeFrom = (await r.store.committed()).length ? await loadVersion(r.store) : undefined;
+    const head = await r.store.head();
+    const shadow = !head ? 'none' : kept?.version === head ? 'kept' : 'store';
+    const resumeFrom = shadow === 'kept' ? kept : shadow === 'store' ? await loadVersion(r.store) : undefined;
     if (!fresh()) return; // fenced again, or gone, meanwhile
     const dirty = f.bitmap ? await this.openBitmap(r, 'fic') : undefined;
     if (!fresh()) return void dirty?.close();
     r.dirty = dirty;
     this.startFic(r, resumeFrom && { image: resumeFrom.image, version: resumeFrom.version }, dirty);
     const ms = performance.now() - t0;
-    (r.thaws ??= []).push({ at: Date.now(), ms, fromVersion: resumeFrom?.version ?? null });
+    (r.thaws ??= []).push({ at: Date.now(), ms, fromVersion: resumeFrom?.version ?? null, shadow });
     this.note(r, `FIC goes on ${resumeFrom ? `from version ${resumeFrom.version}` : 'with a first full checkpoint'} (${ms.toFixed(0)} ms after the lease came back)`);
   }
 

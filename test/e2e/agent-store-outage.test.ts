@@ -83,6 +83,9 @@ t.test('a store silent past the fencing margin: the VM is frozen and goes on onc
   t.equal(on.pid, before.pid, 'the same QEMU goes on');
   t.not(procState(on.pid), 'T', 'and runs');
   t.equal(on.recoveries.length, 0, 'no recovery was needed');
+  const thaw = on.thaws[on.thaws.length - 1]!;
+  t.comment(`thawed in ${thaw.ms.toFixed(0)} ms, FIC from version ${thaw.fromVersion} (${thaw.shadow === 'kept' ? 'the shadow the frozen loop kept' : 'read back from the store'})`);
+  t.ok(thaw.shadow === 'kept' || thaw.shadow === 'store', 'FIC went on from a committed version, not a first full checkpoint');
   await waitForConsole(serial, (_c, text) => {
     const q = parseConsole(text.slice(mark));
     return q.verifiedCount >= 1 || q.errors.length > 0;

@@ -214,7 +214,7 @@ export interface AgentStatus {
     leaseToken?: number;
     events: string[];
     recoveries: { at: number; fromVersion: number; ms: number; why: string }[];
-    thaws: { at: number; ms: number; fromVersion: number | null }[];
+    thaws: { at: number; ms: number; fromVersion: number | null; shadow: 'kept' | 'store' | 'none' }[];
     frozen: boolean;
   }[];
 }

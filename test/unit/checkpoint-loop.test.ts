@@ -143,6 +143,20 @@ t.test('a dirty log is asked, and a zero shadow makes it compare all', async (t)
   t.same(dirty.requests, [true, false, false, false, false, false, true, false], 'shadowZero only in stage 1 on a zero shadow');
 });
 
+t.test('keptShadow: the committed image the loop stopped with, none after a failed round', async (t) => {
+  const { ckpt, store, poke } = setup(t);
+  t.equal(ckpt.keptShadow(), undefined, 'nothing before a round commits (a zero image is nothing to keep)');
+  poke(4, 7);
+  const m = await ckpt.roundNow();
+  await ckpt.stop();
+  const kept = ckpt.keptShadow();
+  t.equal(kept?.version, m.version, 'the version the shadow equals');
+  t.same([kept?.image.length, kept?.image[4 * 4096], kept?.image[4 * 4096 + 4095], kept?.image[3 * 4096]], [PAGES * 4096, 7, 7, 0], 'and its image: guest RAM as that round saw it');
+  store.failNext = true;
+  await t.rejects(ckpt.roundNow(), /store down/);
+  t.equal(ckpt.keptShadow(), undefined, 'a failed round may have left it ahead of the store: not kept');
+});
+
 t.test('the final round with the VM stopped: one harvest, in stage 2', async (t) => {
   const dirty = new LogSource();
   const { ckpt, poke } = setup(t, { dirty });
