@@ -5,6 +5,7 @@ import { parseCodec } from '../store/frame.js';
 import { checkUserArgv, ramBytesFromArgv } from '../qemu/launch.js';
 import type { LoopSettings } from './checkpoint-loop.js';
 import { withRedisAuth, type RedisAuthArgs } from './redis-auth.js';
+import { withRecordKey, type RecordKeyArgs } from './record-key.js';
 
 /** What every `--redis` accepts (src/store/redis-url.ts). */
 export const REDIS_FORMS = 'redis://HOST:PORT[/DB], rediss://..., a unix socket path, redis+sentinel://HOST:PORT,HOST:PORT/NAME (a primary found and followed through Sentinel), or redis+cluster://HOST:PORT,HOST:PORT (a Redis Cluster)';
@@ -32,9 +33,9 @@ export function withDurability<T>(y: Argv<T>) {
     });
 }
 
-/** `--durability` and `--metrics`: the writers' (withCheckpointing) and the agent's. */
+/** `--durability`, `--metrics` and `--record-key`: the writers' (withCheckpointing) and the agent's. */
 export function withOperatorOptions<T>(y: Argv<T>) {
-  return withDurability(y)
+  return withRecordKey(withDurability(y))
     .option('metrics', {
       type: 'string',
       describe: 'serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port)',
@@ -69,7 +70,7 @@ export function withCheckpointing<T>(y: Argv<T>) {
     });
 }
 
-export interface CheckpointArgs extends RedisAuthArgs {
+export interface CheckpointArgs extends RedisAuthArgs, RecordKeyArgs {
   vm: string;
   interval: number;
   'max-pages': number;

@@ -41,14 +41,14 @@ export interface RedisAuthArgs {
 }
 
 /** A secret's file: owned by anyone, but not readable or writable by others; its first line. */
-export function readSecretFile(file: string, option: string): string {
-  const text = readFile(file, option, 'a file holding the password', (mode) => {
+export function readSecretFile(file: string, option: string, what = 'the password'): string {
+  const text = readFile(file, option, `a file holding ${what}`, (mode) => {
     if (mode & 0o006) {
       throw new Error(`--${option} ${file}: other users can read or write it (mode ${(mode & 0o777).toString(8)}): \`chmod 600 ${file}\` (or 640 for a group)`);
     }
   });
   const line = text.toString('utf8').split(/\r?\n/)[0] ?? '';
-  if (!line) throw new Error(`--${option} ${file}: its first line is empty: put the password there`);
+  if (!line) throw new Error(`--${option} ${file}: its first line is empty: put ${what} there`);
   return line;
 }
 

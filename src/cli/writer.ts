@@ -5,6 +5,7 @@
 import { applyDurability, openMetrics, openStore, takeWriterLease, type StoreHandle } from './context.js';
 import { loopSettings, type CheckpointArgs } from './options.js';
 import { redisAuthFrom } from './redis-auth.js';
+import { applyRecordKey } from './record-key.js';
 import type { CheckpointLoopOptions, LoopSettings } from './checkpoint-loop.js';
 
 export interface Writer {
@@ -27,6 +28,7 @@ export async function asWriter<T>(a: CheckpointArgs, o: WriterOptions, body: (w:
   let lease: Awaited<ReturnType<typeof takeWriterLease>> | undefined;
   try {
     h = await openStore(a.redis, a.vm, o.retry, redisAuthFrom(a));
+    applyRecordKey(h.store, a);
     lease = await takeWriterLease(h, a['lease-ttl'], o.leaseWaitMs);
     await applyDurability(h, a.durability);
     return await body({ h, loop: { ...loopSettings(a), metrics: m.metrics, lease } });

@@ -48,6 +48,8 @@ export interface AgentOptions {
   metrics?: Metrics;
   /** Mutual TLS on the control channel (src/ha/tls.ts); without it, loopback only. */
   tls?: TlsConfig;
+  /** `--record-key`: VM records are signed with it, and QEMU starts only from one that verifies (store/record-mac.ts). */
+  recordKey?: Buffer;
   /** The agent's logger (its lines carry `host`); each VM's lines carry `vm` as well. */
   log: Logger;
   /** Where a VM's progress goes (full checkpoints, compactions, outgoing migrations), given the VM's logger. */

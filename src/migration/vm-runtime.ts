@@ -119,6 +119,7 @@ export class VmHost {
       // Only the lease holder's commits and compactions are accepted by the store.
       r.store.fenceWith(() => lease.fencing());
       r.store.setDurability(this.durability);
+      if (this.o.recordKey) r.store.signRecordsWith(this.o.recordKey);
       this.o.metrics?.watchLease(vm, () => lease.token);
       this.o.metrics?.watchGate(vm, () => this.gate?.pending ?? 0);
     }

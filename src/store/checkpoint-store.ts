@@ -10,6 +10,7 @@ import { PendingBase } from './base-writer.js';
 import { FencedError } from './fenced-error.js';
 import { NotDurableError, type Durability } from './durability.js';
 import { ParentMismatchError, PendingVersion, type WriterSettings } from './pending-version.js';
+import { checkRecordMac, recordMac, recordSignatureError, type RecordSignature } from './record-mac.js';
 import { delAcrossSlots, deleteVersions, formatStripes, parseStripes, pickStripes, stripeKeys, stripeRange } from './stripes.js';
 
 export { FencedError, NotDurableError, ParentMismatchError, PendingVersion };
@@ -28,6 +29,8 @@ export interface VmRecord {
   cwd: string;
   /** A VM run by libvirt (attach --domain): recovery re-creates the domain from this. */
   libvirt?: LibvirtRecord;
+  /** Its signature under the store's record key (record-mac.ts); absent when no key was given. */
+  signature?: RecordSignature;
 }
 
 /** The libvirt domain a VM is: where libvirt answers, its name and its (migratable) XML. */
@@ -45,6 +48,8 @@ export class CheckpointStore {
   private readonly keys: VmKeys;
   /** How this writer commits: under which lease, and when a commit counts (see fenceWith, setDurability). */
   private readonly writer: WriterSettings = { fence: () => '', durability: { kind: 'none' }, unacked: [] };
+  /** `--record-key`: the VM record is signed with it when written and refused unless it verifies when read. */
+  private recordKey?: Buffer;
 
   constructor(
     private readonly redis: Redis,
@@ -66,9 +71,15 @@ export class CheckpointStore {
     this.writer.durability = d;
   }
 
+  /** From now on the VM record is signed when written, and vm() refuses one that does not verify. */
+  signRecordsWith(key: Buffer): void {
+    this.recordKey = key;
+  }
+
   /** Records (or checks) the VM: a VM id keeps its RAM size for life. */
   async init(argv: readonly string[], ramBytes: number, cwd = process.cwd(), libvirt?: LibvirtRecord): Promise<void> {
-    const existing = await this.vm();
+    // This writer records (and signs) what it runs: an existing record need not verify.
+    const existing = await this.vm({ verify: false });
     if (existing) this.checkFormat(existing);
     if (existing && existing.ramBytes !== ramBytes) {
       throw new Error(
@@ -86,9 +97,11 @@ export class CheckpointStore {
       cwd,
       createdAt: existing?.createdAt ?? Date.now(),
       ...(libvirt ? { libvirtUri: libvirt.uri, libvirtDomain: libvirt.domain, libvirtXml: libvirt.xml } : {}),
+      ...(this.recordKey ? { recordMac: recordMac(this.recordKey, this.vmId, { format: STORE_FORMAT, argv, cwd, ramBytes, libvirt }) } : {}),
     });
-    // A VM id attached without --domain is no longer that domain.
-    if (!libvirt) await this.redis.hdel(this.keys.vm, 'libvirtUri', 'libvirtDomain', 'libvirtXml');
+    // A VM id attached without --domain is no longer that domain; one recorded without a key is unsigned.
+    const stale = [...(libvirt ? [] : ['libvirtUri', 'libvirtDomain', 'libvirtXml']), ...(this.recordKey ? [] : ['recordMac'])];
+    if (stale.length) await this.redis.hdel(this.keys.vm, ...stale);
   }
 
   /** Throws unless `vm` is stored in the format this migsafe reads and writes. */
@@ -108,8 +121,12 @@ export class CheckpointStore {
     return (await this.redis.exists(this.keys.vm)) === 1;
   }
 
-  /** The VM's record, checked field by field (its format is checked by checkFormat). */
-  async vm(): Promise<VmRecord | null> {
+  /**
+   * The VM's record, checked field by field (its format is checked by checkFormat). With a record
+   * key it must verify (else an error, nothing returned) unless `verify: false`: then its
+   * `signature` says how it stands.
+   */
+  async vm(o: { verify?: boolean } = {}): Promise<VmRecord | null> {
     const h = await this.redis.hgetall(this.keys.vm);
     if (!h.format) return null;
     const bad = (what: string) =>
@@ -134,14 +151,18 @@ export class CheckpointStore {
       if (!h.libvirtXml || !h.libvirtDomain || !h.libvirtUri) throw bad('libvirtUri, libvirtDomain and libvirtXml must all be set');
       libvirt = { uri: h.libvirtUri, domain: h.libvirtDomain, xml: h.libvirtXml };
     }
+    const cwd = h.cwd ?? '/';
+    const signature = this.recordKey && checkRecordMac(this.recordKey, this.vmId, { format, argv: argv as string[], cwd, ramBytes, libvirt }, h.recordMac);
+    if (signature && signature !== 'verified' && o.verify !== false) throw recordSignatureError(this.vmId, signature);
     return {
       format,
       argv: argv as string[],
       ramBytes,
       pageSize: 4096,
       createdAt: Number(h.createdAt),
-      cwd: h.cwd ?? '/',
+      cwd,
       ...(libvirt ? { libvirt } : {}),
+      ...(signature ? { signature } : {}),
     };
   }
 

@@ -51,6 +51,7 @@ const FREE_FORM = new Set([
   'tls-dir', // tls-options.ts, together
   'tls-cert',
   'tls-key',
+  'record-key', // record-key.ts, at parse time
   'tls-ca',
   'tls-allow',
   'config',

@@ -18,8 +18,9 @@ import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
 import { requireTlsOrLoopback } from '../../ha/peer.js';
 import { readVmList, type VmEntry } from '../vm-list.js';
 import { redisAuthFrom, withRedisAuth, type RedisAuthArgs } from '../redis-auth.js';
+import { recordKeyFrom, type RecordKeyArgs } from '../record-key.js';
 
-interface AgentArgs extends TlsArgs, RedisAuthArgs {
+interface AgentArgs extends TlsArgs, RedisAuthArgs, RecordKeyArgs {
   host: string;
   listen: string;
   redis: string;
@@ -141,6 +142,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       metrics: m.metrics,
       durability: parseDurability(a.durability),
       tls: tlsFromArgs(a),
+      recordKey: recordKeyFrom(a),
       log: hostLog,
       progress: (log) => new Progress(log).report,
     });
