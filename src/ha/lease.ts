@@ -16,6 +16,9 @@ export class Lease {
   token = 0;
   /** performance.now() of the last successful acquire/renew. */
   lastRenewed = 0;
+  /** performance.now() the renewal under way was sent (0: none), and how long the last one took: why a lease went unrenewed. */
+  renewSentAt = 0;
+  lastRoundTripMs = 0;
   /** A renewal found another holder: this side lost the lease. */
   lost = false;
   /** The token this side held last (kept when a renewal finds the lease gone): what reclaim() asks back. */
@@ -86,8 +89,12 @@ export class Lease {
 
   async renew(): Promise<boolean> {
     if (!this.token) return false;
-    const t = performance.now();
-    if (await this.timed(this.store.renew(this.value, this.ttlMs))) {
+    const t = (this.renewSentAt = performance.now());
+    const renewed = await this.timed(this.store.renew(this.value, this.ttlMs)).finally(() => {
+      this.lastRoundTripMs = performance.now() - t;
+      this.renewSentAt = 0;
+    });
+    if (renewed) {
       this.lastRenewed = t;
       return true;
     }

@@ -35,10 +35,28 @@ export class Ownership {
       .finally(() => this.renewing.delete(lease));
   }
 
+  /** The fencing margin: a lease not renewed for ttl − margin is no longer safe to run on. */
+  get marginMs(): number {
+    return Math.max(500, this.ttlMs / 3);
+  }
+
   standing(lease: Lease): LeaseStanding {
     if (lease.lost) return 'lost';
     if (!lease.token) return 'none';
-    return lease.safe(Math.max(500, this.ttlMs / 3)) ? 'held' : 'unrenewed';
+    return lease.safe(this.marginMs) ? 'held' : 'unrenewed';
+  }
+
+  /** Why `lease` went unrenewed, from its renewals and the longest stall of this process's event loop (ms) lately. */
+  explainUnrenewed(lease: Lease, stallMs: number): string {
+    const now = performance.now();
+    return explainUnrenewed({
+      sinceAckMs: now - lease.lastRenewed,
+      underwayMs: lease.renewSentAt ? now - lease.renewSentAt : undefined,
+      lastRoundTripMs: lease.lastRoundTripMs,
+      stallMs,
+      ttlMs: this.ttlMs,
+      marginMs: this.marginMs,
+    });
   }
 
   /** Waits for the lease to be free and takes it; false when another host keeps holding it. */
@@ -54,6 +72,28 @@ export class Ownership {
     }
     return false;
   }
+}
+
+/**
+ * What an operator needs to tell a silent store from a busy agent when a lease went unrenewed:
+ * the renewal waiting on the store (a slow or stopped server; with appendfsync always a large
+ * write's fsync delays every command behind it), or this process's own event loop stalled (no
+ * renewal could be sent or read). Either way a longer --lease-ttl rides it out, at the price of
+ * a slower failover.
+ */
+export function explainUnrenewed(s: { sinceAckMs: number; underwayMs?: number; lastRoundTripMs: number; stallMs: number; ttlMs: number; marginMs: number }): string {
+  const ms = (v: number) => `${Math.round(v)} ms`;
+  const renewal = s.underwayMs !== undefined ? `a renewal has waited ${ms(s.underwayMs)} for the store` : `the last renewal took ${ms(s.lastRoundTripMs)}`;
+  const cause =
+    s.stallMs >= s.marginMs / 2
+      ? "this agent's event loop stalled"
+      : s.underwayMs !== undefined || s.lastRoundTripMs >= s.marginMs / 2
+        ? 'the store answered slowly or not at all'
+        : 'renewals were failing';
+  return (
+    `no renewal acknowledged for ${ms(s.sinceAckMs)} (lease ${ms(s.ttlMs)}, fenced at ${ms(s.ttlMs - s.marginMs)}): ${renewal}, ` +
+    `the event loop stalled up to ${ms(s.stallMs)}; likely ${cause} (a longer --lease-ttl rides such stalls out, at the price of a slower failover)`
+  );
 }
 
 /** This side may no longer run the VM: kill its QEMU, drop what it would have sent, forget the lease. Returns the dropped packets. */

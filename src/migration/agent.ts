@@ -216,17 +216,36 @@ export class Agent {
 
   // ------------------------------------------------------------------ the lease
 
+  /** When the lease ticks ran (the longest gap between two, past the period, is how long the event loop stalled). */
+  private readonly tickTimes: number[] = [];
+
   private tickLeases(): void {
+    const now = performance.now();
+    this.tickTimes.push(now);
+    // The gaps over about one lease TTL.
+    if (this.tickTimes.length > 8) this.tickTimes.shift();
     for (const r of this.host.vms.values()) {
       if (r.role === 'fenced') {
         this.reclaimFenced(r);
         continue;
       }
-      this.ownership.renew(r.lease);
-      const d = onLeaseTick({ role: r.role, hasQemu: r.qemu !== undefined, lease: this.ownership.standing(r.lease) });
-      if (d.fence && d.how === 'freeze') this.host.freeze(r, d.why);
-      else if (d.fence) this.host.fence(r, d.why);
+      const standing = this.ownership.standing(r.lease);
+      const d = onLeaseTick({ role: r.role, hasQemu: r.qemu !== undefined, lease: standing });
+      // Renewed unless fenced (which forgets the lease): after the explanation, which reads the renewal under way.
+      if (!d.fence) {
+        this.ownership.renew(r.lease);
+        continue;
+      }
+      const why = standing === 'unrenewed' ? `${d.why}: ${this.ownership.explainUnrenewed(r.lease, this.loopStallMs())}` : d.why;
+      if (d.how === 'freeze') this.host.freeze(r, why);
+      else this.host.fence(r, why);
     }
+  }
+
+  private loopStallMs(): number {
+    let gap = 0;
+    for (let i = 1; i < this.tickTimes.length; i++) gap = Math.max(gap, this.tickTimes[i]! - this.tickTimes[i - 1]!);
+    return Math.max(0, gap - this.ownership.tickMs);
   }
 
   /**

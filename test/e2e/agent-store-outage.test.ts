@@ -70,6 +70,7 @@ t.test('a store silent past the fencing margin: the VM is frozen and goes on onc
   process.kill(srv.pid, 'SIGSTOP');
   await waitFor('the agent to fence its VM', 30_000, () => (status()?.role === 'fenced' ? status() : undefined)).catch(seen);
   t.ok(status()?.frozen, 'fenced with its QEMU frozen, not killed');
+  t.match(agent.err(), /cannot reach the store to renew the lease: no renewal acknowledged for \d+ ms \(lease 3000 ms, fenced at 2000 ms\): (a renewal has waited \d+ ms for the store|the last renewal took \d+ ms), .*likely the store answered slowly or not at all/, 'the agent says why, with the figures');
   await waitFor('the QEMU to be stopped', 10_000, () => (procState(before.pid) === 'T' ? true : undefined)).catch(seen);
   t.pass(`QEMU ${before.pid} runs no guest code while the store is silent`);
   await sleep(1000);
