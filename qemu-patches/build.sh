@@ -136,7 +136,8 @@ fi
 
 # --- configure + build + install -------------------------------------------------------------
 # Minimal x86_64 system emulator: KVM and TCG, fdt from the system, slirp (-netdev user, for
-# the output-commit tests), no docs/tests/GUI.
+# the output-commit tests), gnutls (tls-creds-x509: agents with --tls-* encrypt the migration
+# stream), no docs/tests/GUI.
 # Any subproject the tree lacks (8.1 trees without keycodemapdb, say) would need network;
 # we disable everything that could want one.
 cd "$src"
@@ -147,7 +148,7 @@ log "configuring ($source_id) -> $prefix"
 fwpath="$prefix/share/qemu:/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
 ../configure --prefix="$prefix" --firmwarepath="$fwpath" \
   --target-list=x86_64-softmmu --without-default-features \
-  --enable-kvm --enable-tcg --enable-fdt=system --enable-slirp --disable-docs --disable-werror \
+  --enable-kvm --enable-tcg --enable-fdt=system --enable-slirp --enable-gnutls --disable-docs --disable-werror \
   >configure.log 2>&1 || { tail -40 configure.log >&2; die "configure failed (build/configure.log)"; }
 start=$(date +%s)
 log "building with -j$jobs"

@@ -11,10 +11,12 @@ PACKAGES=(
   qemu-system-x86 qemu-utils                  # stock QEMU 7.2: the scan dirty source
   busybox-static cpio kmod gcc libc6-dev      # the test guest (test/guest/build.sh)
   iproute2 socat
+  tcpdump                                     # test/e2e/migration-tls: a capture of the migration stream
+  clang libclang-rt-14-dev                    # scripts/fuzz.sh (libFuzzer), run by npm test
   libvirt-daemon-system libvirt-clients       # attach --domain (docs/libvirt.md), test/e2e: a real libvirtd
   # the patched QEMU (qemu-patches/build.sh --debian)
   ninja-build meson python3-venv flex bison libglib2.0-dev libpixman-1-dev libfdt-dev
-  libslirp-dev dpkg-dev xz-utils qemu-system-data seabios ipxe-qemu
+  libslirp-dev libgnutls28-dev dpkg-dev xz-utils qemu-system-data seabios ipxe-qemu
 )
 want=()
 for p in "${PACKAGES[@]}"; do

@@ -19,6 +19,7 @@ import {
   postcopySourceLost,
 } from './decisions.js';
 import { checkLeaseNotice, type PrepareReply, type PrepareRequest } from './protocol.js';
+import { enableStreamTls } from './stream-tls.js';
 
 export type { PrepareRequest } from './protocol.js';
 
@@ -63,12 +64,14 @@ export class Destination {
         { capability: 'postcopy-ram', state: req.mode !== 'precopy' },
       ],
     });
+    // With TLS the incoming migration is TLS too: only a QEMU with a certificate the CA signed gets in.
+    if (o.tls) await enableStreamTls(qmp, { tls: o.tls, endpoint: 'server', runDir: o.runDir, qemu: vm.argv[0] });
     const { host, port: listenPort } = parseAddr(o.listen);
     const port = listenPort + 1;
     const uri = host.includes(':') ? `tcp:[${host}]:${port}` : `tcp:${host}:${port}`;
     await qmp.execute('migrate-incoming', { uri });
     r.peer = p;
-    h.setRole(r, 'incoming', `QEMU pid ${r.qemu.pid} waits for ${req.vm} from ${req.from} on ${uri}`);
+    h.setRole(r, 'incoming', `QEMU pid ${r.qemu.pid} waits for ${req.vm} from ${req.from} on ${uri}${o.tls ? ' (TLS)' : ' (in clear: no --tls-*)'}`);
     p.startHeartbeat({ intervalMs: o.hbIntervalMs, timeoutMs: o.hbTimeoutMs });
     p.on('rtt', (ms: number) => o.metrics?.heartbeatRtt(req.vm, req.from, ms / 1000));
     p.on('event', (ev: string, data: Record<string, unknown>) => {
@@ -129,7 +132,7 @@ export class Destination {
       if (r.gen === gen) void this.onSourceLost(r, String(why));
     });
     // The port only: the source builds the URI from the address it authenticated (protocol.ts).
-    return { port, host: o.host };
+    return { port, host: o.host, ...(o.tls ? { tls: true } : {}) };
   }
 
   /** Shadow = the final FIC image, which is what this destination started from. */

@@ -21,6 +21,12 @@ export function checkHostName(h: unknown, what = 'host name'): string {
   return h;
 }
 
+/** A message is an object (the peer hands over only those; this holds for any other caller too). */
+function objectMsg(m: unknown, what: string): Msg {
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) fail(what, '(message)', 'an object', m);
+  return m as Msg;
+}
+
 function vmField(m: Msg, what: string): string {
   if (typeof m.vm !== 'string') fail(what, 'vm', 'a VM id', m.vm);
   try {
@@ -58,6 +64,7 @@ export interface MigrateRequest {
 
 export function checkMigrateRequest(m: Msg): MigrateRequest {
   const what = 'migrate request';
+  m = objectMsg(m, what);
   const vm = vmField(m, what);
   if (typeof m.to !== 'string') fail(what, 'to', 'HOST:PORT', m.to);
   try {
@@ -83,6 +90,7 @@ export interface PrepareRequest {
 
 export function checkPrepareRequest(m: Msg): PrepareRequest {
   const what = 'prepare request';
+  m = objectMsg(m, what);
   return { vm: vmField(m, what), mode: modeField(m, what), from: checkHostName(m.from, `${what} "from"`) };
 }
 
@@ -90,6 +98,8 @@ export function checkPrepareRequest(m: Msg): PrepareRequest {
 export interface PrepareReply {
   host: string;
   port: number;
+  /** true: its QEMU takes the migration over TLS (stream-tls.ts); absent: in clear. */
+  tls?: boolean;
 }
 
 /**
@@ -110,7 +120,8 @@ export function checkPrepareReply(v: unknown, peerAddr: string): PrepareReply {
   }
   const port = intField(m, 'port', what, 1, 65535);
   if (port === undefined) fail(what, 'port', 'a whole number in 1..65535', m.port);
-  return { host: checkHostName(m.host, `${what} "host"`), port };
+  if (m.tls !== undefined && typeof m.tls !== 'boolean') fail(what, 'tls', 'true or false', m.tls);
+  return { host: checkHostName(m.host, `${what} "host"`), port, ...(m.tls === true ? { tls: true } : {}) };
 }
 
 /** The QEMU migration URI to the authenticated peer at `peerAddr`: tcp:ADDR:PORT, nothing else. */

@@ -4,7 +4,8 @@
 // decisions.ts's sourceStep; this file carries its actions out.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { QmpClient, QmpEvent } from '../qemu/qmp.js';
-import { Peer } from '../ha/peer.js';
+import { parseAddr, Peer } from '../ha/peer.js';
+import { enableStreamTls } from './stream-tls.js';
 import type { MigrationMode, VmHost, VmRuntime } from './vm-runtime.js';
 import { sourceStep, type SourceAction, type SourceEvent, type SourceState } from './decisions.js';
 import { checkPrepareReply, migrationUri, type MigrateRequest } from './protocol.js';
@@ -40,6 +41,15 @@ export class Source {
     const mode = req.mode ?? 'precopy';
     const t0 = performance.now();
     if (r.peer && !r.peer.closed) throw new Error(`VM ${req.vm} is already migrating`);
+    // The stream is TLS whenever the control channel is: the destination's QEMU must show a
+    // certificate the CA signed for the host this agent dials (and authenticates). Made before
+    // the destination is asked to prepare: a QEMU without TLS stops it here.
+    if (o.tls) {
+      await enableStreamTls(r.qmp, { tls: o.tls, endpoint: 'client', runDir: o.runDir, hostname: parseAddr(req.to).host, qemu: `the QEMU of ${req.vm}` }).catch((e: Error) => {
+        h.note(r, `migration to ${req.to} not started: ${e.message}`);
+        throw e;
+      });
+    }
     const peer = await Peer.connect(req.to, undefined, 5000, o.tls).catch((e: Error) => {
       h.note(r, `migration to ${req.to} not started: ${e.message}`);
       throw e;
@@ -49,13 +59,16 @@ export class Source {
     const qmp = r.qmp;
     if (r.ckpt) r.ckpt.compactionPaused = true;
     peer.startHeartbeat({ intervalMs: o.hbIntervalMs, timeoutMs: o.hbTimeoutMs });
-    let prep: { host: string; port: number };
+    let prep: { host: string; port: number; tls?: boolean };
     let uri: string;
     try {
       // The URI is made here: the address this agent connected (and, with TLS, authenticated) and
       // the port the destination announced. Nothing else of the reply reaches QEMU.
       prep = checkPrepareReply(await peer.request('prepare', { vm: r.vm, mode, from: o.host }, 60_000), peer.remoteAddress);
       uri = migrationUri(peer.remoteAddress, prep.port);
+      if (o.tls && !prep.tls) {
+        throw new Error(`the destination agent at ${req.to} takes the migration stream in clear (a migsafe without migration TLS?): upgrade it; an agent with --tls-* never sends guest RAM unencrypted`);
+      }
     } catch (e) {
       peer.close();
       r.peer = undefined;

@@ -186,7 +186,7 @@ import { fileURLToPath } from 'node:url';
 import { startRedisServer, type RedisServerHandle } from '../../src/store/redis-server.js';
 import { makeCa, makeCert } from './tls.js';
 
-const CLI_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'cli', 'main.js');
+export const CLI_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'cli', 'main.js');
 
 export const AGENT_PORT = 7400;
 export const PEER_PORT = 9999;
