@@ -173,6 +173,39 @@ export function summarizeBatch(buf: Uint8Array): BatchSummary {
 }
 
 /**
+ * The page, kind and byte offset of every record of a batch buffer, in order (framing checked as
+ * batchRecords checks it); record i is bytes offsets[i] .. offsets[i + 1] − 1. What a page index
+ * (src/store/page-index.ts) records of a frame, and where a reader finds one page's record.
+ */
+export function batchPages(buf: Uint8Array): { pages: Uint32Array; kinds: Uint8Array; offsets: Uint32Array } {
+  const v = viewOf(buf);
+  const r = newHeader();
+  let pages = new Uint32Array(64);
+  let kinds = new Uint8Array(64);
+  let offsets = new Uint32Array(65);
+  let n = 0;
+  for (let off = 0; off < v.byteLength; off = r.start + r.length) {
+    readRecordHeader(v, off, r);
+    if (n === pages.length) {
+      const p = new Uint32Array(n * 2);
+      p.set(pages);
+      const k = new Uint8Array(n * 2);
+      k.set(kinds);
+      const o = new Uint32Array(n * 2 + 1);
+      o.set(offsets);
+      pages = p;
+      kinds = k;
+      offsets = o;
+    }
+    offsets[n] = off;
+    pages[n] = r.page;
+    kinds[n++] = r.kind;
+  }
+  offsets[n] = v.byteLength;
+  return { pages: pages.subarray(0, n), kinds: kinds.subarray(0, n), offsets: offsets.subarray(0, n + 1) };
+}
+
+/**
  * Cuts a batch buffer at record boundaries into pieces of about `limit` bytes: each piece ends
  * at the first boundary at or after `limit` bytes (so a piece exceeds it by less than one
  * record; a record larger than `limit` is a piece of its own). Framing is checked. The pieces
