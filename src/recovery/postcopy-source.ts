@@ -17,6 +17,8 @@ export interface PostcopySourceOptions {
   /** QEMU's other RAM blocks (firmware, option ROMs, ACPI blobs): sent as zero pages, as eager recovery leaves them. */
   others: readonly RamBlockInfo[];
   deviceState: Buffer;
+  /** The guest asks for a guest page that is not ready: the fault path may fetch it out of turn. */
+  onMiss?: (page: number) => void;
 }
 
 export interface PostcopyStats {
@@ -116,7 +118,11 @@ export class PostcopySource {
         if (!Number.isInteger(p) || p >= this.pages) throw new Error(`QEMU asked for ${block} +0x${off.toString(16)}, beyond its ${this.pages} pages`);
         if (this.sent[p]) continue;
         if (this.ready[p]) this.urgent.push(p);
-        else if (!this.waiting.has(p)) (this.waiting.add(p), this.stats.waited++);
+        else if (!this.waiting.has(p)) {
+          this.waiting.add(p);
+          this.stats.waited++;
+          this.o.onMiss?.(p);
+        }
         continue;
       }
       const sent = this.otherSent.get(block);

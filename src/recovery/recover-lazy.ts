@@ -8,21 +8,33 @@ import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createRamFile, launchQemu, RAM_BACKEND_ID, type LaunchedQemu } from '../qemu/launch.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp.js';
-import { loadNewestFirst, readDeviceState } from '../store/lazy-image.js';
+import { listsOf, loadNewestFirst, readDeviceState } from '../store/lazy-image.js';
+import { FaultFetcher, loadIndexes, type FaultStats } from '../store/lazy-fetch.js';
 import { planRestore } from '../store/reader.js';
 import { PostcopySource, type PostcopyStats } from './postcopy-source.js';
 import { deviceSections, PAGE_SIZE, type RamBlockInfo } from './postcopy-stream.js';
 import type { Recovered, RecoverOptions } from './recover.js';
 
 export interface RecoveredLazy extends Recovered {
-  /** runningMs: recovery start → guest running; residentMs: → every page in, migration completed. */
-  timings: Recovered['timings'] & { runningMs: number; residentMs: number };
+  /**
+   * runningMs: recovery start → guest running; residentMs: → every page in, migration completed.
+   * Where runningMs goes: qemuMs (→ QEMU's QMP answers), incomingMs (→ the migration stream
+   * connected, device state sent), firstRequestMs (→ QEMU's first page request; 0: none).
+   */
+  timings: Recovered['timings'] & { runningMs: number; residentMs: number; qemuMs: number; incomingMs: number; firstRequestMs: number };
   postcopy: PostcopyStats;
+  /**
+   * The page indexes: used (faults fetched out of turn), or why not. framesBeforeRunning: frames
+   * read (by the background read and for faults) before the guest ran, of `frames` in all.
+   */
+  index: { used: boolean; why?: string; faults: FaultStats; framesBeforeRunning: number; frames: number };
 }
 
 export interface LazyOptions extends RecoverOptions {
   /** The guest runs (before its memory is resident): runningMs. */
   onRunning?: (runningMs: number) => void;
+  /** The page indexes are not used, and why (a version without one, or one refused). */
+  onNoIndex?: (why: string) => void;
 }
 
 /** QEMU's RAM blocks from HMP `info ramblock` (QMP has no command for them in 7.2 or 8.1). */
@@ -58,10 +70,14 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
   const plan = await planRestore(o.store, o.version);
   o.onPlan?.(plan);
   // The device state is needed first and is small; it is checked before anything starts.
-  const deviceState = await readDeviceState(o.store, plan);
+  // The page indexes beside it (small too): with them a fault fetches just its page's frames.
+  const lists = await listsOf(o.store, plan);
+  const [deviceState, indexed] = await Promise.all([readDeviceState(o.store, plan), loadIndexes(o.store, plan, lists)]);
   deviceSections(deviceState);
+  if ('why' in indexed) o.onNoIndex?.(indexed.why);
   const ramBytes = plan.vm.ramBytes;
   const image = Buffer.alloc(ramBytes);
+  const frames = lists.reduce((a, l) => a + l.expect, 0);
   const step = (done: number, phase: string) => {
     try {
       o.onStep?.({ op: 'recovery', unit: 'steps', done, total: 3, phase, version: plan.target.version });
@@ -88,10 +104,21 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
   // Reading starts now, beside QEMU's start; a page that fails its check kills the VM at once.
   let tLoaded = 0;
   const ready: number[][] = [];
+  const onReady = (pages: number[]) => (source ? source.markReady(pages) : ready.push(pages));
+  const final = new Uint8Array(ramBytes / PAGE_SIZE);
+  const faultStore = 'indexes' in indexed ? o.store.duplicate() : undefined;
+  const fetcher =
+    'indexes' in indexed ? new FaultFetcher({ store: faultStore!, lists, indexes: indexed.indexes, image, final, onReady, onError: (e) => kill(e) }) : undefined;
+  if (fetcher) onReady(fetcher.placeZeroPages());
+  let loaderFrames = 0;
   const loading = loadNewestFirst(o.store, plan, image, {
-    onReady: (pages) => (source ? source.markReady(pages) : ready.push(pages)),
-    onProgress: o.onProgress,
+    onReady,
+    onProgress: (p) => {
+      loaderFrames = p.done;
+      o.onProgress?.(p);
+    },
     stopped: () => failure !== undefined,
+    ...(fetcher && 'indexes' in indexed ? { indexed: { indexes: indexed.indexes, final }, pause: () => fetcher.busy() } : {}),
   }).then(
     (r) => {
       tLoaded = performance.now();
@@ -110,8 +137,10 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
   exited.catch(() => {});
   const race = <T>(p: Promise<T>) => Promise.race([p, exited, loading.then(() => new Promise<never>(() => {}))]);
 
+  let firstRequestAt = 0;
   try {
     qmp = await race(QmpClient.connect(o.paths.qmp, 30_000));
+    const tQmp = performance.now();
     // When the guest ran, by QEMU's clock: the RESUME event's timestamp. The reply to a
     // query-status may come much later — the main loop can be waiting for a page a vCPU's
     // I/O touched while holding the big lock.
@@ -133,9 +162,17 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
     await qmp.execute('migrate-incoming', { uri: `unix:${migPath}` });
     const sock = await race(connectUnix(migPath, 10_000));
     rmSync(migPath, { force: true }); // QEMU listens for one connection: this was it
-    source = new PostcopySource({ block: RAM_BACKEND_ID, image, others, deviceState });
+    source = new PostcopySource({
+      block: RAM_BACKEND_ID,
+      image,
+      others,
+      deviceState,
+      onMiss: (p) => fetcher?.want(p),
+    });
     if (failure) throw failure;
+    sock.once('data', () => (firstRequestAt = performance.now()));
     source.attach(sock);
+    const tAttached = performance.now();
     for (const pages of ready.splice(0)) source.markReady(pages);
     if (tLoaded) source.markAllReady();
 
@@ -159,6 +196,7 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
     const runningMs = resumedAt !== undefined ? Math.min(performance.now() - t0, Math.max(0, resumedAt - t0Wall)) : performance.now() - t0;
     step(2, 'guest running, memory arriving');
     o.onRunning?.(runningMs);
+    const framesBeforeRunning = loaderFrames + (fetcher?.stats.frames ?? 0);
 
     const loaded = await race(loading);
     await race(source.finished);
@@ -172,6 +210,8 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
     const residentMs = performance.now() - t0;
     step(3, 'resumed');
     sock.end();
+    fetcher?.stop();
+    faultStore?.close();
     return {
       plan,
       qemu,
@@ -179,13 +219,25 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
       ft,
       image,
       pagesApplied: loaded.pagesApplied,
-      timings: { loadMs: tLoaded - t0, writeMs: 0, startMs: runningMs, totalMs: runningMs, runningMs, residentMs },
+      timings: {
+        loadMs: tLoaded - t0, writeMs: 0, startMs: runningMs, totalMs: runningMs, runningMs, residentMs,
+        qemuMs: tQmp - t0, incomingMs: tAttached - t0, firstRequestMs: firstRequestAt ? firstRequestAt - t0 : 0,
+      },
       postcopy: source.stats,
+      index: {
+        used: fetcher !== undefined,
+        ...('why' in indexed ? { why: indexed.why } : {}),
+        faults: fetcher?.stats ?? { faults: 0, frames: 0, pages: 0 },
+        framesBeforeRunning,
+        frames,
+      },
     };
   } catch (e) {
     const err = failure ?? (e as Error);
     kill(err);
     qmp?.close();
+    fetcher?.stop();
+    faultStore?.close();
     throw failure ? new Error(`lazy recovery of version ${plan.target.version} stopped, QEMU (pid ${qemu.pid}) killed: ${failure.message}`) : err;
   }
 }

@@ -1,17 +1,20 @@
 // Writing a new base image (compaction.ts decides what goes in): its frames go to a temporary
 // list, which one Lua script puts in place of the old base while dropping the versions it holds.
 // Its frames are bound to the version the base holds (frame.ts); their count goes into that
-// version's metadata (baseChunks), where a reader checks it.
+// version's metadata (baseChunks), where a reader checks it; its page index (page-index.ts) is
+// put in place by the same script (base:index, its length baseIndexBytes).
 import type { Redis } from 'ioredis';
 import type { VmKeys } from './keys.js';
 import { FencedError } from './fenced-error.js';
 import { encodeFrame, type CodecChoice } from './frame.js';
-import { summarizeBatch } from '../kernel/page-delta.js';
+import { batchPages } from '../kernel/page-delta.js';
+import { PageIndexBuilder } from './page-index.js';
 import { delAcrossSlots, keysOfStripes, deleteVersions, formatStripes, shortStripe, stripeKeys, type Stripes } from './stripes.js';
 
 const SWITCH_LUA = `
--- KEYS: newBase, baseChunks, base, committed, owner, meta of version
--- ARGV: version, lease ('' : unfenced), frames and stripe descriptor of a striped base ('' : the list KEYS[1])
+-- KEYS: newBase, baseChunks, base, committed, owner, meta of version, new index, base index, the version's own index
+-- ARGV: version, lease ('' : unfenced), frames and stripe descriptor of a striped base ('' : the list KEYS[1]),
+--       the new page index's length ('' : none)
 -- Returns the versions dropped.
 local owner = redis.call('GET', KEYS[5])
 if ARGV[2] ~= '' and owner ~= ARGV[2] then
@@ -19,6 +22,10 @@ if ARGV[2] ~= '' and owner ~= ARGV[2] then
 end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) == false then
   return redis.error_reply('version ' .. ARGV[1] .. ' is no longer committed')
+end
+-- Checked before anything is written: a script's writes stay when it returns an error.
+if ARGV[5] ~= '' and redis.call('STRLEN', KEYS[7]) ~= tonumber(ARGV[5]) then
+  return redis.error_reply('base image of version ' .. ARGV[1] .. ' has no page index of ' .. ARGV[5] .. ' bytes')
 end
 local n
 if ARGV[4] ~= '' then
@@ -32,6 +39,15 @@ else
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('HDEL', KEYS[6], 'baseStripes')
 end
+if ARGV[5] ~= '' then
+  redis.call('RENAME', KEYS[7], KEYS[8])
+  redis.call('HSET', KEYS[6], 'baseIndexBytes', ARGV[5])
+else
+  redis.call('DEL', KEYS[8])
+  redis.call('HDEL', KEYS[6], 'baseIndexBytes')
+end
+redis.call('DEL', KEYS[9])
+redis.call('HDEL', KEYS[6], 'indexBytes')
 redis.call('SET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[6], 'baseChunks', n)
 -- The version's own frames are in the base now (install deletes them).
@@ -46,6 +62,7 @@ export class PendingBase {
   /** Where its frames go: frame i to lists[i % lists.length] (the temporary list, or its stripes). */
   private readonly lists: string[];
   private chunks = 0;
+  private index = new PageIndexBuilder();
 
   constructor(
     private readonly redis: Redis,
@@ -63,7 +80,8 @@ export class PendingBase {
   /** Drops what an earlier, interrupted compaction to the same version left (stripes: new names, nothing to drop). */
   async clear(): Promise<void> {
     this.chunks = 0;
-    await delAcrossSlots(this.redis, this.lists);
+    this.index = new PageIndexBuilder();
+    await delAcrossSlots(this.redis, [...this.lists, this.keys.newBaseIndex(this.version)]);
   }
 
   /**
@@ -73,8 +91,10 @@ export class PendingBase {
   async addPages(records: Uint8Array, codec: CodecChoice): Promise<number> {
     const index = this.chunks;
     const bind = { vm: this.vmId, version: this.version, list: 'base' as const, index };
-    const frame = await encodeFrame('pages', records, summarizeBatch(records).records, codec, bind);
+    const recs = batchPages(records);
+    const frame = await encodeFrame('pages', records, recs.pages.length, codec, bind);
     if (this.chunks !== index) throw new Error(`base image of version ${this.version}: overlapping addPages calls`);
+    this.index.addFrame(recs);
     this.chunks++;
     await this.redis.rpush(this.lists[index % this.lists.length]!, frame);
     return frame.length;
@@ -103,10 +123,13 @@ export class PendingBase {
     let dropped: number[];
     try {
       const desc = this.stripes ? formatStripes(this.stripes) : '';
+      const index = this.index.encode({ vm: this.vmId, version: this.version, list: 'base' });
+      if (index) await this.redis.set(k.newBaseIndex(this.version), index);
       dropped = (
         (await this.redis.eval(
-          SWITCH_LUA, 6, k.newBaseChunks(this.version), k.baseChunks, k.base, k.committed, k.owner, k.version(this.version),
-          String(this.version), this.fence(), String(this.chunks), desc,
+          SWITCH_LUA, 9, k.newBaseChunks(this.version), k.baseChunks, k.base, k.committed, k.owner, k.version(this.version),
+          k.newBaseIndex(this.version), k.baseIndex, k.index(this.version),
+          String(this.version), this.fence(), String(this.chunks), desc, index ? String(index.length) : '',
         )) as string[]
       ).map(Number);
     } catch (e) {

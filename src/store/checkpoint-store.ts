@@ -287,6 +287,22 @@ export class CheckpointStore {
     return this.redis.getBuffer(this.keys.device(version));
   }
 
+  /** The page index of a chunk list (page-index.ts), or null (none: written by an older migsafe). */
+  pageIndex(list: ChunkList): Promise<Buffer | null> {
+    return this.redis.getBuffer(list === 'base' ? this.keys.baseIndex : this.keys.index(list));
+  }
+
+  /**
+   * The same VM's store over a connection of its own (close() it when done): reads on it do not
+   * queue behind those of this one (lazy recovery's page faults behind its background read).
+   */
+  duplicate(): CheckpointStore & { close(): void } {
+    const r = this.redis.duplicate();
+    const s = new CheckpointStore(r, this.vmId) as CheckpointStore & { close(): void };
+    s.close = () => r.disconnect();
+    return s;
+  }
+
   /** Where the agent that runs the VM listens (ADDR:PORT), for `migsafe migrate`. */
   async setAgentAddress(address: string): Promise<void> {
     await this.redis.set(this.keys.agent, address);

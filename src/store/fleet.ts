@@ -145,15 +145,15 @@ export async function findGarbage(redis: Redis, vm: string, keys: string[]): Pro
       continue;
     }
     const rest = key.slice(k.prefix.length);
-    const v = /^v:(\d+)(?::chunks|:device)?$/.exec(rest);
+    const v = /^v:(\d+)(?::chunks|:device|:index)?$/.exec(rest);
     if (v) {
       const n = Number(v[1]);
       if (pendingSet.has(n)) out.push({ key, why: `version ${n} was left pending by a writer that is gone` });
       else if (!committed.has(n)) out.push({ key, why: `version ${n} is neither committed nor pending` });
       continue;
     }
-    if (/^base:chunks:new:\d+$/.test(rest)) out.push({ key, why: 'a compaction that did not finish' });
-    else if (rest === 'base:chunks' && !hasBase) out.push({ key, why: 'a base image no version names' });
+    if (/^base:(?:chunks|index):new:\d+$/.test(rest)) out.push({ key, why: 'a compaction that did not finish' });
+    else if ((rest === 'base:chunks' || rest === 'base:index') && !hasBase) out.push({ key, why: 'a base image no version names' });
   }
   return { vm, keys: out, pending };
 }

@@ -6,18 +6,20 @@
 // Within a version, its paused stage goes before its live stage (see below). Every record is applied by applyBatch, which checks the page's CRC32C after
 // it, and every frame's checksum and binding are checked as the eager reader checks them.
 import { setImmediate as turn } from 'node:timers/promises';
-import { applyBatch, batchRecords } from '../kernel/page-delta.js';
+import { applyBatch, batchPages, batchRecords } from '../kernel/page-delta.js';
 import { RecordKind } from '../kernel/index.js';
 import type { ChunkList, CheckpointStore } from './checkpoint-store.js';
 import { CorruptCheckpointError, decodeFrame, type FrameBinding } from './frame.js';
 import type { RestorePlan } from './reader.js';
+import type { PageIndex } from './page-index.js';
 
 const PAGE = 4096;
 const RECORD_HEADER_BYTES = 16;
 /** Frames read (and decompressed, on the addon's threads) at a time. */
 const SLICE = 8;
 
-interface ListRead {
+/** A list of a plan, as the lazy readers read it. */
+export interface ListRead {
   list: ChunkList;
   version: number;
   where: string;
@@ -26,6 +28,10 @@ interface ListRead {
   pages?: number;
   /** Records of the version's paused stage, at the end of its list. */
   stage2?: number;
+  /** Its stripes on a cluster (a stored descriptor, stripes.ts). */
+  stripes?: string;
+  /** Bytes of its page index, by its metadata (page-index.ts); undefined: it has none. */
+  indexBytes?: number;
 }
 
 type DecodedPages = Awaited<ReturnType<typeof decodeFrame>>;
@@ -44,6 +50,14 @@ export interface LazyHooks {
   onProgress?: (p: { done: number; total: number }) => void;
   /** Asked between slices: give up (the VM being served is gone). */
   stopped?: () => boolean;
+  /**
+   * With page indexes (one per list, oldest first): every frame read is checked against its
+   * list's index, and pages `final` already holds (placed by the fault path, lazy-fetch.ts)
+   * are left as they are.
+   */
+  indexed?: { indexes: readonly PageIndex[]; final: Uint8Array };
+  /** Awaited before each read from the store: the read waits while the guest waits for a fault. */
+  pause?: () => Promise<void> | undefined;
 }
 
 /** The target version's device state, checked (read first: small, and needed first). */
@@ -57,16 +71,27 @@ export async function readDeviceState(store: CheckpointStore, plan: RestorePlan)
 }
 
 /** The lists of a plan, oldest first, with their frame counts checked against the metadata. */
-async function listsOf(store: CheckpointStore, plan: RestorePlan): Promise<ListRead[]> {
+export async function listsOf(store: CheckpointStore, plan: RestorePlan): Promise<ListRead[]> {
   const vm = store.vmId;
   const lists: ListRead[] = [];
   if (plan.base) {
-    lists.push({ list: 'base', version: plan.base, where: `VM "${vm}" base image (version ${plan.base})`, bind: { vm, version: plan.base, list: 'base' }, expect: plan.baseChunks });
+    lists.push({
+      list: 'base', version: plan.base, where: `VM "${vm}" base image (version ${plan.base})`, bind: { vm, version: plan.base, list: 'base' }, expect: plan.baseChunks,
+      stripes: plan.baseStripes, indexBytes: plan.baseIndexBytes,
+    });
   }
   for (const m of plan.chain) {
-    lists.push({ list: m.version, version: m.version, where: `VM "${vm}" version ${m.version}`, bind: { vm, version: m.version, list: 'version' }, expect: m.chunks, pages: m.pages, stage2: m.stage2Pages });
+    lists.push({
+      list: m.version, version: m.version, where: `VM "${vm}" version ${m.version}`, bind: { vm, version: m.version, list: 'version' }, expect: m.chunks, pages: m.pages,
+      stage2: m.stage2Pages, stripes: m.stripes, indexBytes: m.indexBytes,
+    });
   }
-  const lengths = await Promise.all(lists.map((l) => store.chunkCount(l.list)));
+  let lengths: number[];
+  try {
+    lengths = await Promise.all(lists.map((l) => store.chunkCount(l.list, l.stripes)));
+  } catch (e) {
+    throw new CorruptCheckpointError((e as Error).message); // a malformed stripe descriptor
+  }
   lists.forEach((l, i) => {
     if (lengths[i] !== l.expect) throw new CorruptCheckpointError(`${l.where}: ${lengths[i]} chunks in the store, its metadata says ${l.expect}`);
     if (l.expect === 0 && l.pages) throw new CorruptCheckpointError(`${l.where}: no frames, its metadata says ${l.pages} page records`);
@@ -87,7 +112,8 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
   if (image.length !== plan.vm.ramBytes) throw new RangeError(`image of ${image.length} bytes for ${plan.vm.ramBytes} of RAM`);
   const lists = await listsOf(store, plan);
   const total = lists.reduce((a, l) => a + l.expect, 0);
-  const final = new Uint8Array(ramPages);
+  const final = hooks.indexed?.final ?? new Uint8Array(ramPages);
+  const indexes = hooks.indexed?.indexes;
   const held = new Map<number, Held[]>(); // newest first
   let done = 0;
   let pagesApplied = 0;
@@ -144,6 +170,10 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
       throw new CorruptCheckpointError(`${l.where}, chunk ${chunk}: ${(e as Error).message}`);
     }
     if (recs.length !== frame.count) throw new CorruptCheckpointError(`${l.where}, chunk ${chunk}: ${recs.length} page records, its header says ${frame.count}`);
+    if (indexes) {
+      const { pages, kinds } = batchPages(frame.raw);
+      indexes[lists.indexOf(l)]!.checkFrame(chunk, pages, kinds);
+    }
     const raw = Buffer.from(frame.raw.buffer, frame.raw.byteOffset, frame.raw.byteLength);
     if (whole) {
       // Whole pages nothing newer holds: the frame goes in at once (applyBatch is all or nothing).
@@ -160,7 +190,10 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
       const layers: Held[][] = [];
       const put = (d: number, h: Held & { page: number }) => (layers[d] ??= []).push(h);
       for (const r of recs) {
-        if (final[r.page]) continue; // a newer whole-page record decided it
+        if (final[r.page]) {
+          held.delete(r.page); // decided by a newer whole-page record, or placed by the fault path
+          continue;
+        }
         const rec = raw.subarray(r.start, r.end);
         if (decides(r.kind)) {
           put(0, { rec, version: l.version, chunk, page: r.page });
@@ -192,7 +225,7 @@ export async function loadNewestFirst(store: CheckpointStore, plan: RestorePlan,
   for (let li = lists.length - 1; li >= 0; li--) {
     const l = lists[li]!;
     const fetch = (first: number, last: number) => {
-      const p = store.chunkRange(l.list, first, last).then((frames) => {
+      const p = Promise.resolve(hooks.pause?.()).then(() => store.chunkRange(l.list, first, last, l.stripes)).then((frames) => {
         if (frames.length !== last - first + 1) {
           throw new CorruptCheckpointError(`${l.where}: the store returned ${frames.length} of frames ${first}..${last} (the list shrank while it was read)`);
         }

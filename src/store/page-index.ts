@@ -211,6 +211,9 @@ export function decodePageIndex(buf: Uint8Array, want: IndexExpectation, where: 
   const alone = new Uint8Array(wire.p);
   const d = wire.d;
   const at = { i: 0 };
+  // The frame each page was last seen in (+1): a page twice in one frame is refused, as the
+  // locator and the fault path take a frame to hold a page at most once.
+  const seenIn = new Uint32Array(want.ramPages);
   let k = 0;
   try {
     for (let f = 0; f < b.frames; f++) {
@@ -229,6 +232,8 @@ export function decodePageIndex(buf: Uint8Array, want: IndexExpectation, where: 
         if (len < 1 || first < 0 || first + len > want.ramPages) throw new RangeError(`frame ${f}: a run of pages ${first}..${first + len - 1}, beyond the ${want.ramPages} pages of RAM`);
         if (k + len > end) throw new RangeError(`frame ${f}: its runs hold more than its ${count} records`);
         for (let j = 0; j < len; j++) {
+          if (seenIn[first + j] === f + 1) throw new RangeError(`frame ${f}: page ${first + j} twice`);
+          seenIn[first + j] = f + 1;
           pages[k] = first + j;
           alone[k++] = lw % 2;
         }

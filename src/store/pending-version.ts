@@ -4,7 +4,8 @@ import type { Redis } from 'ioredis';
 import type { VmKeys } from './keys.js';
 import { metaToHash, type VersionMeta } from './version-meta.js';
 import { MAX_DEVICE_STATE_BYTES, encodeFrame, type CodecChoice, type FrameBinding } from './frame.js';
-import { summarizeBatch } from '../kernel/page-delta.js';
+import { batchPages } from '../kernel/page-delta.js';
+import { PageIndexBuilder } from './page-index.js';
 import { FencedError } from './fenced-error.js';
 import { NotDurableError, durabilityName, ensureDurable, type Durability } from './durability.js';
 import { delAcrossSlots, formatStripes, shortStripe, stripeKeys, type Stripes } from './stripes.js';
@@ -53,8 +54,12 @@ end
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return redis.error_reply('INCOMPLETE version ' .. version .. ' has no device state')
 end
+-- ARGV[5]: the page index's length ('' : the version has none)
+if ARGV[5] ~= '' and redis.call('STRLEN', KEYS[7]) ~= tonumber(ARGV[5]) then
+  return redis.error_reply('INCOMPLETE version ' .. version .. ' has no page index of ' .. ARGV[5] .. ' bytes')
+end
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[3], unpack(fields))
 redis.call('ZADD', KEYS[1], version, version)
 redis.call('SREM', KEYS[2], ARGV[1])
@@ -75,6 +80,8 @@ export class PendingVersion {
   private pageBytes = 0;
   private deviceBytes = 0;
   private inflight: Promise<unknown>[] = [];
+  /** The page index of its frames, built as they are added (page-index.ts). */
+  private readonly index = new PageIndexBuilder();
 
   constructor(
     private readonly redis: Redis,
@@ -112,19 +119,25 @@ export class PendingVersion {
    * bound to its place in the list).
    */
   async addPages(records: Uint8Array, codec: CodecChoice): Promise<number> {
-    const n = summarizeBatch(records).records;
+    const recs = batchPages(records);
     const index = this.chunks;
-    const frame = await encodeFrame('pages', records, n, codec, this.chunkBinding(index));
+    const frame = await encodeFrame('pages', records, recs.pages.length, codec, this.chunkBinding(index));
     if (this.chunks !== index) throw new Error(`version ${this.version}: overlapping addPages calls (frame ${index} would land at ${this.chunks})`);
-    this.addChunk(frame);
-    return n;
+    this.index.addFrame(recs);
+    this.push(frame);
+    return recs.pages.length;
   }
 
   /**
    * Queues a frame of page records, bound to chunkBinding(chunkCount); ioredis pipelines the
-   * writes, commit() awaits them.
+   * writes, commit() awaits them. Its records are not looked at: the version gets no page index.
    */
   addChunk(frame: Buffer): void {
+    this.index.invalidate();
+    this.push(frame);
+  }
+
+  private push(frame: Buffer): void {
     this.chunks++;
     this.pageBytes += frame.length;
     const i = this.chunks - 1;
@@ -151,6 +164,8 @@ export class PendingVersion {
   async commit(
     meta: Omit<VersionMeta, 'version' | 'parent' | 'chunks' | 'bytesStored' | 'deviceStateStored' | 'committedAt'>,
   ): Promise<VersionMeta> {
+    const index = this.index.encode({ vm: this.vmId, version: this.version, list: 'version' });
+    if (index) this.inflight.push(this.redis.set(this.keys.index(this.version), index));
     await Promise.all(this.inflight.splice(0));
     if (this.stripes) await this.countStripes();
     const full: VersionMeta = {
@@ -165,22 +180,25 @@ export class PendingVersion {
     const fence = this.writer.fence();
     if (fence) full.writer = fence;
     if (this.stripes) full.stripes = formatStripes(this.stripes);
+    if (index) full.indexBytes = index.length;
     full.durability = durabilityName(this.writer.durability);
     const k = this.keys;
     try {
       await this.redis.eval(
         COMMIT_LUA,
-        6,
+        7,
         k.committed,
         k.pending,
         k.version(this.version),
         k.chunks(this.version),
         k.device(this.version),
         k.owner,
+        k.index(this.version),
         String(this.version),
         String(this.parent),
         String(this.stripes ? -1 : this.chunks),
         fence,
+        index ? String(index.length) : '',
         ...metaToHash(full),
       );
     } catch (e) {

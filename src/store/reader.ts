@@ -23,6 +23,8 @@ export interface RestorePlan {
   baseChunks: number;
   /** The base image's stripes on a cluster (its version's metadata, baseStripes; stripes.ts). */
   baseStripes?: string;
+  /** Bytes of the base image's page index (its version's metadata, baseIndexBytes); absent: none. */
+  baseIndexBytes?: number;
   /** Versions applied on top of the base, oldest first; ends with the target. */
   chain: VersionMeta[];
 }
@@ -81,12 +83,14 @@ export async function planRestore(store: CheckpointStore, version?: number, snap
     }
   }
   const baseStripes = usesBase ? chain[0]!.baseStripes : undefined;
+  const baseIndexBytes = usesBase ? chain[0]!.baseIndexBytes : undefined;
   return {
     vm,
     target: chain[chain.length - 1]!,
     base: usesBase ? base : 0,
     baseChunks,
     ...(baseStripes ? { baseStripes } : {}),
+    ...(baseIndexBytes !== undefined ? { baseIndexBytes } : {}),
     chain: usesBase ? chain.slice(1) : chain,
   };
 }

@@ -44,6 +44,10 @@ export interface VersionMeta {
   stripes?: string;
   /** Only on the version the base image holds: the base image's stripes; absent: one list, base:chunks. */
   baseStripes?: string;
+  /** Bytes of the page index of its chunk list (v:{n}:index, page-index.ts); absent: none (older migsafe). */
+  indexBytes?: number;
+  /** Only on the version the base image holds: bytes of the base image's page index (base:index). */
+  baseIndexBytes?: number;
 }
 
 /**
@@ -76,16 +80,19 @@ export function metaToHash(m: VersionMeta): string[] {
   return Object.entries(m).flatMap(([k, v]) => [k, String(v)]);
 }
 
+/** Counts only some versions have. */
+const OPTIONAL_COUNTS: (keyof VersionMeta)[] = ['baseChunks', 'indexBytes', 'baseIndexBytes'];
+
 /** Fields that count something: whole numbers, never negative. */
 const COUNTS = new Set<keyof VersionMeta>(NUMERIC.filter((k) => k !== 'committedAt' && k !== 'pauseMs'));
 
 export function metaFromHash(h: Record<string, string>, where: string): VersionMeta {
   const out: Record<string, unknown> = { ...h };
-  for (const k of [...NUMERIC, 'baseChunks' as const]) {
-    if (k === 'baseChunks' && h[k] === undefined) continue;
+  for (const k of [...NUMERIC, ...OPTIONAL_COUNTS]) {
+    if (OPTIONAL_COUNTS.includes(k) && h[k] === undefined) continue;
     const v = Number(h[k]);
     if (h[k] === undefined || !Number.isFinite(v)) throw new Error(`${where}: metadata field ${k} is missing or not a number`);
-    if ((COUNTS.has(k) || k === 'baseChunks') && (!Number.isSafeInteger(v) || v < 0)) {
+    if ((COUNTS.has(k) || OPTIONAL_COUNTS.includes(k)) && (!Number.isSafeInteger(v) || v < 0)) {
       throw new Error(`${where}: metadata field ${k} is ${h[k]}, not a whole number`);
     }
     out[k] = v;

@@ -55,6 +55,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       },
       onProgress: (p) => progress.report({ op: 'read-checkpoint', unit: 'frames', version, ...p }),
       onStep: progress.report,
+      onNoIndex: (why: string) => log.warn({ why }, `lazy recovery without page indexes (a fault waits for the read to reach its page): ${why}`),
       onRunning: (ms: number) => log.info({ runningMs: Math.round(ms) }, `guest running after ${ms.toFixed(0)} ms, its memory arriving from the store (post-copy)`),
     }).finally(() => progress.close());
     const lazy = a.lazy ? (r as RecoveredLazy) : undefined;
@@ -102,6 +103,18 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
               residentMs: Math.round(lazy.timings.residentMs),
               pageRequests: lazy.postcopy.requests,
               pageRequestsWaited: lazy.postcopy.waited,
+              // The page indexes: used or why not; frames read before the guest ran (of all
+              // frames), and those fetched out of turn for faults with the pages they placed.
+              index: lazy.index.used ? 'used' : 'not used',
+              ...(lazy.index.why ? { indexWhy: lazy.index.why } : {}),
+              framesBeforeRunning: lazy.index.framesBeforeRunning,
+              frames: lazy.index.frames,
+              faultFrames: lazy.index.faults.frames,
+              faultPages: lazy.index.faults.pages,
+              // Where runningMs went: QEMU up (QMP), the migration stream connected, QEMU's first page request.
+              qemuMs: Math.round(lazy.timings.qemuMs),
+              incomingMs: Math.round(lazy.timings.incomingMs),
+              firstRequestMs: Math.round(lazy.timings.firstRequestMs),
             }
           : {}),
       }) + '\n',
