@@ -60,6 +60,10 @@ t.test(`kill -9 QEMU, recover --lazy (${QEMU}): the guest runs before its memory
     runningMs: number;
     residentMs: number;
     pageRequests: number;
+    index: string;
+    faultFrames: number;
+    framesBeforeRunning: number;
+    frames: number;
   };
   qemuPid = info.pid;
   t.equal(info.version, plan.target.version, 'restored the newest committed version');
@@ -68,6 +72,8 @@ t.test(`kill -9 QEMU, recover --lazy (${QEMU}): the guest runs before its memory
   t.equal(info.recoveryMs, info.runningMs, 'recoveryMs is the wait for a running guest');
   t.ok(info.pageRequests > 0, `the guest faulted on ${info.pageRequests} page(s) that were served on request`);
   t.ok(alive(qemuPid), 'the recovered QEMU runs');
+  t.equal(info.index, 'used', 'the versions written by this migsafe have page indexes, and they were used');
+  t.ok(info.faultFrames > 0, `${info.faultFrames} frame(s) fetched out of turn for faults (${info.framesBeforeRunning} of ${info.frames} read before the guest ran)`);
 
   const after = await waitForConsole(serial, (c) => c.verifiedCount >= 2 || c.errors.length > 0 || c.died, 120_000);
   t.same(after.errors.map((e) => e.raw), [], 'the recovered guest finds its memory intact (errors=0)');
@@ -82,6 +88,22 @@ t.test(`kill -9 QEMU, recover --lazy (${QEMU}): the guest runs before its memory
   killQuietly(e.pid);
   t.comment(`same store, same run: eager recoveryMs ${e.recoveryMs} (read+verify ${e.loadMs}); lazy runningMs ${info.runningMs}, residentMs ${info.residentMs}`);
   await waitFor('the eager QEMU to die', 10_000, async () => (alive(e.pid) ? undefined : true));
+
+  // The same store as an older migsafe left it: no page indexes. Lazy recovery reads whole lists.
+  const k = vmKeys(vm);
+  for (const m of plan.chain) await redis.multi().hdel(k.version(m.version), 'indexBytes').del(k.index(m.version)).exec();
+  if (plan.base) await redis.multi().hdel(k.version(plan.base), 'baseIndexBytes').del(k.baseIndex).exec();
+  const old = await runCli(['recover', '--vm', vm, '--redis', srv.url, '--lazy', '--detach', '--pidfile', pidfile], env);
+  t.equal(old.code, 0, `recover --lazy of a store without page indexes exits 0 (${old.stderr.trim().split('\n').pop()})`);
+  const o = JSON.parse(old.stdout.trim().split('\n').pop()!) as { pid: number; index: string; faultFrames: number; runningMs: number };
+  qemuPid = o.pid;
+  t.equal(o.index, 'not used', 'no index: not used');
+  t.equal(o.faultFrames, 0, 'nothing fetched out of turn');
+  const afterOld = await waitForConsole(serial, (c) => c.verifiedCount >= 2 || c.errors.length > 0 || c.died, 120_000);
+  t.same(afterOld.errors.map((x) => x.raw), [], 'recovered without indexes, the guest finds its memory intact');
+  t.ok(afterOld.verifiedCount >= 2, `verified ${afterOld.verifiedCount} time(s) after it (its serial log starts anew)`);
+  killQuietly(qemuPid);
+  await waitFor('that QEMU to die', 10_000, async () => (alive(qemuPid) ? undefined : true));
 
   // A page damaged where no newer version covers it, inside a frame whose own checksum holds
   // (re-framed: as if it had been damaged before it was framed): only the page's CRC32C, checked
