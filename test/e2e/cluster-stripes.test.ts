@@ -1,12 +1,15 @@
 // One VM's page frames spread over every primary of a real 3-primary Redis Cluster (stripes.ts):
 // versions and base images land on all three, fold back into the exact image, a stripe short
 // of a frame or holding another's frame is refused, a slot moved while a version is written
-// changes nothing, and cleanup, compaction, gc and delete leave no stripe behind.
+// changes nothing, and cleanup, compaction, gc and delete leave no stripe behind. Lazy recovery
+// reads the striped lists, with their page indexes.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import { compact } from '../../src/store/compaction.js';
+import { FaultFetcher, loadIndexes } from '../../src/store/lazy-fetch.js';
+import { listsOf, loadNewestFirst } from '../../src/store/lazy-image.js';
 import { collectGarbage, findGarbage, keysByVm } from '../../src/store/fleet.js';
 import { CorruptCheckpointError, parseCodec } from '../../src/store/frame.js';
 import { vmKeys } from '../../src/store/keys.js';
@@ -155,4 +158,61 @@ t.test("a VM's frames are striped over every primary and fold back exactly", asy
   await store.deleteAll();
   t.equal((await scanKeys(redis, 'migsafe:{s1*')).length, 0, 'delete removes every key, stripes included');
   t.equal(await redis.exists(vmKeys('s1').vm), 0);
+});
+
+t.test('lazy recovery reads striped lists: the background read and the fault path build the exact image', async (t) => {
+  const cluster = await testCluster(t, { primaries: 3 });
+  const redis = connectRedis(cluster.url);
+  t.teardown(() => redis.disconnect());
+  const store = new CheckpointStore(redis, 'lz');
+  await store.init(['qemu'], RAM);
+  const ram = randomBytes(RAM);
+  ram.fill(0, 0, 64 * 4096);
+  const shadow = Buffer.alloc(RAM);
+  let head = (await writeVersion(store, ram, shadow, 0, codec, { perFrame: 32 })).version;
+  for (let i = 0; i < 2; i++) {
+    mutate(ram, 300, 64);
+    head = (await writeVersion(store, ram, shadow, head, codec, { perFrame: 16 })).version;
+  }
+  await compact(store, head, codec);
+  for (let i = 0; i < 2; i++) {
+    mutate(ram, 300, 64);
+    head = (await writeVersion(store, ram, shadow, head, codec, { perFrame: 16 })).version;
+  }
+  const plan = await planRestore(store);
+  t.ok(plan.baseStripes && plan.chain.length === 2 && plan.chain.every((m) => m.stripes), 'a striped base and two striped versions on top');
+  const lists = await listsOf(store, plan);
+  const indexed = await loadIndexes(store, plan, lists);
+  t.ok('indexes' in indexed, `their page indexes are read (${'why' in indexed ? indexed.why : 'used'})`);
+  if (!('indexes' in indexed)) return;
+
+  // The background read alone, as without indexes.
+  const alone = Buffer.alloc(RAM);
+  await loadNewestFirst(store, plan, alone, { onReady: () => {} });
+  t.ok(alone.equals(ram), 'the background read of the striped lists: the exact image');
+
+  // Faults beside the background read, on a connection of their own.
+  const image = Buffer.alloc(RAM);
+  const final = new Uint8Array(PAGES);
+  const seen = new Uint8Array(PAGES);
+  const errors: Error[] = [];
+  const dup = store.duplicate();
+  t.teardown(() => dup.close());
+  const onReady = (pages: number[]) => pages.forEach((p) => seen[p]!++);
+  const f = new FaultFetcher({ store: dup, lists, indexes: indexed.indexes, image, final, onReady, onError: (e) => errors.push(e) });
+  onReady(f.placeZeroPages());
+  f.want(PAGES - 1);
+  await f.busy();
+  t.ok(final[PAGES - 1] && image.subarray((PAGES - 1) * 4096).equals(ram.subarray((PAGES - 1) * 4096)), 'a fault on the last page is served from its stripes before the read gets there');
+  await loadNewestFirst(store, plan, image, {
+    onReady,
+    onProgress: ({ done }) => f.want((done * 97) % PAGES),
+    indexed: { indexes: indexed.indexes, final },
+    pause: () => f.busy(),
+  });
+  for (let b = f.busy(); b; b = f.busy()) await b;
+  t.same(errors, []);
+  t.ok(f.stats.frames > 0, `${f.stats.frames} frames fetched for ${f.stats.faults} faults`);
+  t.ok(image.equals(ram), 'faults and the background read together: the exact image');
+  t.same([...new Set(seen)], [1], 'every page announced exactly once');
 });

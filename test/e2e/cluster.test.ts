@@ -1,6 +1,6 @@
 // A Redis Cluster as the store (3 primaries, real redis-server processes on loopback): the same
 // CLI with one URL changed. A real guest is checkpointed into the cluster, its QEMU SIGKILLed,
-// and `recover` brings it back from the cluster with its memory intact; `status` sees VMs on
+// and `recover` (eager, then --lazy) brings it back from the cluster with its memory intact; `status` sees VMs on
 // every primary; a policy the cluster cannot honour is refused, naming it.
 import t from 'tap';
 import { existsSync, readFileSync } from 'node:fs';
@@ -63,6 +63,21 @@ t.test('checkpoint into a Redis Cluster, kill -9 QEMU, recover from it', async (
   t.same(after.errors.map((e) => e.raw), [], 'the recovered guest finds its memory intact');
   const first = after.progress[0]?.counter ?? -1;
   t.ok(first === k || first === k + 1, `it resumed at counter ${first}, from the checkpoint (${k})`);
+  killQuietly(qemuPid);
+  await waitFor('the recovered QEMU to die', 10_000, async () => (alive(qemuPid) ? undefined : true));
+
+  // The same version lazily: striped lists (base and versions), served by their page indexes.
+  t.ok(plan.chain.some((m) => m.stripes) || plan.baseStripes, 'the version to recover is striped over the primaries');
+  const lazy = await runCli(['recover', '--vm', vm, '--redis', cluster.url, '--lazy', '--detach', '--pidfile', pidfile], env);
+  t.equal(lazy.code, 0, `recover --lazy exits 0 (${lazy.stderr.trim().split('\n').pop()})`);
+  const li = JSON.parse(lazy.stdout.trim().split('\n').pop()!) as { version: number; pid: number; index: string; runningMs: number; residentMs: number };
+  qemuPid = li.pid;
+  t.equal(li.version, plan.target.version, 'lazily restored the same version');
+  t.equal(li.index, 'used', 'with its page indexes');
+  const lafter = await waitForConsole(serial, (c) => c.verifiedCount >= 1 || c.errors.length > 0, 120_000);
+  t.same(lafter.errors.map((e) => e.raw), [], 'the lazily recovered guest finds its memory intact');
+  const lfirst = lafter.progress[0]?.counter ?? -1;
+  t.ok(lfirst === k || lfirst === k + 1, `it resumed at counter ${lfirst}, from the checkpoint (${k})`);
   killQuietly(qemuPid);
 
   // VMs whose slots are on other primaries: status scans every one.
