@@ -6,7 +6,9 @@
 //   * migsafe eager: `migsafe attach` checkpoints the booted guest (its first, full, version timed
 //     from its own log), QEMU is killed with SIGKILL, `migsafe recover --detach` rebuilds it (its recoveryMs:
 //     read + verify, then QEMU start + device state).
-//   * migsafe lazy: the same version again with `recover --lazy --detach` (runningMs, residentMs).
+//   * migsafe lazy: the same version again with `recover --lazy --detach` (runningMs, residentMs),
+//     twice: with its page indexes, and with them taken out of the store (as an older migsafe
+//     wrote it: whole lists read); the order alternates by run.
 // Every restored guest must print a verified progress line with no error (its memory
 // self-check) before a result counts. Issue 19's instance pool is not built yet: no column.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -15,14 +17,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QmpClient } from '../src/qemu/qmp.js';
-import { startRedisServer } from '../src/store/redis-server.js';
+import { vmKeys } from '../src/store/keys.js';
+import { connectRedis, startRedisServer } from '../src/store/redis-server.js';
 import { ensureGuestBuilt, startTestGuest, waitForConsole } from '../test/helpers/guest.js';
 import { ROOT } from './pipeline.js';
 import { median, note } from './stats.js';
 
-export const USAGE = `npm run bench:recovery -- [--sizes MiB,MiB,...] [--runs N] [--json]
+export const USAGE = `npm run bench:recovery -- [--sizes MiB,MiB,...] [--region MiB] [--runs N] [--json]
   --sizes  guest RAM sizes in MiB (default 256,1024); the workload's region is 3/4 of each
            (at most RAM - 112 MiB)
+  --region the workload's region in MiB instead (at most RAM - 112 MiB)
   --runs   repetitions per size and method (default 1); the table shows medians and ranges
 `;
 
@@ -33,6 +37,8 @@ interface Options {
   help: boolean;
   /** Also `recover --lazy` (the bench's default; eval's E4 leaves it out). */
   lazy?: boolean;
+  /** --region: the workload's MiB instead of 3/4 of RAM. */
+  region?: number;
 }
 
 export function parseRecoveryArgs(argv: string[]): Options {
@@ -51,6 +57,9 @@ export function parseRecoveryArgs(argv: string[]): Options {
       if (o.sizes.some((s) => !Number.isInteger(s) || s < 64 || s % 2)) {
         throw new Error(`--sizes: give even whole MiB of at least 64, e.g. --sizes 256,1024`);
       }
+    } else if (a === '--region') {
+      o.region = Number(value());
+      if (!Number.isInteger(o.region) || o.region < 8) throw new Error('--region: give whole MiB of at least 8');
     } else if (a === '--runs') {
       o.runs = Number(value());
       if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error('--runs: give a whole number of at least 1');
@@ -62,7 +71,8 @@ export function parseRecoveryArgs(argv: string[]): Options {
 const RATE = 20000; // wset writes/s: a guest that keeps dirtying while being checkpointed
 // 3/4 of RAM, but leave the guest's kernel and initramfs ~112 MiB (at 256 MiB, 3/4 gets the
 // workload OOM-killed).
-const regionMiB = (memMiB: number) => Math.min(Math.floor((memMiB * 3) / 4), memMiB - 112);
+let regionOverride: number | undefined;
+const regionMiB = (memMiB: number) => Math.min(regionOverride ?? Math.floor((memMiB * 3) / 4), memMiB - 112);
 // Booting and verifying a large region under TCG takes a while; scale the waits with size.
 const bootTimeout = (memMiB: number) => 120_000 + memMiB * 400;
 
@@ -142,6 +152,46 @@ export interface MigsafeResult {
   /** `recover --lazy` of the same version from the same store, after the eager one: guest running, all memory in. */
   lazyRunningMs?: number;
   lazyResidentMs?: number;
+  /** Frames fetched out of turn for faults, and frames read before the guest ran (of all). */
+  lazyFaultFrames?: number;
+  lazyFramesBeforeRunning?: number;
+  lazyFrames?: number;
+  /** The same, the page indexes taken out of the store first (as an older migsafe wrote it). */
+  noIndexRunningMs?: number;
+  noIndexResidentMs?: number;
+  noIndexFramesBeforeRunning?: number;
+}
+
+interface LazyInfo {
+  pid: number;
+  runningMs: number;
+  residentMs: number;
+  index: string;
+  faultFrames: number;
+  framesBeforeRunning: number;
+  frames: number;
+}
+
+/** Takes a VM's page indexes out of the store (index keys and their lengths in the metadata); returns what puts them back. */
+async function stripIndexes(url: string, vm: string): Promise<() => Promise<void>> {
+  const redis = connectRedis(url);
+  const k = vmKeys(vm);
+  const saved: { meta: string; field: string; bytes: string; key: string; value: Buffer }[] = [];
+  const versions = (await redis.zrange(k.committed, 0, -1)).map(Number);
+  for (const v of versions) {
+    for (const [field, key] of [['indexBytes', k.index(v)], ['baseIndexBytes', k.baseIndex]] as const) {
+      const bytes = await redis.hget(k.version(v), field);
+      const value = await redis.getBuffer(key);
+      if (bytes === null || value === null) continue;
+      saved.push({ meta: k.version(v), field, bytes, key, value });
+      await redis.multi().hdel(k.version(v), field).del(key).exec();
+    }
+  }
+  if (saved.length === 0) throw new Error(`VM ${vm}: no page indexes in the store to take out`);
+  return async () => {
+    for (const x of saved) await redis.multi().hset(x.meta, x.field, x.bytes).set(x.key, x.value).exec();
+    redis.disconnect();
+  };
 }
 
 /** pino JSON lines of the sidecar: the time of the first line matching `re`. */
@@ -207,11 +257,27 @@ async function migsafeEager(memMiB: number, work: string, url: string, run: numb
     // Lazy, side by side: the eager copy killed, the same version recovered as a post-copy
     // migration served from the store; its guest must pass the same self-check.
     if (!withLazy) return { firstFullMs: first - start, recoveryMs: info.recoveryMs, loadMs: info.loadMs, writeMs: info.writeMs, startMs: info.startMs, wallMs, versions, versionPages, base: ins.base };
-    process.kill(recoveredPid, 'SIGKILL');
-    const lazyOut = execFileSync(process.execPath, [main, 'recover', '--vm', vm, '--redis', url, '--detach', '--lazy'], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    const lazy = JSON.parse(lazyOut.trim().split('\n').pop()!) as { pid: number; runningMs: number; residentMs: number };
-    recoveredPid = lazy.pid;
-    await selfCheck(serial, memMiB);
+    const lazyRun = async (): Promise<LazyInfo> => {
+      process.kill(recoveredPid!, 'SIGKILL');
+      const out = execFileSync(process.execPath, [main, 'recover', '--vm', vm, '--redis', url, '--detach', '--lazy'], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      const r = JSON.parse(out.trim().split('\n').pop()!) as LazyInfo;
+      recoveredPid = r.pid;
+      await selfCheck(serial, memMiB);
+      return r;
+    };
+    const unindexed = async (): Promise<LazyInfo> => {
+      const restore = await stripIndexes(url, vm);
+      try {
+        return await lazyRun();
+      } finally {
+        await restore();
+      }
+    };
+    // Alternate the order, so that whatever the first lazy run warms up favours neither.
+    let lazy: LazyInfo, old: LazyInfo;
+    if (run % 2 === 0) (lazy = await lazyRun()), (old = await unindexed());
+    else (old = await unindexed()), (lazy = await lazyRun());
+    if (lazy.index !== 'used' || old.index !== 'not used') throw new Error(`page indexes: ${lazy.index} with them, ${old.index} without`);
     return {
       firstFullMs: first - start,
       recoveryMs: info.recoveryMs,
@@ -224,6 +290,12 @@ async function migsafeEager(memMiB: number, work: string, url: string, run: numb
       base: ins.base,
       lazyRunningMs: lazy.runningMs,
       lazyResidentMs: lazy.residentMs,
+      lazyFaultFrames: lazy.faultFrames,
+      lazyFramesBeforeRunning: lazy.framesBeforeRunning,
+      lazyFrames: lazy.frames,
+      noIndexRunningMs: old.runningMs,
+      noIndexResidentMs: old.residentMs,
+      noIndexFramesBeforeRunning: old.framesBeforeRunning,
     };
   } finally {
     for (const pid of [recoveredPid, sidecar?.pid]) {
@@ -244,6 +316,7 @@ export interface SizeResult { memMiB: number; regionMiB: number; qemu: QemuResul
 
 export async function runRecoveryBench(o: Options): Promise<SizeResult[]> {
   ensureGuestBuilt();
+  regionOverride = o.region;
   const work = mkdtempSync(join(tmpdir(), 'migsafe-bench-recovery-'));
   const srv = await startRedisServer({ dir: work });
   const out: SizeResult[] = [];
@@ -275,16 +348,19 @@ export function formatRecoveryTable(rs: SizeResult[]): string {
   const lines = [
     'Recovery of a guest with 3/4 of its RAM in use (wset, TCG), ms, median (range) over runs; memory self-check passed in every run',
     '',
-    '| RAM MiB | QEMU save | QEMU restore | migsafe first full version | migsafe eager recovery (read+verify / RAM file / QEMU start+load) | migsafe lazy: running / resident | eager ÷ QEMU restore | first full ÷ QEMU save |',
-    '|---|---|---|---|---|---|---|---|',
+    '| RAM MiB | QEMU save | QEMU restore | migsafe first full version | migsafe eager recovery (read+verify / RAM file / QEMU start+load) | migsafe lazy: running / resident | lazy without page indexes: running / resident | eager ÷ QEMU restore | first full ÷ QEMU save | lazy running ÷ eager | lazy running ÷ lazy without indexes |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of rs) {
     const q = (k: keyof QemuResult) => r.qemu.map((x) => x[k]);
-    const m = (k: 'firstFullMs' | 'recoveryMs' | 'loadMs' | 'writeMs' | 'startMs' | 'lazyRunningMs' | 'lazyResidentMs') => r.migsafe.map((x) => x[k] ?? NaN);
+    const m = (k: 'firstFullMs' | 'recoveryMs' | 'loadMs' | 'writeMs' | 'startMs' | 'lazyRunningMs' | 'lazyResidentMs' | 'noIndexRunningMs' | 'noIndexResidentMs') => r.migsafe.map((x) => x[k] ?? NaN);
+    // Ratios per run (same store, same minute), then their median.
+    const ratio = (a: (x: MigsafeResult) => number | undefined, b: (x: MigsafeResult) => number | undefined) => median(r.migsafe.map((x) => (a(x) ?? NaN) / (b(x) ?? NaN))).toFixed(2);
     lines.push(
       `| ${r.memMiB} | ${fmt(q('saveMs'))} | ${fmt(q('restoreMs'))} | ${fmt(m('firstFullMs'))} | ${fmt(m('recoveryMs'))} (${fmt(m('loadMs'))} / ${fmt(m('writeMs'))} / ${fmt(m('startMs'))}) ` +
-        `| ${fmt(m('lazyRunningMs'))} / ${fmt(m('lazyResidentMs'))} ` +
-        `| ${(median(m('recoveryMs')) / median(q('restoreMs'))).toFixed(2)} | ${(median(m('firstFullMs')) / median(q('saveMs'))).toFixed(2)} |`,
+        `| ${fmt(m('lazyRunningMs'))} / ${fmt(m('lazyResidentMs'))} | ${fmt(m('noIndexRunningMs'))} / ${fmt(m('noIndexResidentMs'))} ` +
+        `| ${(median(m('recoveryMs')) / median(q('restoreMs'))).toFixed(2)} | ${(median(m('firstFullMs')) / median(q('saveMs'))).toFixed(2)} ` +
+        `| ${ratio((x) => x.lazyRunningMs, (x) => x.recoveryMs)} | ${ratio((x) => x.lazyRunningMs, (x) => x.noIndexRunningMs)} |`,
     );
   }
   lines.push('', 'QEMU restore and migsafe recovery both count from starting QEMU (migsafe: from connecting to the store); lazy (recover --lazy, after the eager one, same store) counts to the guest running and to all memory in; the instance pool (issue 19) is not built yet.');
