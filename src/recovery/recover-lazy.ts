@@ -24,8 +24,9 @@ export interface RecoveredLazy extends Recovered {
   timings: Recovered['timings'] & { runningMs: number; residentMs: number; qemuMs: number; incomingMs: number; firstRequestMs: number };
   postcopy: PostcopyStats;
   /**
-   * The page indexes: used (faults fetched out of turn), or why not. framesBeforeRunning: frames
-   * read (by the background read and for faults) before the guest ran, of `frames` in all.
+   * The page indexes: used (faults fetched out of turn), or why not. framesBeforeRunning: frame
+   * reads (the background read's and the fault path's: a frame may be read by both) before the
+   * guest ran; `frames`: the frames of the plan.
    */
   index: { used: boolean; why?: string; faults: FaultStats; framesBeforeRunning: number; frames: number };
 }
@@ -111,6 +112,7 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
     'indexes' in indexed ? new FaultFetcher({ store: faultStore!, lists, indexes: indexed.indexes, image, final, onReady, onError: (e) => kill(e) }) : undefined;
   if (fetcher) onReady(fetcher.placeZeroPages());
   let loaderFrames = 0;
+  let guestRunning = false;
   const loading = loadNewestFirst(o.store, plan, image, {
     onReady,
     onProgress: (p) => {
@@ -118,7 +120,10 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
       o.onProgress?.(p);
     },
     stopped: () => failure !== undefined,
-    ...(fetcher && 'indexes' in indexed ? { indexed: { indexes: indexed.indexes, final }, pause: () => fetcher.busy() } : {}),
+    // Until the guest runs, a fault (QEMU loading the device state, the guest's first steps)
+    // goes before the read; after, both go on side by side — paused at every fault, the read
+    // was starved by a running guest's faults (all memory in took twice as long).
+    ...(fetcher && 'indexes' in indexed ? { indexed: { indexes: indexed.indexes, final }, pause: () => (guestRunning ? undefined : fetcher.busy()) } : {}),
   }).then(
     (r) => {
       tLoaded = performance.now();
@@ -193,6 +198,7 @@ export async function recoverVmLazy(o: LazyOptions): Promise<RecoveredLazy> {
       if (failure) throw failure;
       await sleep(5);
     }
+    guestRunning = true;
     const runningMs = resumedAt !== undefined ? Math.min(performance.now() - t0, Math.max(0, resumedAt - t0Wall)) : performance.now() - t0;
     step(2, 'guest running, memory arriving');
     o.onRunning?.(runningMs);

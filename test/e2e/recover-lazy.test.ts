@@ -73,7 +73,7 @@ t.test(`kill -9 QEMU, recover --lazy (${QEMU}): the guest runs before its memory
   t.ok(info.pageRequests > 0, `the guest faulted on ${info.pageRequests} page(s) that were served on request`);
   t.ok(alive(qemuPid), 'the recovered QEMU runs');
   t.equal(info.index, 'used', 'the versions written by this migsafe have page indexes, and they were used');
-  t.ok(info.faultFrames > 0, `${info.faultFrames} frame(s) fetched out of turn for faults (${info.framesBeforeRunning} of ${info.frames} read before the guest ran)`);
+  t.ok(info.faultFrames > 0, `${info.faultFrames} frame(s) fetched out of turn for faults (${info.framesBeforeRunning} frame reads before the guest ran, ${info.frames} frames in all)`);
 
   const after = await waitForConsole(serial, (c) => c.verifiedCount >= 2 || c.errors.length > 0 || c.died, 120_000);
   t.same(after.errors.map((e) => e.raw), [], 'the recovered guest finds its memory intact (errors=0)');
