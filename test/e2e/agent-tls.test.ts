@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { waitFor } from '../helpers/wait.js';
 import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../helpers/guest.js';
 import { testRedis } from '../helpers/redis.js';
-import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { alive, cliEnv, killQuietly, runCli, startCli, startOwnedCli } from '../helpers/cli.js';
 import { makeCa, makeCert } from '../helpers/tls.js';
 
 ensureGuestBuilt();
@@ -52,19 +52,16 @@ t.test('an agent with TLS obeys only authenticated, authorised peers', async (t)
   const serial = join(dir, 'serial.log');
   const statusFile = join(dir, 'status.json');
   const argv = guestQemuArgs({ workload: 'wset', serialLog: serial, workloadMiB: 4, memMiB: 128 });
-  const agent = startCli(
+  const agent = startOwnedCli(
+    t,
     ['agent', '--host', 'src', '--listen', addr, '--redis', srv.url, '--status-file', statusFile, '--no-gate', '--interval', '500',
       '--tls-dir', agentDir, '--tls-allow', 'operator,dst', '--vm', 'v1', '--', ...argv],
     env,
   );
   let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(agent.child.pid);
-    killQuietly(qemuPid);
-  });
   const status = () => (existsSync(statusFile) ? (JSON.parse(readFileSync(statusFile, 'utf8')) as Status).vms[0] : undefined);
   await waitFor('the agent to run its VM', 60_000, () => (status()?.role === 'owner' ? true : undefined));
-  qemuPid = status()!.pid;
+  qemuPid = agent.own(status()!.pid);
   await waitForConsole(serial, (p) => p.verifiedCount >= 1, 120_000);
   t.match(agent.err(), /listening on 127\.0\.0\.1:\d+ \(mutual TLS .*obeys only operator, dst\)/, 'the agent says it runs mutual TLS and whom it obeys');
 
