@@ -19,6 +19,8 @@ export interface WriterOptions {
   retry: boolean;
   /** Wait this long for another writer's lease to run out (recover: a killed writer's). */
   leaseWaitMs?: number;
+  /** Checks on the store made before the lease is taken (their refusal changes nothing). */
+  before?: (h: StoreHandle) => Promise<void>;
 }
 
 /** Opens what a writer needs, runs `body`, and closes it all whatever happens. */
@@ -29,6 +31,7 @@ export async function asWriter<T>(a: CheckpointArgs, o: WriterOptions, body: (w:
   try {
     h = await openStore(a.redis, a.vm, o.retry, redisAuthFrom(a));
     applyRecordKey(h.store, a);
+    await o.before?.(h);
     lease = await takeWriterLease(h, a['lease-ttl'], o.leaseWaitMs);
     await applyDurability(h, a.durability);
     return await body({ h, loop: { ...loopSettings(a), metrics: m.metrics, lease } });

@@ -7,6 +7,7 @@
 // when one of its names is in the allow list; an empty list means any certificate the CA signed.
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Socket } from 'node:net';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 
 export interface TlsConfig {
@@ -15,6 +16,11 @@ export interface TlsConfig {
   ca: Buffer;
   /** Names (CN or subjectAltName) whose certificates are obeyed; empty: any the CA signed. */
   allow: string[];
+  /**
+   * Per VM, the only names trusted with it (--tls-allow-vm): requests about it are obeyed only
+   * from them, and it migrates only to them. A VM not listed: anyone in `allow`.
+   */
+  vmAllow?: Record<string, string[]>;
   /** Where the files came from, for logs. */
   files: { cert: string; key: string; ca: string };
 }
@@ -75,6 +81,19 @@ export function certNames(c: Pick<PeerCertificate, 'subject' | 'subjectaltname'>
 /** Whether a peer with these names may talk to us. */
 export function authorised(names: string[], allow: string[]): boolean {
   return allow.length === 0 || names.some((n) => allow.includes(n));
+}
+
+/** Why a peer with these names may not be trusted with `vm` (--tls-allow-vm), or undefined when it may. */
+export function vmRefusal(names: string[], vm: string, cfg: Pick<TlsConfig, 'vmAllow'> | undefined): string | undefined {
+  const only = cfg?.vmAllow?.[vm];
+  if (!only || names.some((n) => only.includes(n))) return undefined;
+  return `certificate of ${names.map((n) => `"${n}"`).join(', ') || '(no name)'} is not trusted with VM ${vm} (--tls-allow-vm ${vm}=${only.join(',')})`;
+}
+
+/** The names of the certificate a TLS peer presented; none on a plain socket. */
+export function socketNames(sock: Socket): string[] {
+  const get = (sock as Partial<TLSSocket>).getPeerCertificate;
+  return get ? certNames(get.call(sock)) : [];
 }
 
 /** Why the peer on this socket is refused, or undefined when it is authorised. */

@@ -18,6 +18,7 @@ import { maskSecrets } from '../util/logger.js';
 import { describeDurability, settleDurability } from '../store/durability.js';
 import { Ownership, killPid } from '../ha/ownership.js';
 import { listen, requireTlsOrLoopback, type Peer } from '../ha/peer.js';
+import { socketNames, vmRefusal } from '../ha/tls.js';
 import { VmHost, type AgentOptions, type VmRuntime } from './vm-runtime.js';
 import { Source, type MigrateRequest, type MigrateResult } from './source.js';
 import { Destination } from './destination.js';
@@ -306,12 +307,27 @@ export class Agent {
     switch (m.op) {
       case 'status':
         return [...this.host.vms.values()].map((r) => ({ vm: r.vm, role: r.role, pid: r.qemu?.pid ?? 0, head: r.ckpt?.head ?? 0 }));
-      case 'migrate':
-        return this.source.migrate(checkMigrateRequest(m), (pr) => p.notify('progress', { ...pr }));
-      case 'prepare':
-        return this.destination.prepare(checkPrepareRequest(m), p);
+      case 'migrate': {
+        const req = checkMigrateRequest(m);
+        this.trustedWith(req.vm, p);
+        return this.source.migrate(req, (pr) => p.notify('progress', { ...pr }));
+      }
+      case 'prepare': {
+        const req = checkPrepareRequest(m);
+        this.trustedWith(req.vm, p);
+        return this.destination.prepare(req, p);
+      }
       default:
         throw new Error(`unknown request ${String(m.op)}`);
+    }
+  }
+
+  /** A request about `vm` is obeyed only from a peer trusted with it (--tls-allow-vm). */
+  private trustedWith(vm: string, p: Peer): void {
+    const why = vmRefusal(socketNames(p.sock), vm, this.o.tls);
+    if (why) {
+      this.o.log.warn({ vm, peer: p.remoteAddress }, `refused a request about VM ${vm} from ${p.remoteAddress}: ${why}`);
+      throw new Error(why);
     }
   }
 

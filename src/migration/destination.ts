@@ -19,7 +19,7 @@ import {
   postcopySourceLost,
 } from './decisions.js';
 import { checkLeaseNotice, type PrepareReply, type PrepareRequest } from './protocol.js';
-import { enableStreamTls } from './stream-tls.js';
+import { enableStreamTls, peerIdentity } from './stream-tls.js';
 
 export type { PrepareRequest } from './protocol.js';
 
@@ -65,7 +65,8 @@ export class Destination {
       ],
     });
     // With TLS the incoming migration is TLS too: only a QEMU with a certificate the CA signed gets in.
-    if (o.tls) await enableStreamTls(qmp, { tls: o.tls, endpoint: 'server', runDir: o.runDir, qemu: vm.argv[0] });
+    // From the one source certificate: that of the agent which asked, authenticated on this channel.
+    if (o.tls) await enableStreamTls(qmp, { tls: o.tls, endpoint: 'server', runDir: o.runDir, qemu: vm.argv[0], allowIdentity: peerIdentity(p) });
     const { host, port: listenPort } = parseAddr(o.listen);
     const port = listenPort + 1;
     const uri = host.includes(':') ? `tcp:[${host}]:${port}` : `tcp:${host}:${port}`;

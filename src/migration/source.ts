@@ -5,6 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { QmpClient, QmpEvent } from '../qemu/qmp.js';
 import { parseAddr, Peer } from '../ha/peer.js';
+import { socketNames, vmRefusal } from '../ha/tls.js';
 import { enableStreamTls } from './stream-tls.js';
 import type { MigrationMode, VmHost, VmRuntime } from './vm-runtime.js';
 import { sourceStep, type SourceAction, type SourceEvent, type SourceState } from './decisions.js';
@@ -54,6 +55,13 @@ export class Source {
       h.note(r, `migration to ${req.to} not started: ${e.message}`);
       throw e;
     });
+    // The destination must be trusted with this VM too (--tls-allow-vm), before it prepares anything.
+    const untrusted = vmRefusal(socketNames(peer.sock), r.vm, o.tls);
+    if (untrusted) {
+      peer.close();
+      h.note(r, `migration to ${req.to} not started: ${untrusted}`);
+      throw new Error(`the destination agent at ${req.to}: ${untrusted}`);
+    }
     r.peer = peer;
     r.mode = mode;
     const qmp = r.qmp;

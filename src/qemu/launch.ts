@@ -78,8 +78,11 @@ export interface LaunchOptions {
   paths: VmPaths;
   /** Start waiting for an incoming device-state stream (recovery). */
   incoming?: boolean;
-  /** Where QEMU's stdout/stderr go (a file descriptor), default: ignored. */
-  logFd?: number;
+  /**
+   * Where QEMU's stdout/stderr go (a file descriptor, or what opens one just before QEMU starts:
+   * a recovery refused earlier leaves no log file behind), default: ignored.
+   */
+  logFd?: number | (() => number);
   /** Working directory of QEMU (the recorded one, on recovery). */
   cwd?: string;
   /** Add the patched QEMU's migsafe-ft object (dirty bitmap) on paths.ft. */
@@ -130,7 +133,7 @@ export interface LaunchedQemu {
 export function launchQemu(opts: LaunchOptions): LaunchedQemu {
   if (existsSync(opts.paths.qmp)) rmSync(opts.paths.qmp);
   const argv = qemuArgv(opts);
-  const out = opts.logFd ?? 'ignore';
+  const out = (typeof opts.logFd === 'function' ? opts.logFd() : opts.logFd) ?? 'ignore';
   // setpriv sets the death signal, then execs QEMU: the same process, so the pid is QEMU's.
   const cmd = opts.diesWithMigsafe ? [SETPRIV, '--pdeathsig', 'KILL', '--', ...argv] : argv;
   const child = spawn(cmd[0]!, cmd.slice(1), { detached: true, stdio: ['ignore', out, out], cwd: opts.cwd, env: childEnv() });

@@ -13,8 +13,8 @@ export interface RecoverOptions {
   /** Default: the newest committed version. */
   version?: number;
   paths: VmPaths;
-  /** Where QEMU's own output goes. */
-  logFd?: number;
+  /** Where QEMU's own output goes (opened when QEMU starts, if a function). */
+  logFd?: number | (() => number);
   onPlan?: (plan: RestorePlan) => void;
   onProgress?: (p: LoadProgress) => void;
   /** After the read: each of RECOVERY_STEPS as it starts (src/util/progress.ts), as a WorkProgress of op 'recovery'. */

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { waitFor } from '../helpers/wait.js';
 import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../helpers/guest.js';
 import { testRedis } from '../helpers/redis.js';
-import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { alive, cliEnv, killQuietly, runCli, startCli, startOwnedCli } from '../helpers/cli.js';
 import { makeCa, makeCert } from '../helpers/tls.js';
 
 ensureGuestBuilt();
@@ -37,6 +37,9 @@ t.test('an agent with TLS obeys only authenticated, authorised peers', async (t)
   const agentDir = makeCert(ca, join(dir, 'agent'), { cn: 'src', ips: ['127.0.0.1'] });
   const operator = makeCert(ca, join(dir, 'operator'), { cn: 'operator' });
   const intruder = makeCert(ca, join(dir, 'intruder'), { cn: 'intruder' });
+  // Let in (--tls-allow), but not trusted with VM v1 (--tls-allow-vm v1=operator,dst).
+  const ops2 = makeCert(ca, join(dir, 'ops2'), { cn: 'ops2' });
+  const dst2Dir = makeCert(ca, join(dir, 'dst2'), { cn: 'dst2', ips: ['127.0.0.1'] });
   // Signed by another CA, but trusting ours (so that it is the agent that refuses it).
   const foreign = makeCert(other, join(dir, 'foreign'), { cn: 'operator' });
   writeFileSync(join(foreign, 'ca.pem'), readFileSync(ca.cert));
@@ -52,21 +55,18 @@ t.test('an agent with TLS obeys only authenticated, authorised peers', async (t)
   const serial = join(dir, 'serial.log');
   const statusFile = join(dir, 'status.json');
   const argv = guestQemuArgs({ workload: 'wset', serialLog: serial, workloadMiB: 4, memMiB: 128 });
-  const agent = startCli(
+  const agent = startOwnedCli(
+    t,
     ['agent', '--host', 'src', '--listen', addr, '--redis', srv.url, '--status-file', statusFile, '--no-gate', '--interval', '500',
-      '--tls-dir', agentDir, '--tls-allow', 'operator,dst', '--vm', 'v1', '--', ...argv],
+      '--tls-dir', agentDir, '--tls-allow', 'operator,dst,ops2,dst2', '--tls-allow-vm', 'v1=operator,dst', '--vm', 'v1', '--', ...argv],
     env,
   );
   let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(agent.child.pid);
-    killQuietly(qemuPid);
-  });
   const status = () => (existsSync(statusFile) ? (JSON.parse(readFileSync(statusFile, 'utf8')) as Status).vms[0] : undefined);
   await waitFor('the agent to run its VM', 60_000, () => (status()?.role === 'owner' ? true : undefined));
-  qemuPid = status()!.pid;
+  qemuPid = agent.own(status()!.pid);
   await waitForConsole(serial, (p) => p.verifiedCount >= 1, 120_000);
-  t.match(agent.err(), /listening on 127\.0\.0\.1:\d+ \(mutual TLS .*obeys only operator, dst\)/, 'the agent says it runs mutual TLS and whom it obeys');
+  t.match(agent.err(), /listening on 127\.0\.0\.1:\d+ \(mutual TLS .*obeys only operator, dst, ops2, dst2\)/, 'the agent says it runs mutual TLS and whom it obeys');
 
   const migrate = (to: string, tlsArgs: string[]) =>
     runCli(['migrate', '--vm', 'v1', '--from', addr, '--to', to, ...tlsArgs], env, 60_000);
@@ -100,6 +100,12 @@ t.test('an agent with TLS obeys only authenticated, authorised peers', async (t)
   t.not(notAllowed.code, 0, 'a certificate not in --tls-allow is refused');
   t.match(notAllowed.stderr, /refused by the other side: certificate of "intruder" is not in --tls-allow/, 'the client is told why');
   t.match(newLog(), /refused a control connection from 127\.0\.0\.1: certificate of "intruder" is not in --tls-allow/, 'the agent logs why');
+
+  // 4b. Let in, but not trusted with this VM.
+  const notForVm = await migrate('127.0.0.1:1', ['--tls-dir', ops2]);
+  t.not(notForVm.code, 0, 'a peer not in --tls-allow-vm for the VM is refused');
+  t.match(notForVm.stderr, /certificate of "ops2" is not trusted with VM v1 \(--tls-allow-vm v1=operator,dst\)/, 'the client is told why');
+  t.match(newLog(), /refused a request about VM v1 from 127\.0\.0\.1: certificate of "ops2" is not trusted with VM v1/, 'the agent logs why');
 
   // 5. The operator, authorised, asks for a migration to a destination another CA vouches for.
   const stranger = tls.createServer({ cert: readFileSync(join(strangerDir, 'cert.pem')), key: readFileSync(join(strangerDir, 'key.pem')) }, (s) => s.on('error', () => {}));
@@ -139,6 +145,22 @@ t.test('an agent with TLS obeys only authenticated, authorised peers', async (t)
   t.match(toEvil.stderr, /refusing migration URI "exec:touch [^"]*": only tcp:/, `the operator is told: ${toEvil.stderr.trim().split('\n').pop()}`);
   t.match(newLog(), /migration to 127\.0\.0\.1:\d+ refused: .*refusing migration URI "exec:/, 'the agent logs it');
   t.notOk(existsSync(pwned), 'QEMU ran no command');
+
+  // 7. A destination the CA signed and --tls-allow lets in, but not trusted with VM v1: never asked to prepare.
+  let prepared2 = 0;
+  const dst2 = tls.createServer(
+    { cert: readFileSync(join(dst2Dir, 'cert.pem')), key: readFileSync(join(dst2Dir, 'key.pem')), ca: readFileSync(ca.cert), requestCert: true, rejectUnauthorized: true },
+    (s) => {
+      s.on('error', () => {});
+      s.setEncoding('utf8').on('data', (d: string) => (prepared2 += (d.match(/"op":"prepare"/g) ?? []).length));
+    },
+  );
+  await new Promise<void>((res) => dst2.listen(0, '127.0.0.1', () => res()));
+  t.teardown(() => dst2.close());
+  const toDst2 = await migrate(`127.0.0.1:${(dst2.address() as { port: number }).port}`, ['--tls-dir', operator]);
+  t.not(toDst2.code, 0, 'the agent will not migrate the VM to a destination not trusted with it');
+  t.match(toDst2.stderr, /certificate of "dst2".* is not trusted with VM v1/, `the operator is told: ${toDst2.stderr.trim().split('\n').pop()}`);
+  t.equal(prepared2, 0, 'that destination was never asked to prepare');
 
   // Nothing happened to the VM: the same QEMU runs it, here, and the guest goes on.
   const st = status()!;

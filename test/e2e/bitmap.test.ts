@@ -2,7 +2,7 @@
 // names every page the guest changed, without a storm of phantom pages; and the sidecar on it
 // checkpoints from the bitmap and recovers a killed guest with its memory intact.
 import t from 'tap';
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -13,7 +13,7 @@ import { QmpClient } from '../../src/qemu/qmp.js';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../helpers/guest.js';
 import { testClient, testRedis } from '../helpers/redis.js';
-import { cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { cliEnv, killQuietly, runCli, startOwnedCli } from '../helpers/cli.js';
 import { patchedQemu } from '../helpers/patched-qemu.js';
 
 ensureGuestBuilt();
@@ -72,21 +72,19 @@ t.test('the sidecar on the patched QEMU uses the bitmap and recovers the guest',
   const env = cliEnv(t);
   const serial = join(tmpdir(), `migsafe-bitmap-run-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-bitmap-run-${process.pid}.pid`);
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     ['run', '--vm', 'bm', '--redis', srv.url, '--interval', '500', '--dirty-source', 'bitmap', '--pidfile', pidfile, '--',
       ...guestQemuArgs({ workload: 'wset', serialLog: serial, workloadMiB: 16, qemu: QEMU })],
     env,
+    pidfile,
   );
   let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
   await waitForConsole(serial, (c) => c.verifiedCount >= 2, 120_000);
   const store = new CheckpointStore(testClient(t, srv.url), 'bm');
   const head0 = await store.head();
   for (let i = 0; i < 600 && (await store.head()) < head0 + 3; i++) await sleep(200);
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  qemuPid = await run.qemuPid();
   process.kill(qemuPid, 'SIGKILL');
   t.equal(await run.exited, 3);
   t.match(run.err(), /dirty pages from QEMU's fault-tolerance dirty bitmap/);
@@ -96,7 +94,7 @@ t.test('the sidecar on the patched QEMU uses the bitmap and recovers the guest',
 
   const rec = await runCli(['recover', '--vm', 'bm', '--redis', srv.url, '--detach'], env);
   t.equal(rec.code, 0, rec.stderr.split('\n').slice(-2).join(' '));
-  qemuPid = (JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid;
+  qemuPid = run.own((JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid);
   const after = await waitForConsole(serial, (c) => c.verifiedCount >= 2 || c.errors.length > 0, 120_000);
   t.same(after.errors.map((e) => e.raw), [], 'the recovered guest finds its memory intact');
   t.ok(after.progress[0]!.counter > 1, `resumed at counter ${after.progress[0]!.counter}, not restarted`);

@@ -3,10 +3,10 @@
 // and `recover` (eager, then --lazy) brings it back from the cluster with its memory intact; `status` sees VMs on
 // every primary; a policy the cluster cannot honour is refused, naming it.
 import t from 'tap';
-import { existsSync, readFileSync } from 'node:fs';
+
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { alive, cliEnv, killQuietly, runCli, startOwnedCli } from '../helpers/cli.js';
 import { ensureGuestBuilt, findProgressInImage, guestQemuArgs, waitForConsole } from '../helpers/guest.js';
 import { clusterNodes, moveSlotOf, nodeOfKey, testCluster } from '../helpers/redis-cluster.js';
 import { waitFor } from '../helpers/wait.js';
@@ -25,18 +25,14 @@ t.test('checkpoint into a Redis Cluster, kill -9 QEMU, recover from it', async (
   const vm = 'cl1';
   const serial = join(tmpdir(), `migsafe-cluster-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-cluster-${process.pid}.pid`);
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     ['run', '--vm', vm, '--redis', cluster.url, '--durability', 'fsync', '--interval', '600', '--compact-every', '2', '--pidfile', pidfile, '--',
       ...guestQemuArgs({ workload: 'wset', workloadMiB: 8, serialLog: serial })],
     env,
+    pidfile,
   );
-  let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
-  await waitFor('the pidfile', 30_000, async () => (existsSync(pidfile) ? true : undefined));
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  let qemuPid = await run.qemuPid();
   t.match(run.err(), /commits count when fsync/, 'fsync holds on every primary (appendfsync always), so it is the policy');
   const store = new CheckpointStore(redis, vm);
   await waitForConsole(serial, (c) => c.verifiedCount >= 2, 90_000);
@@ -56,7 +52,7 @@ t.test('checkpoint into a Redis Cluster, kill -9 QEMU, recover from it', async (
   t.equal(rec.code, 0, `recover exits 0 (${rec.stderr.trim().split('\n').pop()})`);
   const info = JSON.parse(rec.stdout.trim().split('\n').pop()!) as { version: number; pid: number };
   t.equal(info.version, plan.target.version, 'restored the newest committed version');
-  qemuPid = info.pid;
+  qemuPid = run.own(info.pid);
   t.ok(alive(qemuPid), 'the recovered QEMU runs');
   // The recovered QEMU starts its serial file anew (file: chardev): all of it is the new run.
   const after = await waitForConsole(serial, (c) => c.verifiedCount >= 1 || c.errors.length > 0, 120_000);
@@ -107,18 +103,14 @@ t.test("the VM's slot moved to another primary while it checkpoints (ASK, TRYAGA
   const vm = 'clm';
   const serial = join(tmpdir(), `migsafe-clusterm-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-clusterm-${process.pid}.pid`);
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     ['run', '--vm', vm, '--redis', cluster.url, '--durability', 'fsync', '--interval', '300', '--pidfile', pidfile, '--',
       ...guestQemuArgs({ workload: 'wset', workloadMiB: 4, serialLog: serial })],
     env,
+    pidfile,
   );
-  let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
-  await waitFor('the pidfile', 30_000, async () => (existsSync(pidfile) ? true : undefined));
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  let qemuPid = await run.qemuPid();
   const store = new CheckpointStore(redis, vm);
   await waitFor('three versions', 90_000, async () => ((await store.committed()).length >= 3 ? true : undefined));
   const home = await nodeOfKey(cluster, vmKeys(vm).vm);
@@ -141,7 +133,7 @@ t.test("the VM's slot moved to another primary while it checkpoints (ASK, TRYAGA
   t.equal(await run.exited, 3, 'the sidecar reports the dead QEMU');
   const rec = await runCli(['recover', '--vm', vm, '--redis', cluster.url, '--detach', '--pidfile', pidfile], env);
   t.equal(rec.code, 0, `recover exits 0 (${rec.stderr.trim().split('\n').pop()})`);
-  qemuPid = (JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid;
+  qemuPid = run.own((JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid);
   const con = await waitForConsole(serial, (c) => c.verifiedCount >= 1 || c.errors.length > 0, 120_000);
   t.same(con.errors.map((e) => e.raw), [], 'the recovered guest finds its memory intact');
   t.ok((con.progress[0]?.counter ?? -1) >= k, `it resumed at counter ${con.progress[0]?.counter}, from the checkpoint (${k}) or later`);
@@ -168,18 +160,14 @@ t.test("the VM's primary SIGKILLed while it checkpoints: its replica takes over,
   const serial = join(tmpdir(), `migsafe-clusterf-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-clusterf-${process.pid}.pid`);
   // The lease must outlast the failover (node timeout 2 s plus the election).
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     ['run', '--vm', vm, '--redis', cluster.url, '--durability', 'fsync', '--interval', '500', '--lease-ttl', '8000', '--pidfile', pidfile, '--',
       ...guestQemuArgs({ workload: 'wset', workloadMiB: 4, serialLog: serial })],
     env,
+    pidfile,
   );
-  let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
-  await waitFor('the pidfile', 30_000, async () => (existsSync(pidfile) ? true : undefined));
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  let qemuPid = await run.qemuPid();
   const store = new CheckpointStore(redis, vm);
   await waitFor('three versions', 90_000, async () => ((await store.committed()).length >= 3 ? true : undefined));
   const home = await nodeOfKey(cluster, vmKeys(vm).vm);
@@ -215,7 +203,7 @@ t.test("the VM's primary SIGKILLed while it checkpoints: its replica takes over,
   t.equal(await run.exited, 3, 'the sidecar reports the dead QEMU');
   const rec = await runCli(['recover', '--vm', vm, '--redis', cluster.url, '--detach', '--pidfile', pidfile], env);
   t.equal(rec.code, 0, `recover exits 0 (${rec.stderr.trim().split('\n').pop()})`);
-  qemuPid = (JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid;
+  qemuPid = run.own((JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid);
   const con = await waitForConsole(serial, (c) => c.verifiedCount >= 1 || c.errors.length > 0, 120_000);
   t.same(con.errors.map((e) => e.raw), [], 'the recovered guest finds its memory intact');
   const first = con.progress[0]?.counter ?? -1;

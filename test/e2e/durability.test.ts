@@ -13,7 +13,7 @@ import { planRestore } from '../../src/store/reader.js';
 import { testRedis, testClient } from '../helpers/redis.js';
 import { waitFor } from '../helpers/wait.js';
 import { ensureGuestBuilt, guestQemuArgs } from '../helpers/guest.js';
-import { cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { cliEnv, killQuietly, runCli, startOwnedCli } from '../helpers/cli.js';
 
 ensureGuestBuilt();
 const codec = parseCodec('none');
@@ -86,17 +86,13 @@ t.test('run with replicas:1: rounds are not reported until a replica is there, t
   const env = cliEnv(t);
   const serial = join(tmpdir(), `migsafe-dur-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-dur2-${process.pid}.pid`);
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     ['run', '--vm', 'd2', '--redis', primary.url, '--interval', '400', '--durability', 'replicas:1:200', '--pidfile', pidfile, '--', ...guestQemuArgs({ workload: 'idle', serialLog: serial })],
     env,
+    pidfile,
   );
-  let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
-  await waitFor('the pidfile', 30_000, () => (existsSync(pidfile) ? true : undefined));
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  let qemuPid = await run.qemuPid();
   await waitFor('two unacknowledged rounds', 90_000, () => ((run.err().match(/fewer than 1 replica/g) ?? []).length >= 2 ? true : undefined));
   t.notMatch(run.err(), /version \d+ committed/, 'no round is reported while no replica acknowledges it');
   const shown = await runCli(['inspect', '--vm', 'd2', '--redis', primary.url], env);

@@ -1,13 +1,13 @@
 // `--metrics`: a real guest checkpointed by `migsafe run` serves Prometheus text whose figures
 // move between two scrapes; after a SIGKILL, `migsafe recover` reports the recovery's phases.
 import t from 'tap';
-import { existsSync, readFileSync } from 'node:fs';
+
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitFor } from '../helpers/wait.js';
 import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../helpers/guest.js';
 import { testRedis } from '../helpers/redis.js';
-import { cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { cliEnv, killQuietly, runCli, startCli, startOwnedCli } from '../helpers/cli.js';
 
 ensureGuestBuilt();
 
@@ -32,16 +32,11 @@ t.test('run and recover serve metrics that move with the guest', async (t) => {
   const serial = join(tmpdir(), `migsafe-metrics-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-metrics-${process.pid}.pid`);
   const argv = guestQemuArgs({ workload: 'wset', serialLog: serial, workloadMiB: 4 });
-  const run = startCli(['run', '--vm', vm, '--redis', srv.url, '--interval', '500', '--pidfile', pidfile, '--metrics', '127.0.0.1:0', '--', ...argv], env);
+  const run = startOwnedCli(t, ['run', '--vm', vm, '--redis', srv.url, '--interval', '500', '--pidfile', pidfile, '--metrics', '127.0.0.1:0', '--', ...argv], env, pidfile);
   let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
   const url = await waitFor('the metrics address in the log', 30_000, () => urlIn(run.err()));
   t.match(url, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/, 'the endpoint says where it is (port 0: a free one)');
-  await waitFor('the pidfile', 30_000, () => (existsSync(pidfile) ? true : undefined));
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  qemuPid = await run.qemuPid();
   await waitForConsole(serial, (c) => c.verifiedCount >= 1, 90_000);
 
   const l = `{vm="${vm}",kind="fic"}`;
@@ -85,7 +80,7 @@ t.test('run and recover serve metrics that move with the guest', async (t) => {
     if (!u || !/recovered version/.test(rec.err())) return undefined;
     return u;
   });
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  qemuPid = await run.qemuPid();
   const r = await scrape(recUrl);
   t.equal(sample(r, `migsafe_recoveries_total{vm="${vm}"}`), 1, 'one recovery');
   const load = sample(r, `migsafe_recovery_duration_seconds{vm="${vm}",phase="load"}`)!;

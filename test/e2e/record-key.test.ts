@@ -10,7 +10,7 @@ import { CheckpointStore } from '../../src/store/checkpoint-store.js';
 import { vmKeys } from '../../src/store/keys.js';
 import { ensureGuestBuilt, guestQemuArgs, parseConsole, waitForConsole } from '../helpers/guest.js';
 import { testClient, testRedis } from '../helpers/redis.js';
-import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { alive, cliEnv, runCli, startOwnedCli } from '../helpers/cli.js';
 import { waitFor } from '../helpers/wait.js';
 
 ensureGuestBuilt();
@@ -24,21 +24,19 @@ t.test('a record changed in the store is refused under --record-key; the signed 
   writeFileSync(keyFile, `${'9f'.repeat(32)}\n`, { mode: 0o600 });
   const serial = join(dir, 'guest.serial');
   const pidfile = join(dir, 'qemu.pid');
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     ['run', '--vm', 'k1', '--redis', srv.url, '--record-key', keyFile, '--interval', '500', '--pidfile', pidfile, '--',
       ...guestQemuArgs({ workload: 'wset', workloadMiB: 2, serialLog: serial })],
     env,
+    pidfile,
   );
   let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
   const redis = testClient(t, srv.url);
   const store = new CheckpointStore(redis, 'k1');
   await waitForConsole(serial, (c) => c.verifiedCount >= 1, 90_000);
   await waitFor('two versions', 90_000, async () => ((await store.committed()).length >= 2 ? true : undefined));
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  qemuPid = await run.qemuPid();
   process.kill(qemuPid, 'SIGKILL');
   t.equal(await run.exited, 3, 'the sidecar reports the dead QEMU');
 
@@ -64,7 +62,7 @@ t.test('a record changed in the store is refused under --record-key; the signed 
   const mark = readFileSync(serial, 'latin1').length;
   const rec = await runCli(['recover', '--vm', 'k1', '--redis', srv.url, '--record-key', keyFile, '--detach', '--pidfile', pidfile], env);
   t.equal(rec.code, 0, `the signed record recovers (${rec.stderr.trim().split('\n').pop()})`);
-  qemuPid = (JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid;
+  qemuPid = run.own((JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid);
   t.ok(alive(qemuPid), 'the recovered QEMU runs');
   await waitForConsole(serial, (_c, text) => {
     const q = parseConsole(text.slice(mark));

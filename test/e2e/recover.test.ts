@@ -2,7 +2,7 @@
 // real CLI; its QEMU is killed with SIGKILL; `migsafe recover` brings it back from the last
 // committed version, and the guest goes on from there with its memory intact.
 import t from 'tap';
-import { copyFileSync, readFileSync, existsSync, readdirSync } from 'node:fs';
+import { copyFileSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitFor } from '../helpers/wait.js';
@@ -12,7 +12,7 @@ import { startRedisServer } from '../../src/store/redis-server.js';
 import { loadImage, planRestore } from '../../src/store/reader.js';
 import { ensureGuestBuilt, findProgressInImage, guestQemuArgs, waitForConsole, type GuestWorkload } from '../helpers/guest.js';
 import { testClient, testRedis } from '../helpers/redis.js';
-import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { alive, cliEnv, killQuietly, runCli, startOwnedCli } from '../helpers/cli.js';
 
 ensureGuestBuilt();
 
@@ -32,7 +32,8 @@ for (const { wl, mib, rate, compactEvery, threads } of WORKLOADS) {
     const serial = join(tmpdir(), `migsafe-${vm}-${process.pid}.serial`);
     const pidfile = join(tmpdir(), `migsafe-${vm}-${process.pid}.pid`);
     const argv = guestQemuArgs({ workload: wl, serialLog: serial, workloadMiB: mib || undefined, rate });
-    const run = startCli(
+    const run = startOwnedCli(
+      t,
       [
         'run', '--vm', vm, '--redis', srv.url, '--interval', '700', '--pidfile', pidfile,
         // One workload recovers through a compacted base image.
@@ -42,14 +43,9 @@ for (const { wl, mib, rate, compactEvery, threads } of WORKLOADS) {
         '--', ...argv,
       ],
       env,
+      pidfile,
     );
-    let qemuPid = 0;
-    t.teardown(() => {
-      killQuietly(run.child.pid);
-      killQuietly(qemuPid);
-    });
-    await waitFor('the pidfile', 30_000, async () => (existsSync(pidfile) ? true : undefined));
-    qemuPid = Number(readFileSync(pidfile, 'utf8'));
+    let qemuPid = await run.qemuPid();
 
     // Let it run: the workload verifies itself, and several versions are committed.
     await waitForConsole(serial, (c) => c.verifiedCount >= 2, 90_000);
@@ -87,7 +83,7 @@ for (const { wl, mib, rate, compactEvery, threads } of WORKLOADS) {
     t.equal(rec.code, 0, `recover exits 0 (${rec.stderr.trim().split('\n').pop()})`);
     const info = JSON.parse(rec.stdout.trim().split('\n').pop()!) as { version: number; pid: number };
     t.equal(info.version, plan.target.version, 'restored the newest committed version');
-    qemuPid = info.pid;
+    qemuPid = run.own(info.pid);
     t.ok(alive(qemuPid), 'the recovered QEMU runs');
 
     const after = await waitForConsole(serial, (c) => c.verifiedCount >= 2 || c.errors.length > 0, 90_000);
@@ -112,7 +108,8 @@ t.test('recovery refuses what it cannot do, and changes nothing', async (t) => {
   // A short real run, then one flipped byte in a stored chunk.
   const serial = join(tmpdir(), `migsafe-corrupt-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-corrupt-${process.pid}.pid`);
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     ['run', '--vm', 'c1', '--redis', srv.url, '--interval', '500', '--pidfile', pidfile, '--',
       ...guestQemuArgs({ workload: 'idle', serialLog: serial })],
     env,
@@ -182,21 +179,19 @@ t.test('redis-server killed during checkpointing: no half version, the sidecar c
   const env = cliEnv(t);
   const serial = join(tmpdir(), `migsafe-rkill-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-rkill-${process.pid}.pid`);
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     ['run', '--vm', 'rk', '--redis', srv.url, '--interval', '400', '--pidfile', pidfile, '--',
       ...guestQemuArgs({ workload: 'wset', serialLog: serial, workloadMiB: 8 })],
     env,
+    pidfile,
   );
   let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
   const redis = testClient(t, srv.url);
   const store = new CheckpointStore(redis, 'rk');
   await waitForConsole(serial, (c) => c.verifiedCount >= 2, 90_000);
   await waitFor('three versions', 90_000, async () => ((await store.committed()).length >= 3 ? true : undefined));
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  qemuPid = await run.qemuPid();
   redis.disconnect();
 
   // Kill the store while rounds are being written, leave it down for a few rounds.
@@ -232,7 +227,7 @@ t.test('redis-server killed during checkpointing: no half version, the sidecar c
   t.ok(k >= 1, `the newest version holds progress counter ${k}`);
   const rec = await runCli(['recover', '--vm', 'rk', '--redis', again.url, '--detach'], env);
   t.equal(rec.code, 0, rec.stderr.split('\n').slice(-3).join(' '));
-  qemuPid = (JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid;
+  qemuPid = run.own((JSON.parse(rec.stdout.trim().split('\n').pop()!) as { pid: number }).pid);
   const after = await waitForConsole(serial, (c) => c.verifiedCount >= 2 || c.errors.length > 0, 90_000);
   t.same(after.errors.map((e) => e.raw), [], 'memory intact after recovery');
   const first = after.progress[0]!.counter;

@@ -3,7 +3,7 @@
 // promotes a replica; writers reconnect through the sentinels and go on, and with
 // --durability replicas:1 no version reported committed is missing afterwards.
 import t from 'tap';
-import { existsSync, readFileSync } from 'node:fs';
+
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CheckpointStore } from '../../src/store/checkpoint-store.js';
@@ -14,7 +14,7 @@ import { connectRedis } from '../../src/store/redis-server.js';
 import { sentinelTopology, portOf } from '../helpers/sentinel.js';
 import { waitFor } from '../helpers/wait.js';
 import { ensureGuestBuilt, guestQemuArgs, waitForConsole } from '../helpers/guest.js';
-import { alive, cliEnv, killQuietly, runCli, startCli } from '../helpers/cli.js';
+import { alive, cliEnv, runCli, startOwnedCli } from '../helpers/cli.js';
 
 ensureGuestBuilt();
 const codec = parseCodec('none');
@@ -67,20 +67,16 @@ t.test('run through Sentinel: the primary killed under a checkpointing guest; no
   const vm = 's2';
   const serial = join(tmpdir(), `migsafe-sentinel-${process.pid}.serial`);
   const pidfile = join(tmpdir(), `migsafe-sentinel-${process.pid}.pid`);
-  const run = startCli(
+  const run = startOwnedCli(
+    t,
     [
       'run', '--vm', vm, '--redis', topo.url, '--interval', '500', '--durability', 'replicas:1:1000', '--compact-every', '0',
       '--pidfile', pidfile, '--', ...guestQemuArgs({ workload: 'wset', serialLog: serial, workloadMiB: 2 }),
     ],
     env,
+    pidfile,
   );
-  let qemuPid = 0;
-  t.teardown(() => {
-    killQuietly(run.child.pid);
-    killQuietly(qemuPid);
-  });
-  await waitFor('the pidfile', 30_000, () => (existsSync(pidfile) ? true : undefined));
-  qemuPid = Number(readFileSync(pidfile, 'utf8'));
+  let qemuPid = await run.qemuPid();
   await waitForConsole(serial, (c) => c.verifiedCount >= 1, 90_000);
   const reportedVersions = () => [...run.err().matchAll(/version (\d+) committed/g)].map((m) => Number(m[1]));
   await waitFor('three reported versions', 90_000, () => (reportedVersions().length >= 3 ? true : undefined));
@@ -108,7 +104,7 @@ t.test('run through Sentinel: the primary killed under a checkpointing guest; no
   const rec = await runCli(['recover', '--vm', vm, '--redis', topo.url, '--detach', '--pidfile', pidfile], env);
   t.equal(rec.code, 0, `recover exits 0 (${rec.stderr.trim().split('\n').pop()})`);
   const info = JSON.parse(rec.stdout.trim().split('\n').pop()!) as { version: number; pid: number };
-  qemuPid = info.pid;
+  qemuPid = run.own(info.pid);
   t.ok(info.version >= Math.max(...reportedVersions()), `restored version ${info.version}, the newest reported`);
   // The recovered QEMU writes its console file anew.
   const after = await waitForConsole(serial, (c) => c.verifiedCount >= 1 || c.errors.length > 0, 120_000);

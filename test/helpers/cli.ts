@@ -1,10 +1,11 @@
 // Running the real `migsafe` CLI as a child process, the way a user does.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
+import { waitFor } from '../../src/util/wait.js';
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'cli', 'main.js');
 
@@ -76,6 +77,36 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv): CliRun {
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
   const exited = new Promise<number | string>((res) => child.once('exit', (c, s) => res(c ?? s ?? -1)));
   return { child, out: () => out, err: () => logText(err), rawErr: () => err, exited };
+}
+
+export interface OwnedCliRun extends CliRun {
+  /** The pid in `--pidfile` (the QEMU the CLI started), once the file is there. */
+  qemuPid(timeoutMs?: number): Promise<number>;
+  /** Also killed at teardown (a QEMU a later recovery started); returns `pid`. */
+  own(pid: number): number;
+}
+
+/**
+ * The CLI started for a test that owns what it starts: at teardown the CLI, the QEMU named in
+ * `pidfile` (if any) and every pid given to own() are killed, whatever the test got to.
+ */
+export function startOwnedCli(t: Test, args: string[], env: NodeJS.ProcessEnv, pidfile?: string): OwnedCliRun {
+  const run = startCli(args, env);
+  const owned: number[] = [];
+  const fromFile = () => (pidfile && existsSync(pidfile) ? Number(readFileSync(pidfile, 'utf8')) || undefined : undefined);
+  t.teardown(() => {
+    killQuietly(run.child.pid);
+    killQuietly(fromFile());
+    for (const pid of owned) killQuietly(pid);
+  });
+  return {
+    ...run,
+    qemuPid: (timeoutMs = 30_000) => {
+      if (!pidfile) throw new Error('startOwnedCli: no pidfile given');
+      return waitFor(`the pidfile ${pidfile}`, timeoutMs, () => fromFile());
+    },
+    own: (pid) => (owned.push(pid), pid),
+  };
 }
 
 /** Runs the CLI to its end. */

@@ -28,9 +28,9 @@ export function makeCa(dir: string, name = 'migsafe test CA'): TestCa {
 
 /**
  * A leaf certificate signed by `ca` in `dir` (cert.pem, key.pem, ca.pem), for a server and a client:
- * subject CN `cn`, subjectAltNames the IPs and DNS names given.
+ * subject CN `cn` (or the whole `subject`, openssl's /A=x/B=y form), subjectAltNames the IPs and DNS names given.
  */
-export function makeCert(ca: TestCa, dir: string, o: { cn: string; ips?: string[]; dns?: string[] }): string {
+export function makeCert(ca: TestCa, dir: string, o: { cn: string; ips?: string[]; dns?: string[]; subject?: string }): string {
   mkdirSync(dir, { recursive: true });
   const key = join(dir, 'key.pem');
   const csr = join(dir, 'req.csr');
@@ -40,7 +40,7 @@ export function makeCert(ca: TestCa, dir: string, o: { cn: string; ips?: string[
     ext,
     [san.length ? `subjectAltName=${san.join(',')}` : '', 'basicConstraints=CA:FALSE', 'keyUsage=digitalSignature', 'extendedKeyUsage=serverAuth,clientAuth', ''].join('\n'),
   );
-  openssl(['req', ...EC, '-keyout', key, '-out', csr, '-subj', `/CN=${o.cn}`]);
+  openssl(['req', ...EC, '-keyout', key, '-out', csr, '-subj', o.subject ?? `/CN=${o.cn}`]);
   openssl(['x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', join(dir, 'cert.pem'), '-days', '2', '-extfile', ext]);
   chmodSync(key, 0o600);
   copyFileSync(ca.cert, join(dir, 'ca.pem'));

@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkLeaseNotice, checkMigrateRequest, checkPrepareReply, checkPrepareRequest, migrationUri } from '../../src/migration/protocol.js';
 import { parseAddr, requireTlsOrLoopback } from '../../src/ha/peer.js';
-import { authorised, certNames, isLoopback, loadTls } from '../../src/ha/tls.js';
+import { authorised, certNames, isLoopback, loadTls, vmRefusal } from '../../src/ha/tls.js';
+import { vmAllowFromArgs } from '../../src/cli/tls-options.js';
 import { makeCa, makeCert } from '../helpers/tls.js';
 
 t.test('the prepare reply names a port; a URI in it never reaches QEMU', async (t) => {
@@ -86,6 +87,24 @@ t.test('certificate names and --tls-allow', async (t) => {
   t.ok(authorised(['x', 'src.example'], ['src.example', 'dst']), 'a SAN in the list');
   t.notOk(authorised(['intruder'], ['src', 'dst']), 'not in the list');
   t.notOk(authorised([], ['src']), 'no names');
+});
+
+t.test('--tls-allow-vm: the peers trusted with a VM', async (t) => {
+  const cfg = { vmAllow: { web1: ['operator', 'host-b'] } };
+  t.equal(vmRefusal(['operator'], 'web1', cfg), undefined, 'a listed name');
+  t.equal(vmRefusal(['x', 'host-b'], 'web1', cfg), undefined, 'any of its names');
+  t.equal(vmRefusal(['intruder'], 'db', cfg), undefined, 'a VM not listed: anyone let in');
+  t.equal(vmRefusal(['intruder'], 'web1', undefined), undefined, 'no TLS: no lists');
+  t.equal(vmRefusal(['ops2', 'ops2.example'], 'web1', cfg), 'certificate of "ops2", "ops2.example" is not trusted with VM web1 (--tls-allow-vm web1=operator,host-b)');
+  t.match(vmRefusal([], 'web1', cfg), /certificate of \(no name\) is not trusted/);
+  const tls = { cert: Buffer.alloc(0), key: Buffer.alloc(0), ca: Buffer.alloc(0), allow: [], files: { cert: '', key: '', ca: '' } };
+  t.same(vmAllowFromArgs({ 'tls-allow-vm': ['web1=operator, host-b', 'db=ops'] }, tls), { web1: ['operator', 'host-b'], db: ['ops'] });
+  t.equal(vmAllowFromArgs({}, undefined), undefined, 'not given: no lists');
+  t.throws(() => vmAllowFromArgs({ 'tls-allow-vm': ['web1=operator'] }, undefined), /--tls-allow-vm needs TLS/);
+  for (const bad of ['web1', 'web1=', '=operator', 'web1=,']) {
+    t.throws(() => vmAllowFromArgs({ 'tls-allow-vm': [bad] }, tls), new RegExp(`--tls-allow-vm ${bad}: give VM=NAME\\[,NAME\\.\\.\\.\\]`), `"${bad}" is refused, naming the form`);
+  }
+  t.throws(() => vmAllowFromArgs({ 'tls-allow-vm': ['web1=a', 'web1=b'] }, tls), /VM web1 is given twice/);
 });
 
 t.test('the certificate files', async (t) => {

@@ -14,13 +14,13 @@ import { parseGateIn } from '../validate.js';
 import { parseDurability } from '../../store/durability.js';
 import { hideBin } from 'yargs/helpers';
 import { agentSignals, reloadAgent } from '../agent-signals.js';
-import { tlsFromArgs, withTls, type TlsArgs } from '../tls-options.js';
+import { tlsFromArgs, vmAllowFromArgs, withTls, withVmAllow, type TlsArgs, type VmAllowArgs } from '../tls-options.js';
 import { requireTlsOrLoopback } from '../../ha/peer.js';
 import { readVmList, type VmEntry } from '../vm-list.js';
 import { redisAuthFrom, withRedisAuth, type RedisAuthArgs } from '../redis-auth.js';
 import { recordKeyFrom, type RecordKeyArgs } from '../record-key.js';
 
-interface AgentArgs extends TlsArgs, RedisAuthArgs, RecordKeyArgs {
+interface AgentArgs extends TlsArgs, VmAllowArgs, RedisAuthArgs, RecordKeyArgs {
   host: string;
   listen: string;
   redis: string;
@@ -52,7 +52,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
   command: 'agent',
   describe: 'Run the host sidecar: checkpoint the VMs held here, send and receive migrations, recover on failure',
   builder: (y) =>
-    withTls(withOperatorOptions(withRedisAuth(y)))
+    withVmAllow(withTls(withOperatorOptions(withRedisAuth(y))))
       .option('host', { type: 'string', demandOption: true, describe: 'name of this host (the lease holder name)' })
       .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT of the control channel (PORT+1 takes migrations); without --tls-*, a loopback address only' })
       .option('redis', { type: 'string', demandOption: true, describe: `the checkpoint store: ${REDIS_FORMS}` })
@@ -141,7 +141,7 @@ export const agentCommand: CommandModule<object, AgentArgs> = {
       statusFile: a['status-file'],
       metrics: m.metrics,
       durability: parseDurability(a.durability),
-      tls: tlsFromArgs(a),
+      tls: agentTls(a),
       recordKey: recordKeyFrom(a),
       log: hostLog,
       progress: (log) => new Progress(log).report,
@@ -167,9 +167,16 @@ function vmsOf(a: AgentArgs): VmEntry[] {
   return list;
 }
 
+/** The agent's TLS: the files and --tls-allow, and the --tls-allow-vm lists. */
+function agentTls(a: AgentArgs) {
+  const tls = tlsFromArgs(a);
+  const vmAllow = vmAllowFromArgs(a, tls);
+  return tls && vmAllow ? { ...tls, vmAllow } : tls;
+}
+
 /** What the agent's options must agree on (each value alone is checked by validate.ts). */
 function checkAgentArgs(a: AgentArgs): void {
-  requireTlsOrLoopback(a.listen, tlsFromArgs(a), '--listen');
+  requireTlsOrLoopback(a.listen, agentTls(a), '--listen');
   if (a['hb-timeout'] <= a['hb-interval']) {
     throw new Error(`--hb-timeout ${a['hb-timeout']} must be longer than --hb-interval ${a['hb-interval']} (ms): a peer would be declared failed between two heartbeats`);
   }

@@ -7,7 +7,8 @@ import { recoverVm } from '../../recovery/recover.js';
 import { recoverVmLazy, type RecoveredLazy } from '../../recovery/recover-lazy.js';
 import { useFt } from '../../qemu/dirty/open.js';
 import { checkpointLoop } from '../checkpoint-loop.js';
-import { fmtBytes, runDir } from '../context.js';
+import { fmtBytes, runDir, type StoreHandle } from '../context.js';
+import { planRestore } from '../../store/reader.js';
 import { logger } from '../log.js';
 import { checkQemuArgv, withCheckpointing, withStore, type CheckpointArgs } from '../options.js';
 import { asWriter } from '../writer.js';
@@ -25,7 +26,10 @@ export interface RecoverArgs extends CheckpointArgs {
 export async function recoverHandler(a: RecoverArgs): Promise<number> {
   // One copy of the VM: nobody may be checkpointing it (a killed writer's lease runs out first).
   const log = logger.child({ vm: a.vm });
-  return asWriter(a, { retry: !a.detach, leaseWaitMs: a['lease-ttl'] + 1000 }, async ({ h, loop }) => {
+  // What the metadata can tell (no such VM or version, a broken chain) is refused before the
+  // lease is taken: such a refusal leaves the store exactly as it was.
+  const before = async (h: StoreHandle) => void (await planRestore(h.store, a.version));
+  return asWriter(a, { retry: !a.detach, leaseWaitMs: a['lease-ttl'] + 1000, before }, async ({ h, loop }) => {
     // A VM recorded from a libvirt domain comes back as that domain, through libvirt.
     if ((await h.store.vm())?.libvirt) {
       if (a.lazy) throw new Error('--lazy: a libvirt domain is recovered through libvirt, eagerly; recover it without --lazy');
@@ -41,7 +45,7 @@ export async function recoverHandler(a: RecoverArgs): Promise<number> {
       store: h.store,
       version: a.version,
       paths,
-      logFd: openSync(logFile, 'a'),
+      logFd: () => openSync(logFile, 'a'),
       qemuBinary: a['qemu-binary'],
       ft: (bin) => useFt(a['dirty-source'], bin),
       onPlan: (p) => {
