@@ -54,6 +54,7 @@ const FREE_FORM = new Set([
   'record-key', // record-key.ts, at parse time
   'tls-ca',
   'tls-allow',
+  'tls-allow-vm', // tls-options.ts vmAllowFromArgs, in the agent's checks
   'config',
   'command', // config check: checked against the registry
 ]);
