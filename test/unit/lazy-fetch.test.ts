@@ -18,28 +18,13 @@ import { listsOf, loadNewestFirst } from '../../src/store/lazy-image.js';
 import { PageIndexBuilder } from '../../src/store/page-index.js';
 import { loadImage, planRestore } from '../../src/store/reader.js';
 import { testClient, testRedis } from '../helpers/redis.js';
-import { deviceOf, mutate, writeVersion } from '../helpers/store.js';
+import { deviceOf, mutate, writeTwoStages, writeVersion } from '../helpers/store.js';
 
 const PAGES = 256;
 const RAM = PAGES * 4096;
 const codec = parseCodec('lz4');
 const pageOf = (b: Buffer, p: number) => b.subarray(p * 4096, (p + 1) * 4096);
 
-/** One version in two stages, as the engine's rounds write it (its paused stage in frames of its own). */
-async function twoStages(store: CheckpointStore, ram: Buffer, shadow: Buffer, parent: number) {
-  const n = native();
-  const pending = await store.begin(parent);
-  const staged = [0, 0];
-  for (let stage = 0; stage < 2; stage++) {
-    mutate(ram, 30, 6);
-    const dirty = n.scanDirty(ram, shadow);
-    for (let at = 0; at < dirty.length; at += 8) staged[stage] += await pending.addPages(n.encodeBatch(ram, shadow, dirty.subarray(at, at + 8)), codec);
-  }
-  const pages = staged[0]! + staged[1]!;
-  const device = deviceOf(pending.version);
-  await pending.setDevice(device, codec);
-  return pending.commit({ pages, bytesRaw: pages * 4096, pauseMs: 1, deviceStateBytes: device.length, dirtySource: 'scan', codec: 'lz4:1', stage1Pages: staged[0]!, stage2Pages: staged[1]! });
-}
 
 /** A store of a base image and versions on top, some pages zero (never stored). */
 async function history(store: CheckpointStore) {
@@ -48,9 +33,9 @@ async function history(store: CheckpointStore) {
   ram.fill(0, 0, 16 * 4096);
   const shadow = Buffer.alloc(RAM);
   let head = (await writeVersion(store, ram, shadow, 0, codec, { perFrame: 16 })).version;
-  for (let i = 0; i < 3; i++) head = (await twoStages(store, ram, shadow, head)).version;
+  for (let i = 0; i < 3; i++) head = (await writeTwoStages(store, ram, shadow, head, codec, 30)).version;
   await compact(store, 3, codec);
-  for (let i = 0; i < 2; i++) head = (await twoStages(store, ram, shadow, head)).version;
+  for (let i = 0; i < 2; i++) head = (await writeTwoStages(store, ram, shadow, head, codec, 30)).version;
   return { ram, head };
 }
 

@@ -13,27 +13,12 @@ import { loadImage, planRestore } from '../../src/store/reader.js';
 import { loadNewestFirst } from '../../src/store/lazy-image.js';
 import { compact } from '../../src/store/compaction.js';
 import { testClient, testRedis } from '../helpers/redis.js';
-import { deviceOf, mutate, writeVersion } from '../helpers/store.js';
+import { deviceOf, mutate, writeTwoStages, writeVersion } from '../helpers/store.js';
 
 const PAGES = 128;
 const RAM = PAGES * 4096;
 const codec = parseCodec('lz4');
 
-/** One version written in two stages, as the engine's rounds do: some pages twice. */
-async function twoStages(store: CheckpointStore, ram: Buffer, shadow: Buffer, parent: number) {
-  const n = native();
-  const pending = await store.begin(parent);
-  const staged = [0, 0];
-  for (let stage = 0; stage < 2; stage++) {
-    mutate(ram, 20, 6);
-    const dirty = n.scanDirty(ram, shadow);
-    for (let at = 0; at < dirty.length; at += 8) staged[stage] += await pending.addPages(n.encodeBatch(ram, shadow, dirty.subarray(at, at + 8)), codec);
-  }
-  const pages = staged[0]! + staged[1]!;
-  const device = deviceOf(pending.version);
-  await pending.setDevice(device, codec);
-  return pending.commit({ pages, bytesRaw: pages * 4096, pauseMs: 1, deviceStateBytes: device.length, dirtySource: 'scan', codec: 'lz4:1', stage1Pages: staged[0]!, stage2Pages: staged[1]! });
-}
 
 async function lazyImage(store: CheckpointStore, version?: number) {
   const plan = await planRestore(store, version);
@@ -61,7 +46,7 @@ t.test('the same image as the eager reader, each page announced once and final w
   ram.fill(0, 0, 16 * 4096); // some zero pages, never stored
   const shadow = Buffer.alloc(RAM);
   let parent = (await writeVersion(store, ram, shadow, 0, codec, { perFrame: 16 })).version;
-  for (let i = 0; i < 3; i++) parent = (await twoStages(store, ram, shadow, parent)).version;
+  for (let i = 0; i < 3; i++) parent = (await writeTwoStages(store, ram, shadow, parent, codec, 20)).version;
   for (const v of [1, 2, parent]) {
     const r = await lazyImage(store, v);
     t.ok(r.image.equals(r.eager), `version ${v}: the eager reader's image`);
@@ -71,7 +56,7 @@ t.test('the same image as the eager reader, each page announced once and final w
   t.ok((await lazyImage(store)).image.equals(ram), 'the newest version is the RAM as written');
 
   await compact(store, 3, codec);
-  for (let i = 0; i < 2; i++) parent = (await twoStages(store, ram, shadow, parent)).version;
+  for (let i = 0; i < 2; i++) parent = (await writeTwoStages(store, ram, shadow, parent, codec, 20)).version;
   const r = await lazyImage(store);
   t.ok(r.plan.base > 0, `through the base image (version ${r.plan.base})`);
   t.ok(r.image.equals(ram) && r.image.equals(r.eager), 'base + versions: the RAM as written');
